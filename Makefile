@@ -1,0 +1,32 @@
+# Two commands a new user needs (see README):  make course   and   make test
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+export MTL_DATA ?= $(abspath ../shared/data)
+
+.PHONY: setup course lab test clean-venv
+
+# Torch is pinned to the build this course is tested with; pip (not uv/poetry) installs it.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+# The course's main job: execute every lesson in order (CPU profile) and write HTML copies.
+course: setup
+	$(PY) -m mtl course run --profile $${MTL_PROFILE:-cpu} --out course-out
+
+# Open the lessons in JupyterLab.
+lab: setup
+	$(VENV)/bin/jupyter lab notebooks/
+
+# The whole test suite: unit tests, strict nbval on every lesson, the browser widget test.
+test: setup
+	$(PY) -m pytest -n 2 --dist loadscope tests notebooks --nbval --nbval-sanitize-with notebooks/sanitize.cfg
+
+clean-venv:
+	rm -rf $(VENV)
