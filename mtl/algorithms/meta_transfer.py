@@ -1,0 +1,354 @@
+"""Meta-transfer learning (Sun, Liu, Chua, Schiele, CVPR 2019): Scaling & Shifting + hard tasks.
+
+A pre-trained network (``mtl.pretrain``) is frozen. For every convolution ``conv(x; W, b)`` of it,
+meta-learning owns a per-output-channel scale ``s`` (init 1) and shift ``t`` (init 0), and the
+network computes ``conv(x; W * s, b + t)`` instead (applied with ``torch.func.functional_call``;
+at initialisation this is exactly the pre-trained network). The task learner is a linear
+classifier on the features, adapted by ``inner_steps`` gradient steps on the support set from a
+meta-learned initialisation. The meta-parameters are ``scale``/``shift`` of every conv and the
+head's initialisation; the frozen weights are buffers of ``self.encoder``, never parameters, so no
+optimizer can touch them.
+
+The frozen network runs in eval mode (batch norm with its pre-training running statistics): its
+features then do not depend on the other images of the batch, and a per-channel scale/shift is not
+normalised away by batch statistics.
+
+Hard-task meta-batch (``hard_tasks``): after a meta-batch, the class with the lowest query accuracy
+of each task (ties broken at random) is a "hard class"; ``hard_tasks`` new tasks are sampled from
+those classes (all of them when there are at most N of them, filled with random other classes;
+else N of them at random) with fresh images, and their meta-loss is learned from in the same
+meta-step (every task weighted equally). This needs the dataset's class ids of each task: draw
+batches through ``algorithm.attach_sampler(sampler)`` (which remembers them), or pass ``classes``.
+
+The inner loop over the linear head is batched over tasks without ``vmap``: the tasks' losses are
+summed, so the gradient with respect to task b's head is task b's own gradient.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from mtl.errors import EpisodeError, MTLError
+
+
+class ScalingShiftingError(MTLError, ValueError):
+    """Scaling & Shifting asked of a model it cannot apply to (no encoder, no conv layers)."""
+
+
+class HardTaskError(EpisodeError):
+    """A hard-task meta-batch that cannot be formed (no class ids, too few classes)."""
+
+
+def encoder_of(model: nn.Module) -> nn.Module:
+    """The feature extractor of ``model``: ``model.encoder`` (ResNet12) or ``model.features`` (Conv4)."""
+    for name in ("encoder", "features"):
+        module = getattr(model, name, None)
+        if isinstance(module, nn.Module):
+            return module
+    raise ScalingShiftingError(
+        f"{type(model).__name__} has no `encoder` or `features` sub-module to freeze; use "
+        "mtl.resnet.ResNet12 (pre-trained with mtl.pretrain) or mtl.models.Conv4")
+
+
+def _feature_dim(model: nn.Module) -> int:
+    for name in ("feature_dim",):
+        if isinstance(getattr(model, name, None), int):
+            return getattr(model, name)
+    for name in ("classifier", "head"):
+        head = getattr(model, name, None)
+        if isinstance(head, nn.Linear):
+            return head.in_features
+    raise ScalingShiftingError(f"cannot tell the feature size of {type(model).__name__}: give it a "
+                               "`feature_dim` attribute or a linear `classifier`/`head`")
+
+
+def _ways_of(model: nn.Module) -> int | None:
+    for name in ("head", "classifier"):
+        head = getattr(model, name, None)
+        if isinstance(head, nn.Linear):
+            return head.out_features
+    return None
+
+
+def freeze_to_buffers(module: nn.Module) -> nn.Module:
+    """A deep copy of ``module`` whose parameters are turned into (persistent) buffers, eval mode."""
+    frozen = copy.deepcopy(module)
+    for sub in frozen.modules():
+        for name, param in list(sub._parameters.items()):
+            if param is not None:
+                del sub._parameters[name]
+                sub.register_buffer(name, param.detach().clone())
+    return frozen.eval()
+
+
+def adapt_linear_head(features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor, *, steps: int,
+                      lr: float, create_graph: bool) -> tuple[Tensor, Tensor]:
+    """Gradient steps on a per-task linear classifier, all tasks at once.
+
+    Args:
+        features: ``[B, M, D]`` support features; labels: ``[B, M]`` in 0..N-1.
+        weight, bias: initial head ``[B, N, D]``, ``[B, N]`` (e.g. an expanded meta-learned init).
+        create_graph: keep the graph of the steps (second-order meta-gradient).
+    Returns:
+        the adapted ``weight [B, N, D]``, ``bias [B, N]``.
+    """
+    m = features.shape[1]
+    for _ in range(steps):
+        logits = torch.einsum("bmd,bnd->bmn", features, weight) + bias[:, None, :]
+        loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="sum") / m
+        grad_w, grad_b = torch.autograd.grad(loss, (weight, bias), create_graph=create_graph)
+        weight, bias = weight - lr * grad_w, bias - lr * grad_b
+    return weight, bias
+
+
+def linear_logits(features: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """``[B, M, D]`` x head ``[B, N, D]``, ``[B, N]`` -> logits ``[B, M, N]``."""
+    return torch.einsum("bmd,bnd->bmn", features, weight) + bias[:, None, :]
+
+
+def hardest_classes(query_logits: Tensor, query_y: Tensor, classes: Tensor,
+                    generator: torch.Generator | None = None) -> Tensor:
+    """The dataset class id with the lowest query accuracy in each task (ties at random).
+
+    ``query_logits [B, M, N]``, ``query_y [B, M]``, ``classes [B, N]`` -> ``[B]`` int64.
+    """
+    b, _, n = query_logits.shape
+    correct = (query_logits.argmax(-1) == query_y).float()
+    hits = torch.zeros(b, n, device=correct.device).scatter_add_(1, query_y, correct)
+    counts = torch.zeros(b, n, device=correct.device).scatter_add_(1, query_y, torch.ones_like(correct))
+    accuracy = (hits / counts.clamp_min(1)).cpu()
+    noise = torch.rand(b, n, generator=generator) * 1e-3  # below 1/M: breaks ties only
+    worst = (accuracy + noise).argmin(1)
+    return classes.cpu().gather(1, worst[:, None]).squeeze(1)
+
+
+def hard_task_classes(hard: Tensor, *, num_tasks: int, ways: int, num_classes: int,
+                      generator: torch.Generator | None = None) -> Tensor:
+    """Class ids ``[num_tasks, ways]`` of tasks re-sampled from the ``hard`` classes ``[H]``.
+
+    Each task holds every distinct hard class if there are at most ``ways`` of them (the rest
+    filled with other classes at random), else ``ways`` of them at random; label order is shuffled.
+    """
+    if num_classes < ways:
+        raise HardTaskError(f"hard tasks need at least ways={ways} classes, the dataset has "
+                            f"{num_classes}; lower --ways or use a larger split")
+    pool = torch.unique(hard.cpu())
+    tasks = []
+    for _ in range(num_tasks):
+        if len(pool) >= ways:
+            chosen = pool[torch.randperm(len(pool), generator=generator)[:ways]]
+        else:
+            mask = torch.ones(num_classes, dtype=torch.bool)
+            mask[pool] = False
+            others = mask.nonzero().squeeze(1)
+            fill = others[torch.randperm(len(others), generator=generator)[: ways - len(pool)]]
+            chosen = torch.cat([pool, fill])
+        tasks.append(chosen[torch.randperm(ways, generator=generator)])
+    return torch.stack(tasks)
+
+
+class _ClassRecorder:
+    """Wraps an ``EpisodeSampler``: ``sample`` also remembers the class ids of the batch it returned."""
+
+    def __init__(self, sampler):
+        self.sampler = sampler
+        self.last: tuple | None = None
+
+    def sample(self, batch_size: int, *, classes=None, return_classes: bool = False):
+        batch, drawn = self.sampler.sample(batch_size, classes=classes, return_classes=True)
+        self.last = (batch, drawn)
+        return (batch, drawn) if return_classes else batch
+
+    def __getattr__(self, name):
+        return getattr(self.sampler, name)
+
+
+class MetaTransfer(nn.Module):
+    """Scaling & Shifting on a frozen pre-trained network, linear head adapted in the inner loop.
+
+    Args:
+        model: the pre-trained network (``ResNet12``; anything with an ``encoder``/``features``
+            module of conv layers). It is copied and frozen; the original is left untouched.
+        inner_steps, inner_lr: gradient steps / step size on the linear head per task.
+        first_order: do not back-propagate through the head's inner steps.
+        strategy: accepted for the common interface (the head's inner loop is always batched).
+        ways: N of the tasks (default: ``model.head``/``model.classifier`` outputs).
+        pretrained: path of a ``mtl.pretrain`` checkpoint whose network replaces ``model``'s
+            weights (its widths and in_channels must match ``model``'s if ``model`` is a ResNet12).
+        hard_tasks: extra hard tasks per meta-batch (``True``: as many as the meta-batch; 0: off).
+        sampler: the episode sampler the hard tasks are drawn from (or call ``attach_sampler``).
+        seed: seed of the hard-class tie-breaking and of the hard tasks' class choice.
+
+    Meta-parameters (``self.parameters()``): ``scale.*``/``shift.*`` ``[C_out]`` per conv,
+    ``head_weight [N, D]`` and ``head_bias [N]`` (initialised to 0: labels are arbitrary).
+    """
+
+    def __init__(self, model: nn.Module, *, inner_steps: int = 20, inner_lr: float = 0.01,
+                 first_order: bool = False, strategy: str = "auto", ways: int | None = None,
+                 pretrained: str | None = None, hard_tasks: int | bool = 0, sampler=None, seed: int = 0):
+        super().__init__()
+        if pretrained is not None:
+            model = _load_into(model, pretrained)
+        self.encoder = freeze_to_buffers(encoder_of(model))
+        self.conv_names = [name for name, m in self.encoder.named_modules() if isinstance(m, nn.Conv2d)]
+        if not self.conv_names:
+            raise ScalingShiftingError(
+                f"Scaling & Shifting scales conv layers, and {type(model).__name__}'s encoder has none; "
+                "use a convolutional backbone (mtl.resnet.ResNet12 or mtl.models.Conv4)")
+        ways = ways if ways is not None else _ways_of(model)
+        if ways is None:
+            raise MTLError("MetaTransfer needs the number of ways: pass ways=N")
+        self.ways, self.inner_steps, self.inner_lr = int(ways), int(inner_steps), float(inner_lr)
+        self.first_order, self.strategy = first_order, strategy
+        self.hard_tasks = hard_tasks
+        self.scale, self.shift = nn.ParameterDict(), nn.ParameterDict()
+        for name in self.conv_names:
+            out_channels = self.encoder.get_submodule(name).out_channels
+            key = name.replace(".", "_")
+            self.scale[key] = nn.Parameter(torch.ones(out_channels))
+            self.shift[key] = nn.Parameter(torch.zeros(out_channels))
+        dim = _feature_dim(model)
+        self.head_weight = nn.Parameter(torch.zeros(self.ways, dim))
+        self.head_bias = nn.Parameter(torch.zeros(self.ways))
+        self._sampler = _ClassRecorder(sampler) if sampler is not None else None
+        self._generator = torch.Generator().manual_seed(seed)
+        self.last_hard_classes: Tensor | None = None
+        if self._num_hard(1) and self._sampler is not None:
+            self._check_enough_classes()
+
+    # --- the network -------------------------------------------------------------------------
+    def train(self, mode: bool = True) -> "MetaTransfer":
+        super().train(mode)
+        self.encoder.eval()  # frozen: batch norm keeps its pre-training statistics
+        return self
+
+    def scaled_weights(self) -> dict[str, Tensor]:
+        """``{"<conv>.weight": W * scale, "<conv>.bias": b + shift}`` for every frozen conv."""
+        params = {}
+        for name in self.conv_names:
+            conv = self.encoder.get_submodule(name)
+            key = name.replace(".", "_")
+            params[f"{name}.weight"] = conv.weight * self.scale[key].view(-1, 1, 1, 1)
+            shift = self.shift[key]
+            params[f"{name}.bias"] = shift if conv.bias is None else conv.bias + shift
+        return params
+
+    def features(self, x: Tensor) -> Tensor:
+        """``[..., C, H, W]`` -> ``[..., D]``: the frozen network with Scaling & Shifting."""
+        lead = x.shape[:-3]
+        out = functional_call(self.encoder, self.scaled_weights(), (x.reshape(-1, *x.shape[-3:]),))
+        return out.reshape(*lead, -1)
+
+    def _adapted_logits(self, batch, *, steps: int, create_graph: bool) -> Tensor:
+        support, query = self.features(batch.support_x), self.features(batch.query_x)
+        b = support.shape[0]
+        weight = self.head_weight.expand(b, -1, -1)
+        bias = self.head_bias.expand(b, -1)
+        if not weight.requires_grad:  # evaluation under no_grad: make the head adaptable
+            weight, bias = weight.detach().requires_grad_(), bias.detach().requires_grad_()
+        weight, bias = adapt_linear_head(support, batch.support_y, weight, bias, steps=steps,
+                                         lr=self.inner_lr, create_graph=create_graph)
+        return linear_logits(query, weight, bias)
+
+    # --- the common algorithm interface ----------------------------------------------------
+    def attach_sampler(self, sampler):
+        """Draw meta-training batches through the returned sampler so hard tasks know their classes."""
+        self._sampler = sampler if isinstance(sampler, _ClassRecorder) else _ClassRecorder(sampler)
+        if self._num_hard(1):
+            self._check_enough_classes()
+        return self._sampler
+
+    def _meta_loss(self, batch) -> tuple[Tensor, Tensor]:
+        logits = self._adapted_logits(batch, steps=self.inner_steps, create_graph=not self.first_order)
+        loss = F.cross_entropy(logits.flatten(0, 1), batch.query_y.flatten())
+        return loss, logits
+
+    def meta_gradient(self, batch, classes: Tensor | None = None) -> dict[str, float]:
+        """Accumulate the meta-gradient of ``batch`` (and its hard tasks) into ``.grad``.
+
+        ``classes``: dataset class ids ``[B, N]`` of the batch's tasks (needed for hard tasks;
+        taken from the attached sampler when it drew this batch).
+        """
+        loss, logits = self._meta_loss(batch)
+        accuracy = (logits.argmax(-1) == batch.query_y).float().mean()
+        metrics = {"loss": loss.item(), "accuracy": accuracy.item()}
+        num_hard = self._num_hard(batch.query_y.shape[0])
+        if num_hard == 0:
+            loss.backward()
+            return metrics
+        classes = self._classes_for(batch, classes)
+        hard = hardest_classes(logits.detach(), batch.query_y, classes, self._generator)
+        hard_classes = hard_task_classes(hard, num_tasks=num_hard, ways=self.ways,
+                                         num_classes=self._num_classes(), generator=self._generator)
+        hard_batch = self._sampler.sampler.sample(num_hard, classes=hard_classes)
+        hard_loss, hard_logits = self._meta_loss(hard_batch)
+        b = batch.query_y.shape[0]
+        ((loss * b + hard_loss * num_hard) / (b + num_hard)).backward()
+        self.last_hard_classes = hard_classes
+        metrics["hard_loss"] = hard_loss.item()
+        metrics["hard_accuracy"] = (hard_logits.argmax(-1) == hard_batch.query_y).float().mean().item()
+        return metrics
+
+    @torch.no_grad()
+    def predict(self, batch, *, inner_steps: int | None = None) -> Tensor:
+        """Query logits ``[B, N*Q, N]`` after adapting the head on each task's support set."""
+        steps = self.inner_steps if inner_steps is None else inner_steps
+        with torch.enable_grad():
+            support = self.features(batch.support_x).detach()
+            query = self.features(batch.query_x).detach()
+            b = support.shape[0]
+            weight = self.head_weight.detach().expand(b, -1, -1).clone().requires_grad_()
+            bias = self.head_bias.detach().expand(b, -1).clone().requires_grad_()
+            weight, bias = adapt_linear_head(support, batch.support_y, weight, bias, steps=steps,
+                                             lr=self.inner_lr, create_graph=False)
+        return linear_logits(query, weight.detach(), bias.detach())
+
+    # --- hard tasks -----------------------------------------------------------------------------
+    def _num_hard(self, meta_batch: int) -> int:
+        if self.hard_tasks is True:
+            return meta_batch
+        return int(self.hard_tasks or 0)
+
+    def _num_classes(self) -> int:
+        dataset = getattr(self._sampler.sampler, "dataset", None)
+        images = getattr(dataset, "images", None)
+        if images is None:
+            raise HardTaskError("hard tasks need the sampler's dataset (sampler.dataset.images)")
+        return images.shape[0]
+
+    def _check_enough_classes(self) -> None:
+        if self._num_classes() < self.ways:
+            raise HardTaskError(f"hard tasks need at least ways={self.ways} classes, the dataset has "
+                                f"{self._num_classes()}; lower the ways or use a split with more classes")
+
+    def _classes_for(self, batch, classes: Tensor | None) -> Tensor:
+        if self._sampler is None:
+            raise HardTaskError("hard tasks re-sample episodes: give MetaTransfer the sampler "
+                                "(sampler=..., or algorithm.attach_sampler(sampler))")
+        if classes is None and self._sampler.last is not None:
+            drawn_batch, drawn = self._sampler.last
+            if drawn_batch is batch or drawn_batch.support_y.data_ptr() == batch.support_y.data_ptr():
+                classes = drawn
+        if classes is None:
+            raise HardTaskError("hard tasks need each task's class ids: draw batches with the sampler "
+                                "returned by algorithm.attach_sampler(sampler), or pass classes=")
+        return classes
+
+
+def _load_into(model: nn.Module, path: str) -> nn.Module:
+    """The pre-trained ResNet-12 of checkpoint ``path``, checked against ``model``'s architecture."""
+    from mtl.pretrain import check_config, load_pretrained
+    from mtl.resnet import ResNet12
+
+    if not isinstance(model, ResNet12):
+        raise ScalingShiftingError(f"pretrained= holds a ResNet-12 but the model is {type(model).__name__}; "
+                                   "build the run with model resnet12")
+    pretrained = load_pretrained(path)
+    check_config(pretrained.config, source=str(path), channels=model.config["channels"],
+                 in_channels=model.config["in_channels"])
+    pretrained.head = model.classifier  # keep the run's N-way head size for `ways`
+    return pretrained

@@ -1,0 +1,247 @@
+"""Pre-training (step 1 of meta-transfer learning): one large classifier over all base classes.
+
+    result = pretrain(load_dataset("mini-imagenet", "train"), epochs=100)   # ResNet-12, 64 classes
+    model = load_pretrained("runs/pretrain/pretrain.pt", num_classes=64)
+
+Every image of every base class is a training example labelled by its class (mini-ImageNet: 64 x 600).
+Standard augmentation (random crop after zero padding, horizontal flip for RGB), SGD with Nesterov
+momentum and weight decay, a cosine learning-rate schedule stepped every batch, a checkpoint after
+every epoch (atomic write; ``resume=True`` continues from it), a tqdm bar, and optional bf16 autocast
+and channels-last memory format (GPU speed-ups). Inputs stay in [0, 1], as in every ``TaskBatch``,
+so the frozen network sees the same images later. ``holdout`` images per class are kept out of
+training and classified after each epoch (a quick over-fitting check).
+
+Checkpoint format (``torch.save`` dict, loaded with ``weights_only=True``):
+``{"format": "mtl-pretrain-1", "config": model.config, "state_dict", "optimizer", "scheduler",
+"epoch", "history"}``.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from mtl.errors import CheckpointError, MTLError
+from mtl.resnet import DEFAULT_CHANNELS, ResNet12
+
+FORMAT = "mtl-pretrain-1"
+
+
+@dataclass
+class PretrainResult:
+    """The trained network (eval mode) and one dict of metrics per epoch."""
+
+    model: ResNet12
+    history: list[dict] = field(default_factory=list)
+
+
+def _progress_enabled(progress: bool) -> bool:
+    return progress and os.environ.get("MTL_PROGRESS", "1") != "0"
+
+
+def augment(x: torch.Tensor, *, pad: int, flip: bool, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random crop after zero padding and (optionally) horizontal flip, per image, on x's device.
+
+    ``x``: float ``[B, C, H, W]`` -> same shape.
+    """
+    b, _, h, w = x.shape
+    if pad > 0:
+        padded = F.pad(x, (pad, pad, pad, pad))
+        dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(x.device)
+        dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(x.device)
+        rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]   # [B,1,H,1]
+        cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]   # [B,1,1,W]
+        batch = torch.arange(b, device=x.device)[:, None, None, None]
+        chans = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+        x = padded[batch, chans, rows, cols]
+    if flip:
+        mask = (torch.rand(b, generator=generator) < 0.5).to(x.device)[:, None, None, None]
+        x = torch.where(mask, x.flip(-1), x)
+    return x
+
+
+def _split(images: torch.Tensor, holdout: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``images`` uint8 ``[K, P, C, H, W]`` -> train x/y and held-out x/y (flattened, labels = class index)."""
+    k, p = images.shape[:2]
+    if not 0 <= holdout < p:
+        raise MTLError(f"holdout={holdout} must be between 0 and {p - 1} (images per class); lower it")
+    labels = torch.arange(k, device=images.device)[:, None].expand(k, p)
+    train_x, test_x = images[:, : p - holdout], images[:, p - holdout:]
+    train_y, test_y = labels[:, : p - holdout], labels[:, p - holdout:]
+    return train_x.flatten(0, 1), train_y.flatten(), test_x.flatten(0, 1), test_y.flatten()
+
+
+@torch.no_grad()
+def classify_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 512,
+                      bf16: bool = False) -> float:
+    """Top-1 accuracy of ``model`` (eval mode) on uint8 images ``x`` ``[M, C, H, W]`` with labels ``y`` ``[M]``."""
+    if len(x) == 0:
+        return float("nan")
+    was_training = model.training
+    model.eval()
+    correct = 0
+    for i in range(0, len(x), batch_size):
+        xb = x[i: i + batch_size].float().div_(255)
+        with torch.autocast(xb.device.type, dtype=torch.bfloat16, enabled=bf16):
+            correct += (model(xb).argmax(-1) == y[i: i + batch_size]).sum().item()
+    model.train(was_training)
+    return correct / len(x)
+
+
+def _save(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def _read_checkpoint(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no pre-training checkpoint at {path}: run `python -m mtl train --algorithm "
+                              "pretrain` (or mtl.pretrain.pretrain) first, or fix the path")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt or foreign file
+        raise CheckpointError(f"{path} is not a readable checkpoint ({exc}); delete it and pre-train again") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an mtl pre-training checkpoint (format {FORMAT!r}); "
+                              "pass the file written by `python -m mtl train --algorithm pretrain`")
+    return payload
+
+
+def check_config(config: dict, *, source: str = "checkpoint", **expected) -> None:
+    """Raise ``CheckpointError`` if a saved ResNet config differs from ``expected`` (None = any)."""
+    if config.get("arch") != "resnet12":
+        raise CheckpointError(f"{source} holds a {config.get('arch')!r} network, not resnet12; "
+                              "pre-train a ResNet-12 or pass a matching checkpoint")
+    for key, want in expected.items():
+        if want is None:
+            continue
+        have = config.get(key)
+        if key == "channels":
+            want, have = list(want), list(have or [])
+        if have != want:
+            raise CheckpointError(f"{source} was pre-trained with {key}={have}, but {want} was asked for; "
+                                  f"use {key}={have}, or pre-train again with {key}={want}")
+
+
+def load_pretrained(path: str | Path, *, num_classes: int | None = None, channels=None,
+                    in_channels: int | None = None, map_location: str | torch.device = "cpu") -> ResNet12:
+    """Rebuild the pre-trained ResNet-12 of a checkpoint (eval mode); check it matches what is asked."""
+    payload = _read_checkpoint(path)
+    config = payload["config"]
+    check_config(config, source=str(path), num_classes=num_classes, channels=channels, in_channels=in_channels)
+    model = ResNet12(config["in_channels"], config["num_classes"], tuple(config["channels"]))
+    model.load_state_dict(payload["state_dict"])
+    return model.to(map_location).eval()
+
+
+def pretrain(dataset, *, model: ResNet12 | None = None, channels=DEFAULT_CHANNELS, epochs: int = 100,
+             batch_size: int = 128, lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 5e-4,
+             augment_images: bool = True, pad: int | None = None, flip: bool | None = None, holdout: int = 0,
+             device: str | torch.device | None = None, bf16: bool = False, channels_last: bool = False,
+             checkpoint: str | Path | None = None, resume: bool = False, seed: int = 0,
+             max_steps_per_epoch: int | None = None, time_budget_s: float | None = None,
+             on_epoch=None, progress: bool = True) -> PretrainResult:
+    """Train a ResNet-12 classifier over every class of ``dataset``.
+
+    Args:
+        dataset: a ``FewShotDataset`` (or anything with ``.images`` uint8 ``[K, P, C, H, W]``).
+        model: a ``ResNet12`` with ``K`` outputs to train (default: a new one with ``channels``).
+        epochs, batch_size, lr, momentum, weight_decay: SGD (Nesterov), cosine schedule over all steps.
+        pad, flip: augmentation (default pad = H // 8, flip for RGB only); ``augment_images=False`` disables both.
+        holdout: images per class kept out of training and classified after every epoch.
+        bf16, channels_last: autocast to bfloat16 / channels-last memory format (mostly GPU speed-ups).
+        checkpoint: file written after every epoch; ``resume=True`` continues from it if it exists.
+        max_steps_per_epoch: cut epochs short (CPU profile, smoke tests).
+        time_budget_s: stop after the epoch during which this much wall time has passed.
+        on_epoch: called with each epoch's metrics dict (e.g. to write partial JSON).
+    Returns:
+        ``PretrainResult(model (eval mode), history)``; each history entry has ``epoch``, ``loss``,
+        ``train_accuracy``, ``holdout_accuracy``, ``lr``, ``images_per_s``, ``seconds``.
+    """
+    images = dataset.images if hasattr(dataset, "images") else dataset
+    if images.dtype != torch.uint8 or images.dim() != 5:
+        raise MTLError("pretrain needs uint8 images [classes, per_class, C, H, W] (a FewShotDataset); "
+                       f"got {images.dtype} {tuple(images.shape)}")
+    device = torch.device(device) if device is not None else images.device
+    num_classes, _, in_channels, height, _ = images.shape
+    if model is None:
+        model = ResNet12(in_channels, num_classes, channels)
+    check_config(model.config, source="the model", num_classes=num_classes, in_channels=in_channels)
+    model = model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    train_x, train_y, test_x, test_y = _split(images.to(device), holdout)
+    pad = (height // 8 if pad is None else pad) if augment_images else 0
+    flip = (in_channels == 3 if flip is None else flip) and augment_images
+
+    steps_per_epoch = math.ceil(len(train_x) / batch_size)
+    if max_steps_per_epoch is not None:
+        steps_per_epoch = min(steps_per_epoch, max_steps_per_epoch)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, nesterov=momentum > 0,
+                                weight_decay=weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs * steps_per_epoch))
+    history: list[dict] = []
+    start_epoch = 0
+    path = Path(checkpoint) if checkpoint is not None else None
+    if resume and path is not None and path.is_file():
+        payload = _read_checkpoint(path)
+        check_config(payload["config"], source=str(path), **{k: v for k, v in model.config.items() if k != "arch"})
+        model.load_state_dict(payload["state_dict"])
+        optimizer.load_state_dict(payload["optimizer"])
+        scheduler.load_state_dict(payload["scheduler"])
+        start_epoch, history = payload["epoch"], list(payload["history"])
+
+    generator = torch.Generator().manual_seed(seed)
+    started = time.perf_counter()
+    for epoch in range(start_epoch, epochs):
+        generator.manual_seed(seed * 100_003 + epoch)  # the same epoch after a resume
+        order = torch.randperm(len(train_x), generator=generator).to(device)
+        model.train()
+        loss_sum, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
+        epoch_start = time.perf_counter()
+        bar = tqdm(range(steps_per_epoch), desc=f"pretrain {epoch + 1}/{epochs}", leave=False,
+                   disable=not _progress_enabled(progress))
+        for step in bar:
+            idx = order[step * batch_size: (step + 1) * batch_size]
+            x = train_x[idx].float().div_(255)
+            y = train_y[idx]
+            if pad or flip:
+                x = augment(x, pad=pad, flip=flip, generator=generator)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                logits = model(x)
+            loss = F.cross_entropy(logits.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            loss_sum += loss.detach() * len(y)
+            correct += (logits.argmax(-1) == y).sum()
+            seen += len(y)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - epoch_start
+        metrics = {"epoch": epoch + 1, "loss": loss_sum.item() / seen, "train_accuracy": correct.item() / seen,
+                   "holdout_accuracy": classify_accuracy(model, test_x, test_y, bf16=bf16),
+                   "lr": scheduler.get_last_lr()[0], "images_per_s": seen / seconds, "seconds": seconds}
+        history.append(metrics)
+        if path is not None:
+            _save(path, {"format": FORMAT, "config": model.config, "state_dict": model.state_dict(),
+                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                         "epoch": epoch + 1, "history": history})
+        if on_epoch is not None:
+            on_epoch(metrics)
+        if time_budget_s is not None and time.perf_counter() - started > time_budget_s:
+            break
+    model = model.to(memory_format=torch.contiguous_format)
+    return PretrainResult(model.eval(), history)
