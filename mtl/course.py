@@ -1,0 +1,186 @@
+"""`python -m mtl course run`: execute every lesson top to bottom, as a teacher does before a workshop.
+
+Each lesson runs in a fresh kernel (nbclient), in order, with a progress bar over its cells.
+Executed copies (``.ipynb``) and HTML pages go to ``--out``; ``--inplace`` also writes the executed
+notebook back over ``notebooks/NN_*.ipynb``, which is how the committed outputs are refreshed:
+execution counts in order, no timing or widget-state metadata.
+
+    python -m mtl course run                        # CPU profile, every lesson -> course-out/
+    python -m mtl course run --profile gpu          # the paper protocol (needs a GPU)
+    python -m mtl course run --lessons 01 03        # some lessons only
+    python -m mtl course run --inplace --no-html    # refresh the committed outputs
+    python -m mtl course exercises                  # notebooks/exercises/: solutions blanked
+
+A lesson marks a solution cell with the comment ``# SOLUTION`` on its first line; ``exercises``
+replaces such a cell's body by a ``# Your turn`` stub.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import sys
+import time
+from pathlib import Path
+
+from mtl.errors import MTLError
+
+__all__ = ["add_arguments", "run", "find_lessons", "execute_lesson", "clean_notebook", "blank_solutions"]
+
+#: the repository's lesson folder (the package is installed editable, next to it)
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+SOLUTION_MARK = "# SOLUTION"
+_TRANSIENT_CELL_KEYS = ("execution", "collapsed", "scrolled", "ExecuteTime")
+
+
+class LessonError(MTLError):
+    """A lesson failed to execute (the message names the lesson and the cell)."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    run_parser = sub.add_parser("run", help="execute the lessons in order; write executed copies + HTML")
+    run_parser.add_argument("--profile", choices=["cpu", "gpu"], default=os.environ.get("MTL_PROFILE", "cpu"),
+                            help="cpu: minutes on 2 cores (default); gpu: the paper protocol")
+    run_parser.add_argument("--out", type=Path, default=Path("course-out"),
+                            help="folder for the executed notebooks and HTML (default: course-out)")
+    run_parser.add_argument("--lessons", nargs="*", default=None, metavar="NN",
+                            help="lesson numbers or name prefixes (default: all)")
+    run_parser.add_argument("--notebooks", type=Path, default=NOTEBOOKS, help=argparse.SUPPRESS)
+    run_parser.add_argument("--inplace", action="store_true",
+                            help="also overwrite notebooks/NN_*.ipynb with the executed, cleaned copy")
+    run_parser.add_argument("--no-html", dest="html", action="store_false", help="skip the HTML export")
+    run_parser.add_argument("--timeout", type=int, default=1800, help="seconds per cell (default 1800)")
+    run_parser.add_argument("--no-progress", dest="progress", action="store_false")
+    ex_parser = sub.add_parser("exercises", help="write copies of the lessons with solution cells blanked")
+    ex_parser.add_argument("--notebooks", type=Path, default=NOTEBOOKS, help=argparse.SUPPRESS)
+    ex_parser.add_argument("--out", type=Path, default=None,
+                           help="destination (default: notebooks/exercises)")
+
+
+def find_lessons(folder: Path, selection: list[str] | None = None) -> list[Path]:
+    """The lessons ``NN_*.ipynb`` in ``folder``, in order; ``selection`` filters by name prefix."""
+    lessons = sorted(p for p in Path(folder).glob("[0-9][0-9]_*.ipynb"))
+    if not lessons:
+        raise LessonError(f"no lessons (NN_*.ipynb) in {folder}: run from the repository, or pass --notebooks")
+    if selection:
+        chosen = [p for p in lessons if any(p.name.startswith(s) for s in selection)]
+        missing = [s for s in selection if not any(p.name.startswith(s) for p in lessons)]
+        if missing:
+            names = ", ".join(p.stem for p in lessons)
+            raise LessonError(f"no lesson matches {missing}; choose among: {names}")
+        return chosen
+    return lessons
+
+
+def clean_notebook(nb):
+    """Drop what a run adds but a committed lesson should not hold (timings, widget state, ...).
+
+    Execution counts are kept (they are 1, 2, 3... after a clean run); returns ``nb``.
+    """
+    nb.metadata.pop("widgets", None)
+    nb.metadata.pop("papermill", None)
+    for cell in nb.cells:
+        for key in _TRANSIENT_CELL_KEYS:
+            cell.metadata.pop(key, None)
+        if cell.cell_type == "code":
+            for output in cell.get("outputs", []):
+                output.get("metadata", {}).pop("transient", None)
+    return nb
+
+
+def execute_lesson(path: Path, *, timeout: int = 1800, progress: bool = True, kernel_name: str = "python3"):
+    """Run one lesson in a fresh kernel (working directory: the lesson's folder); returns the notebook.
+
+    Raises ``LessonError`` naming the failing cell when a cell raises unexpectedly.
+    """
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+    from tqdm.auto import tqdm
+
+    nb = nbformat.read(path, as_version=4)
+    n_code = sum(1 for c in nb.cells if c.cell_type == "code")
+    bar = tqdm(total=n_code, desc=path.stem, unit="cell", disable=not progress, leave=True)
+    client = NotebookClient(
+        nb, timeout=timeout, kernel_name=kernel_name, record_timing=False, store_widget_state=False,
+        resources={"metadata": {"path": str(path.parent)}},
+        on_cell_executed=lambda **_: bar.update(1),
+    )
+    try:
+        client.execute()
+    except CellExecutionError as error:
+        raise LessonError(f"{path.name} failed:\n{error}\nFix the lesson (or mtl), then re-run "
+                          f"`python -m mtl course run --lessons {path.name[:2]}`.") from None
+    finally:
+        bar.close()
+    return clean_notebook(nb)
+
+
+def _export_html(nb, destination: Path) -> None:
+    from nbconvert import HTMLExporter
+
+    body, _ = HTMLExporter().from_notebook_node(nb)
+    destination.write_text(body, encoding="utf-8")
+
+
+def blank_solutions(nb):
+    """Copy of ``nb`` whose ``# SOLUTION`` cells are replaced by a stub, outputs cleared."""
+    nb = copy.deepcopy(nb)
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        cell.outputs, cell.execution_count = [], None
+        lines = cell.source.splitlines()
+        if lines and lines[0].strip().upper().startswith(SOLUTION_MARK):
+            # Keep the signature lines (def/return annotations) the checker needs, drop the body.
+            header = [ln for ln in lines[1:] if ln.startswith("def ")]
+            stub = [f"{h}\n    raise NotImplementedError('your turn')" for h in header]
+            cell.source = "# Your turn: replace NotImplementedError by your code, then run the check below.\n" + \
+                "\n\n".join(stub or ["..."])
+    return clean_notebook(nb)
+
+
+def _run_lessons(args: argparse.Namespace) -> int:
+    import nbformat
+
+    lessons = find_lessons(args.notebooks, args.lessons)
+    os.environ["MTL_PROFILE"] = args.profile  # the kernels inherit it
+    os.environ.setdefault("MTL_PROGRESS", "0")  # bars inside lessons would clutter stored outputs
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    times = {}
+    for path in lessons:
+        start = time.perf_counter()
+        nb = execute_lesson(path, timeout=args.timeout, progress=args.progress)
+        times[path.stem] = time.perf_counter() - start
+        nbformat.write(nb, out / path.name)
+        if args.html:
+            _export_html(nb, out / f"{path.stem}.html")
+        if args.inplace:
+            nbformat.write(nb, path)
+    width = max(len(k) for k in times)
+    for name, seconds in times.items():
+        print(f"{name:<{width}}  {seconds:7.1f} s")
+    print(f"{'total':<{width}}  {sum(times.values()):7.1f} s   (profile {args.profile}; copies in {out})")
+    return 0
+
+
+def _write_exercises(args: argparse.Namespace) -> int:
+    import nbformat
+
+    out = Path(args.out) if args.out else Path(args.notebooks) / "exercises"
+    out.mkdir(parents=True, exist_ok=True)
+    for path in find_lessons(args.notebooks):
+        nb = blank_solutions(nbformat.read(path, as_version=4))
+        nbformat.write(nb, out / path.name)
+        print(f"wrote {out / path.name}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        return _run_lessons(args) if args.action == "run" else _write_exercises(args)
+    except MTLError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1

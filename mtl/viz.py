@@ -1,0 +1,189 @@
+"""Figures the lessons show. Each function draws on the axes it is given (or a new figure) and
+returns the figure; no function calls ``plt.show()``, so a lesson cell ends with ``;``.
+
+- ``quadratic_family``: task landscapes, inner-loop paths, the average vs the meta-learned start
+- ``meta_landscape``: contours of the post-adaptation loss with every method's fixed point
+- ``gradient_arrows``: update directions at one point (closed form, autodiff, first order, Reptile)
+- ``episode_grid``: a support/query grid of one N-way K-shot episode
+- ``regression_fits``: sinusoid fits after 0..k inner steps (MAML paper, Figure 2)
+- ``mean_with_band``: curves with a shaded 95% interval
+- ``figure_png``: a figure as PNG bytes (what the widgets display)
+"""
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from torch import Tensor
+
+from mtl import quadratic
+
+__all__ = ["quadratic_family", "meta_landscape", "gradient_arrows", "episode_grid", "regression_fits",
+           "mean_with_band", "figure_png", "METHOD_STYLE"]
+
+#: one colour and marker per method, the same in every lesson
+METHOD_STYLE = {
+    "average": dict(color="tab:gray", marker="s", label="best average solution"),
+    "maml": dict(color="tab:red", marker="*", label="MAML (exact meta-gradient)"),
+    "first_order": dict(color="tab:blue", marker="D", label="first-order MAML"),
+    "reptile": dict(color="tab:green", marker="P", label="Reptile"),
+}
+
+
+def _axes(ax, figsize=(6, 4.5)):
+    if ax is None:
+        fig, ax = plt.subplots(figsize=figsize)
+        return fig, ax
+    return ax.figure, ax
+
+
+def _grid(tasks: quadratic.QuadraticTasks, margin: float = 1.0, n: int = 121):
+    lo = tasks.optimum.min(0).values.numpy() - margin
+    hi = tasks.optimum.max(0).values.numpy() + margin
+    xs, ys = np.linspace(lo[0], hi[0], n), np.linspace(lo[1], hi[1], n)
+    gx, gy = np.meshgrid(xs, ys)
+    points = torch.from_numpy(np.stack([gx.ravel(), gy.ravel()], -1))  # [n*n, 2]
+    return gx, gy, points
+
+
+def quadratic_family(tasks: quadratic.QuadraticTasks, lr: float, steps: int, *, show: int = 6, ax=None,
+                     methods: Sequence[str] = ("average", "maml")) -> Figure:
+    """Level sets of ``show`` tasks (colour = sharpness), every optimum, and the inner-loop paths
+    (``steps`` steps of size ``lr``) from the MAML start to the shown tasks."""
+    fig, ax = _axes(ax)
+    sharp = torch.linalg.eigvalsh(tasks.curvature).max(-1).values.log().numpy()
+    cmap, norm = plt.get_cmap("viridis"), plt.Normalize(sharp.min(), sharp.max())
+    ax.scatter(*tasks.optimum.T.numpy(), c=sharp, cmap=cmap, norm=norm, s=12, alpha=0.6, zorder=2)
+    gx, gy, points = _grid(tasks)
+    # Show tasks spread from the sharpest to the flattest, each by the level set L = 0.1.
+    shown = np.argsort(sharp)[np.linspace(0, len(sharp) - 1, min(show, len(sharp))).round().astype(int)]
+    for t in shown:
+        one = quadratic.QuadraticTasks(tasks.curvature[t:t + 1].expand(len(points), 2, 2),
+                                       tasks.optimum[t:t + 1].expand(len(points), 2))
+        z = quadratic.task_loss(points, one).reshape(gx.shape).numpy()
+        ax.contour(gx, gy, z, levels=[0.1], colors=[cmap(norm(sharp[t]))], linewidths=1.2)
+    start = quadratic.optimal_init(tasks, lr, steps, "maml")
+    path = quadratic.inner_trajectory(start, tasks, lr, steps)[:, shown].numpy()  # [steps+1, show, 2]
+    for t in range(path.shape[1]):
+        ax.plot(path[:, t, 0], path[:, t, 1], "-o", color="tab:red", ms=2.5, lw=1, alpha=0.7, zorder=3)
+    for method in methods:
+        point = quadratic.optimal_init(tasks, lr, steps, method).numpy()
+        ax.scatter(*point, s=160, edgecolor="black", zorder=4, **METHOD_STYLE[method])
+    ax.set(xlabel=r"$\theta_1$", ylabel=r"$\theta_2$", aspect="equal",
+           title=f"tasks and {steps} inner step(s), " + r"$\alpha$" + f" = {lr:.3g}")
+    fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="log sharpness", shrink=0.8)
+    ax.legend(loc="lower left", fontsize=8)
+    return fig
+
+
+def meta_landscape(tasks: quadratic.QuadraticTasks, lr: float, steps: int, *, ax=None,
+                   methods: Sequence[str] = ("average", "maml", "first_order", "reptile")) -> Figure:
+    """Contours of the meta-objective ``mean_tau L_tau(phi_tau(theta))`` over theta, with each
+    method's fixed point (``quadratic.optimal_init``)."""
+    fig, ax = _axes(ax)
+    gx, gy, points = _grid(tasks, margin=0.5, n=81)
+    z = quadratic.meta_objective_grid(points, tasks, lr, steps).reshape(gx.shape)
+    ax.contourf(gx, gy, z.log().numpy(), levels=20, cmap="Greys_r", alpha=0.8)
+    for method in methods:
+        point = quadratic.optimal_init(tasks, lr, steps, method).numpy()
+        ax.scatter(*point, s=160, edgecolor="black", zorder=4, **METHOD_STYLE[method])
+    ax.set(xlabel=r"$\theta_1$", ylabel=r"$\theta_2$", aspect="equal",
+           title="log post-adaptation loss " + r"$\mathbb{E}_\tau L_\tau(\phi_\tau(\theta))$")
+    ax.legend(loc="lower left", fontsize=8)
+    return fig
+
+
+def gradient_arrows(origin: Tensor, directions: Mapping[str, Tensor], *, ax=None) -> Figure:
+    """Arrows from ``origin`` ``[2]`` for each named direction ``[2]`` (drawn as descent: minus it)."""
+    fig, ax = _axes(ax, figsize=(5, 4.5))
+    o = origin.detach().numpy()
+    tips = [o]
+    for i, (name, d) in enumerate(directions.items()):
+        step = -d.detach().numpy()
+        ax.annotate("", xy=o + step, xytext=o, arrowprops=dict(arrowstyle="->", lw=2, color=f"C{i}"))
+        ax.plot([], [], color=f"C{i}", lw=2, label=name)
+        tips.append(o + step)
+    tips = np.stack(tips)
+    pad = 0.15 * (tips.max(0) - tips.min(0)).max() + 1e-3
+    ax.set(xlim=(tips[:, 0].min() - pad, tips[:, 0].max() + pad), ylim=(tips[:, 1].min() - pad, tips[:, 1].max() + pad),
+           aspect="equal", xlabel=r"$\theta_1$", ylabel=r"$\theta_2$", title="minus the update direction at " +
+           f"({o[0]:.2f}, {o[1]:.2f})")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def episode_grid(support_x: Tensor, support_y: Tensor, query_x: Tensor | None = None,
+                 query_y: Tensor | None = None, *, class_names: Sequence[str] | None = None,
+                 max_query: int = 5, fig: Figure | None = None) -> Figure:
+    """One episode: a row per class, its K support images then up to ``max_query`` query images.
+
+    ``support_x`` ``[N*K, C, H, W]`` in [0, 1], ``support_y`` ``[N*K]`` (labels 0..N-1), same for query.
+    """
+    ways = int(support_y.max()) + 1
+    shots = int((support_y == 0).sum())
+    queries = 0 if query_y is None else min(max_query, int((query_y == 0).sum()))
+    cols = shots + queries
+    fig = fig or plt.figure(figsize=(1.1 * cols + 1.5, 1.1 * ways))
+    axes = fig.subplots(ways, cols, squeeze=False)
+    for label in range(ways):
+        row = [support_x[support_y == label][k] for k in range(shots)]
+        if queries:
+            row += [query_x[query_y == label][q] for q in range(queries)]
+        for col, image in enumerate(row):
+            ax = axes[label, col]
+            img = image.permute(1, 2, 0).squeeze(-1).cpu().numpy()
+            ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1)
+            ax.set_xticks([]), ax.set_yticks([])
+            for side in ax.spines.values():
+                side.set_color("tab:blue" if col < shots else "tab:orange")
+                side.set_linewidth(2)
+            if label == 0:
+                ax.set_title("support" if col < shots else "query", fontsize=8,
+                             color="tab:blue" if col < shots else "tab:orange")
+        name = f"label {label}" if class_names is None else f"{label}: {class_names[label]}"
+        axes[label, 0].set_ylabel(name, fontsize=8, rotation=0, ha="right", va="center")
+    return fig
+
+
+def regression_fits(x: Tensor, truth: Tensor, predictions: Mapping[str, Tensor], *, support: tuple | None = None,
+                    ax=None, title: str = "") -> Figure:
+    """A 1-D regression: the true curve, labelled prediction curves, and the support points.
+
+    ``x`` ``[n]`` sorted, ``truth`` ``[n]``, each prediction ``[n]``; ``support`` = (xs ``[K]``, ys ``[K]``).
+    """
+    fig, ax = _axes(ax)
+    ax.plot(x.numpy(), truth.numpy(), color="black", lw=2, label="true function")
+    styles = ["--", "-", ":", "-."]
+    for i, (name, y) in enumerate(predictions.items()):
+        ax.plot(x.numpy(), y.detach().numpy(), styles[i % 4], color=f"C{i}", lw=1.5, label=name)
+    if support is not None:
+        ax.scatter(support[0].numpy(), support[1].numpy(), marker="^", s=60, color="tab:purple", zorder=5,
+                   label=f"{len(support[0])} support points")
+    ax.set(xlabel="x", ylabel="y", title=title)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def mean_with_band(x: Sequence[float], curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], *,
+                   ax=None, xlabel: str = "", ylabel: str = "", title: str = "") -> Figure:
+    """Each curve ``name -> (mean [n], half_width [n])`` drawn with a shaded band mean +- half_width."""
+    fig, ax = _axes(ax)
+    for i, (name, (mean, half)) in enumerate(curves.items()):
+        mean, half = np.asarray(mean, dtype=float), np.asarray(half, dtype=float)
+        ax.plot(x, mean, "-o", ms=3, color=f"C{i}", label=name)
+        ax.fill_between(x, mean - half, mean + half, color=f"C{i}", alpha=0.2)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def figure_png(fig: Figure, dpi: int = 80) -> bytes:
+    """Render ``fig`` to PNG bytes and close it (widgets show figures as images)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
