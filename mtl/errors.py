@@ -20,3 +20,19 @@ class InnerLoopError(MTLError, FloatingPointError):
 
 class CheckpointError(MTLError):
     """A checkpoint that cannot be used (corrupt, wrong architecture, wrong version)."""
+
+
+class ChecksumError(DataError):
+    """A file whose checksum does not match the one recorded for it (nothing of it is kept)."""
+
+
+class UnsafeArchiveError(DataError):
+    """An archive member that would land outside the target folder (absolute path, `..`, link)."""
+
+
+class TaskBatchError(MTLError, ValueError):
+    """Support and query tensors of a batch of tasks that disagree (shapes, task count, labels)."""
+
+
+class ConfigError(MTLError, ValueError):
+    """An unknown or impossible option value (a strategy name, a chunk size, an algorithm name)."""

@@ -1,0 +1,218 @@
+"""Archives and checksums: read, list and extract ``.tar(.gz)``/``.zip`` files safely; download.
+
+Every member name is checked before anything is read or written: absolute paths, ``..`` components,
+symbolic/hard links and device files are refused with :class:`~mtl.errors.UnsafeArchiveError`, so
+nothing can land outside the target folder. A truncated or corrupted archive raises
+:class:`~mtl.errors.DataError`; a download whose checksum does not match raises
+:class:`~mtl.errors.ChecksumError` and keeps nothing of the file.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+import zlib
+from pathlib import Path, PurePosixPath
+from typing import Callable, Iterator
+
+from mtl.data._progress import progress_bar
+from mtl.errors import ChecksumError, DataError, UnsafeArchiveError
+
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
+_CORRUPT = (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, OSError)
+_CHUNK = 1 << 20
+
+
+def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
+    """Hex digest (``sha256`` or ``md5``) of a file, read in 1 MiB chunks."""
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_checksum(path: str | os.PathLike, expected: str, algorithm: str = "sha256") -> None:
+    """Raise :class:`ChecksumError` (naming the fix) unless ``path`` has digest ``expected``."""
+    actual = file_digest(path, algorithm)
+    if actual != expected.lower():
+        raise ChecksumError(
+            f"{path}: {algorithm} is {actual}, expected {expected}. The file is corrupted or not the "
+            "official one: delete it and download it again."
+        )
+
+
+def is_archive(path: str | os.PathLike) -> bool:
+    """True for names ending in ``.tar.gz``, ``.tgz``, ``.tar`` or ``.zip``."""
+    return str(path).lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def safe_member_name(name: str, archive: str | os.PathLike = "archive") -> str:
+    """Normalised relative POSIX name of a member, or :class:`UnsafeArchiveError` if it could escape."""
+    clean = name.replace("\\", "/")
+    parts = [p for p in PurePosixPath(clean).parts if p not in ("", ".")]
+    if clean.startswith("/") or (parts and ":" in parts[0]) or ".." in parts:
+        raise UnsafeArchiveError(
+            f"{archive}: member {name!r} would be written outside the target folder (absolute path or "
+            "'..'). The archive is not a genuine copy: delete it and use the official file."
+        )
+    return "/".join(parts)
+
+
+def _refuse_link(name: str, archive: str | os.PathLike) -> None:
+    raise UnsafeArchiveError(
+        f"{archive}: member {name!r} is a link or special file, which could point outside the target "
+        "folder. The archive is not a genuine copy: delete it and use the official file."
+    )
+
+
+def _corrupt(path: str | os.PathLike, exc: BaseException) -> DataError:
+    return DataError(
+        f"{path} is truncated or corrupted ({type(exc).__name__}: {exc}). Delete it and copy or "
+        "download it again."
+    )
+
+
+def _iter_tar(path: Path, keep: Callable[[str], bool]) -> Iterator[tuple[str, bytes | None]]:
+    with tarfile.open(path, "r|*") as tar:
+        for member in tar:
+            name = safe_member_name(member.name, path)
+            if member.isdir():
+                continue
+            if not member.isfile():
+                _refuse_link(member.name, path)
+            if not keep(name):
+                yield name, None
+                continue
+            data = tar.extractfile(member).read()
+            if len(data) != member.size:
+                raise EOFError(f"member {member.name!r} is cut short")
+            yield name, data
+
+
+def _zip_is_link(info: zipfile.ZipInfo) -> bool:
+    return (info.external_attr >> 16) & 0o170000 in (0o120000, 0o020000, 0o060000, 0o010000)
+
+
+def _iter_zip(path: Path, keep: Callable[[str], bool]) -> Iterator[tuple[str, bytes | None]]:
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            name = safe_member_name(info.filename, path)
+            if info.is_dir():
+                continue
+            if _zip_is_link(info):
+                _refuse_link(info.filename, path)
+            yield name, archive.read(info) if keep(name) else None
+
+
+def _iter_folder(path: Path, keep: Callable[[str], bool]) -> Iterator[tuple[str, bytes | None]]:
+    for dirpath, dirnames, filenames in os.walk(path):
+        dirnames.sort()
+        for filename in sorted(filenames):
+            full = Path(dirpath) / filename
+            name = (Path(path.name) / full.relative_to(path)).as_posix()
+            yield name, full.read_bytes() if keep(name) else None
+
+
+def _keep_all(name: str) -> bool:
+    return True
+
+
+def iter_files(path: str | os.PathLike, keep: Callable[[str], bool] = _keep_all
+               ) -> Iterator[tuple[str, bytes | None]]:
+    """Yield ``(name, bytes)`` for every regular file of an archive or folder, in stored order.
+
+    Names are relative POSIX paths; a folder's names start with the folder's own name (the layout
+    its archive would have). Members for which ``keep(name)`` is false are not read (``bytes`` is
+    None). Raises :class:`UnsafeArchiveError` on an unsafe member and :class:`DataError` on a
+    truncated or corrupted archive.
+    """
+    path = Path(path)
+    if path.is_dir():
+        yield from _iter_folder(path, keep)
+        return
+    if not path.is_file():
+        raise DataError(f"{path} does not exist.")
+    reader = _iter_zip if path.name.lower().endswith(".zip") else _iter_tar
+    try:
+        yield from reader(path, keep)
+    except (UnsafeArchiveError, DataError):
+        raise
+    except _CORRUPT as exc:
+        raise _corrupt(path, exc) from exc
+
+
+def list_names(path: str | os.PathLike) -> list[str]:
+    """Names of the regular files of an archive or folder (checked like :func:`iter_files`, not read)."""
+    return [name for name, _ in iter_files(path, keep=lambda name: False)]
+
+
+def safe_extract(archive: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """Extract ``archive`` into folder ``target``; all or nothing.
+
+    Members go to a temporary folder beside ``target`` first; only when every member was checked
+    and written are they moved into ``target``. On any error nothing new is left behind.
+    Returns ``target``.
+    """
+    archive, target = Path(archive), Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".extract-", dir=target.parent))
+    try:
+        root = staging.resolve()
+        for name, data in iter_files(archive):
+            dest = (staging / name).resolve()
+            if root not in dest.parents:
+                raise UnsafeArchiveError(f"{archive}: member {name!r} would land outside {target}.")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(data)
+        target.mkdir(parents=True, exist_ok=True)
+        for entry in sorted(staging.iterdir()):
+            destination = target / entry.name
+            if destination.exists():
+                shutil.rmtree(destination) if destination.is_dir() else destination.unlink()
+            os.replace(entry, destination)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def download(url: str, dest: str | os.PathLike, *, md5: str | None = None, sha256: str | None = None,
+             progress: bool = True, hint: str = "") -> Path:
+    """Download ``url`` to ``dest`` (atomically), verifying ``md5`` and/or ``sha256``.
+
+    On a checksum mismatch nothing is kept (:class:`ChecksumError`); on a network failure a
+    :class:`DataError` says what happened followed by ``hint`` (where to put the files instead).
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    digests = {"md5": hashlib.md5(), "sha256": hashlib.sha256()}
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    tmp = Path(tmp_name)
+    try:
+        try:
+            with urllib.request.urlopen(url, timeout=30) as response, os.fdopen(fd, "wb") as out:
+                total = int(response.headers.get("Content-Length") or 0) or None
+                with progress_bar(total=total, unit="B", unit_scale=True, desc=dest.name, progress=progress) as bar:
+                    for chunk in iter(lambda: response.read(_CHUNK), b""):
+                        out.write(chunk)
+                        for digest in digests.values():
+                            digest.update(chunk)
+                        bar.update(len(chunk))
+        except (urllib.error.URLError, OSError) as exc:
+            raise DataError(f"Could not download {url} ({exc}). {hint}".strip()) from exc
+        for algorithm, expected in (("md5", md5), ("sha256", sha256)):
+            actual = digests[algorithm].hexdigest()
+            if expected and actual != expected.lower():
+                raise ChecksumError(
+                    f"The download of {url} has {algorithm} {actual}, expected {expected}; it was "
+                    f"deleted. Try again later, or {hint or 'copy the official file by hand'}".strip()
+                )
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dest

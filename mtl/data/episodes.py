@@ -1,0 +1,147 @@
+"""N-way K-shot episodes as batched tensors: ``TaskBatch`` and ``EpisodeSampler``.
+
+Indices are drawn on the CPU with a seeded ``torch.Generator`` (identical episodes on every machine
+and device); the images are gathered from the dataset's uint8 tensor on its device and converted
+to float32 in [0, 1] there. One call samples a whole batch of tasks with a few tensor operations
+(no Python loop over episodes).
+"""
+from __future__ import annotations
+
+from typing import Iterator, NamedTuple
+
+import torch
+
+from mtl.data.dataset import FewShotDataset
+from mtl.errors import EpisodeError
+
+
+class TaskBatch(NamedTuple):
+    """A batch of ``B`` tasks.
+
+    Classification (``N`` ways, ``K`` shots, ``Q`` queries per class):
+        support_x: float32 ``[B, N*K, C, H, W]`` in [0, 1];  support_y: int64 ``[B, N*K]``, labels
+        ``0..N-1`` class-major (``[0]*K + [1]*K + ...``);  query_x ``[B, N*Q, C, H, W]``;  query_y ``[B, N*Q]``.
+    Regression (sinusoid): x and y are float32 ``[B, K, 1]``.
+    """
+
+    support_x: torch.Tensor
+    support_y: torch.Tensor
+    query_x: torch.Tensor
+    query_y: torch.Tensor
+
+    def to(self, device: str | torch.device) -> "TaskBatch":
+        """The batch with every tensor on ``device``."""
+        return TaskBatch(*(t.to(device) for t in self))
+
+
+class EpisodeSampler:
+    """Samples ``ways``-way ``shots``-shot tasks with ``queries`` query images per class.
+
+    Args:
+        dataset: a :class:`FewShotDataset`; its images are moved to ``device`` once.
+        ways, shots, queries: N, K and Q.
+        device: where batches are built (default: the dataset's device).
+        seed: seed of the sampler's CPU generator (each ``sample`` call advances it).
+    """
+
+    def __init__(self, dataset: FewShotDataset, *, ways: int, shots: int, queries: int,
+                 device: str | torch.device | None = None, seed: int = 0):
+        _check_episode(dataset, ways, shots, queries)
+        self.dataset = dataset.to(device)
+        self.images = self.dataset.images
+        self.device = self.images.device
+        self.ways, self.shots, self.queries = ways, shots, queries
+        self.seed = seed
+        self.generator = torch.Generator().manual_seed(seed)
+        labels = torch.arange(ways, device=self.device)
+        self._support_y = labels.repeat_interleave(shots)
+        self._query_y = labels.repeat_interleave(queries)
+
+    def sample(self, batch_size: int, *, classes: torch.Tensor | None = None,
+               return_classes: bool = False) -> TaskBatch | tuple[TaskBatch, torch.Tensor]:
+        """A :class:`TaskBatch` of ``batch_size`` tasks, drawn with the sampler's generator.
+
+        ``classes`` (int64 ``[B, N]``, dataset class ids) fixes each task's classes, in label order;
+        only the images are then drawn. ``return_classes=True`` returns ``(batch, classes)``.
+        """
+        return self._sample(batch_size, self.generator, classes, return_classes)
+
+    def episodes(self, n: int, batch_size: int, seed: int = 0) -> Iterator[TaskBatch]:
+        """A fixed evaluation set: ``n`` tasks in batches of ``batch_size`` (the last may be smaller).
+
+        Depends only on ``(dataset, ways, shots, queries, n, batch_size, seed)``, not on earlier calls.
+        """
+        generator = torch.Generator().manual_seed(seed)
+        for start in range(0, n, batch_size):
+            yield self._sample(min(batch_size, n - start), generator, None, False)
+
+    def _sample(self, batch_size, generator, classes, return_classes):
+        if batch_size < 1:
+            raise EpisodeError(f"batch_size must be at least 1, got {batch_size}.")
+        num_classes, per_class = self.images.shape[:2]
+        if classes is None:
+            classes = _random_subsets(batch_size, self.ways, num_classes, generator)
+        else:
+            classes = _check_classes(classes, batch_size, self.ways, num_classes)
+        # K + Q distinct images per (task, class): the first K+Q of a random permutation.
+        keys = torch.rand(batch_size, self.ways, per_class, generator=generator, dtype=torch.float64)
+        picks = keys.argsort(dim=2)[:, :, : self.shots + self.queries]
+        classes_on_device = classes.to(self.device)[:, :, None]
+        support_x = self._gather(classes_on_device, picks[:, :, : self.shots], batch_size)
+        query_x = self._gather(classes_on_device, picks[:, :, self.shots:], batch_size)
+        batch = TaskBatch(support_x, self._support_y.expand(batch_size, -1),
+                          query_x, self._query_y.expand(batch_size, -1))
+        return (batch, classes) if return_classes else batch
+
+    def _gather(self, classes: torch.Tensor, picks: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """float32 ``[B, N*M, C, H, W]`` in [0, 1] from class ids ``[B, N, 1]`` and image ids ``[B, N, M]``."""
+        x = self.images[classes, picks.to(self.device)]  # uint8 [B, N, M, C, H, W], contiguous
+        return x.view(batch_size, -1, *x.shape[3:]).div(255)  # one kernel: uint8 -> float32 / 255
+
+    def __repr__(self) -> str:
+        return (f"EpisodeSampler({self.dataset.name}/{self.dataset.split}, ways={self.ways}, "
+                f"shots={self.shots}, queries={self.queries}, device={self.device}, seed={self.seed})")
+
+
+def _random_subsets(rows: int, k: int, n: int, generator: torch.Generator) -> torch.Tensor:
+    """int64 ``[rows, k]``: in each row ``k`` distinct ids of ``0..n-1``, uniformly random set and order.
+
+    Robert Floyd's algorithm, vectorised over rows: k steps of O(rows * k) work whatever ``n`` is
+    (a 5-way task from 4,400 classes never touches 4,400 random numbers), then a random shuffle.
+    """
+    draws = torch.rand(rows, k, generator=generator, dtype=torch.float64)
+    chosen = torch.empty(rows, k, dtype=torch.int64)
+    for step, top in enumerate(range(n - k, n)):
+        candidate = (draws[:, step] * (top + 1)).long().clamp_(max=top)  # uniform in 0..top
+        taken = (chosen[:, :step] == candidate[:, None]).any(dim=1)
+        chosen[:, step] = torch.where(taken, top, candidate)
+    order = torch.rand(rows, k, generator=generator, dtype=torch.float64).argsort(dim=1)
+    return chosen.gather(1, order)
+
+
+def _check_episode(dataset: FewShotDataset, ways: int, shots: int, queries: int) -> None:
+    where = f"{dataset.name} {dataset.split!r}"
+    if ways < 1 or shots < 1 or queries < 0:
+        raise EpisodeError(f"Need ways >= 1, shots >= 1 and queries >= 0; got {ways}, {shots}, {queries}.")
+    if ways > dataset.num_classes:
+        raise EpisodeError(
+            f"{ways}-way tasks need {ways} classes but {where} has {dataset.num_classes}: use ways <= "
+            f"{dataset.num_classes} (or a split with more classes, e.g. rotations=True for Omniglot)."
+        )
+    if shots + queries > dataset.per_class:
+        raise EpisodeError(
+            f"shots + queries = {shots} + {queries} = {shots + queries} images per class, but {where} has "
+            f"{dataset.per_class} per class: lower shots or queries so that shots + queries <= {dataset.per_class}."
+        )
+
+
+def _check_classes(classes, batch_size: int, ways: int, num_classes: int) -> torch.Tensor:
+    classes = torch.as_tensor(classes, dtype=torch.int64).cpu()
+    if classes.shape != (batch_size, ways):
+        raise EpisodeError(f"classes must have shape [batch_size, ways] = [{batch_size}, {ways}], "
+                           f"got {list(classes.shape)}.")
+    if classes.numel() and (classes.min() < 0 or classes.max() >= num_classes):
+        raise EpisodeError(f"classes must be class ids in 0..{num_classes - 1}.")
+    if (classes.sort(dim=1).values.diff(dim=1) == 0).any():
+        raise EpisodeError("each task's classes must be distinct (a row of classes repeats an id).")
+    return classes
