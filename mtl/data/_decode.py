@@ -1,6 +1,6 @@
 """Decode many small images into one uint8 array, on all cores (a process pool) with a progress bar.
 
-Only numpy and Pillow are used here, so worker processes stay light.
+Workers only use numpy and Pillow (no torch), so forking them is safe and cheap.
 """
 from __future__ import annotations
 
@@ -14,20 +14,26 @@ import numpy as np
 from PIL import Image
 
 from mtl.data._progress import progress_bar
+from mtl.errors import DataError
 
 _CHUNK = 512
 
 
+def _shape(n: int, size: int, mode: str) -> tuple[int, ...]:
+    return (n, 3, size, size) if mode == "RGB" else (n, size, size)
+
+
 def _decode_chunk(blobs: list[bytes], size: int, mode: str, invert: bool) -> np.ndarray:
-    """``[n, size, size]`` (mode 'L') or ``[n, size, size, 3]`` (mode 'RGB') uint8."""
-    out = np.empty((len(blobs), size, size) + ((3,) if mode == "RGB" else ()), dtype=np.uint8)
+    """``[n, size, size]`` (mode 'L') or ``[n, 3, size, size]`` (mode 'RGB', channels first) uint8."""
+    out = np.empty(_shape(len(blobs), size, mode), dtype=np.uint8)
     for i, blob in enumerate(blobs):
         with Image.open(io.BytesIO(blob)) as image:
             image = image.convert(mode)
             if image.size != (size, size):
                 # Area-weighted (BOX) filter: a pixel's value is the fraction of ink it covers.
                 image = image.resize((size, size), Image.Resampling.BOX)
-            out[i] = np.asarray(image)
+            pixels = np.asarray(image)
+            out[i] = pixels.transpose(2, 0, 1) if mode == "RGB" else pixels
     return 255 - out if invert else out
 
 
@@ -43,24 +49,31 @@ def decode_images(blobs: list[bytes], *, size: int, mode: str, invert: bool = Fa
     """Decode encoded images (PNG/JPEG bytes) to uint8, resized to ``size`` x ``size``.
 
     Returns ``[n, size, size]`` for ``mode='L'`` (``invert=True`` gives 255 - value) or
-    ``[n, size, size, 3]`` for ``mode='RGB'``, in the order of ``blobs``.
+    ``[n, 3, size, size]`` for ``mode='RGB'``, in the order of ``blobs``. A bad image raises
+    :class:`DataError`.
     """
+    out = np.empty(_shape(len(blobs), size, mode), dtype=np.uint8)
     chunks = [blobs[i:i + _CHUNK] for i in range(0, len(blobs), _CHUNK)]
     work = partial(_decode_chunk, size=size, mode=mode, invert=invert)
     bar = progress_bar(total=len(blobs), unit="img", desc=desc, progress=progress)
-    parts = []
-    with bar:
-        if _workers() == 1 or len(chunks) == 1:
-            for chunk in chunks:
-                parts.append(work(chunk))
-                bar.update(len(chunk))
-        else:
-            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-            context = multiprocessing.get_context(method)
-            with ProcessPoolExecutor(_workers(), mp_context=context) as pool:
-                for chunk, part in zip(chunks, pool.map(work, chunks)):
-                    parts.append(part)
-                    bar.update(len(chunk))
-    if not parts:
-        return np.empty((0, size, size) + ((3,) if mode == "RGB" else ()), dtype=np.uint8)
-    return np.concatenate(parts)
+    try:
+        with bar:
+            if _workers() == 1 or len(chunks) <= 1:
+                parts = map(work, chunks)
+                _fill(out, chunks, parts, bar)
+            else:
+                method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+                with ProcessPoolExecutor(_workers(), mp_context=multiprocessing.get_context(method)) as pool:
+                    _fill(out, chunks, pool.map(work, chunks), bar)
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:  # PIL.UnidentifiedImageError is an OSError
+        raise DataError(f"An image could not be decoded ({exc}): the {desc} files are corrupted; "
+                        "replace them with complete copies.") from exc
+    return out
+
+
+def _fill(out: np.ndarray, chunks: list, parts, bar) -> None:
+    start = 0
+    for chunk, part in zip(chunks, parts):
+        out[start:start + len(chunk)] = part
+        start += len(chunk)
+        bar.update(len(chunk))

@@ -194,17 +194,19 @@ def download(url: str, dest: str | os.PathLike, *, md5: str | None = None, sha25
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     tmp = Path(tmp_name)
     try:
-        try:
-            with urllib.request.urlopen(url, timeout=30) as response, os.fdopen(fd, "wb") as out:
-                total = int(response.headers.get("Content-Length") or 0) or None
-                with progress_bar(total=total, unit="B", unit_scale=True, desc=dest.name, progress=progress) as bar:
-                    for chunk in iter(lambda: response.read(_CHUNK), b""):
-                        out.write(chunk)
-                        for digest in digests.values():
-                            digest.update(chunk)
-                        bar.update(len(chunk))
-        except (urllib.error.URLError, OSError) as exc:
-            raise DataError(f"Could not download {url} ({exc}). {hint}".strip()) from exc
+        with os.fdopen(fd, "wb") as out:
+            try:
+                with urllib.request.urlopen(url, timeout=30) as response:
+                    total = int(response.headers.get("Content-Length") or 0) or None
+                    with progress_bar(total=total, unit="B", unit_scale=True, desc=dest.name,
+                                      progress=progress) as bar:
+                        for chunk in iter(lambda: response.read(_CHUNK), b""):
+                            out.write(chunk)
+                            for digest in digests.values():
+                                digest.update(chunk)
+                            bar.update(len(chunk))
+            except (urllib.error.URLError, OSError) as exc:
+                raise DataError(f"Could not download {url} ({exc}). {hint}".strip()) from exc
         for algorithm, expected in (("md5", md5), ("sha256", sha256)):
             actual = digests[algorithm].hexdigest()
             if expected and actual != expected.lower():

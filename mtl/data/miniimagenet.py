@@ -116,8 +116,8 @@ def build(split: str, source: Path, *, size: int = DEFAULT_SIZE, progress: bool 
     blobs = [files[m] for members in classes.values() for m in members]
     pixels = _decode.decode_images(blobs, size=size, mode="RGB", progress=progress, desc=f"mini-imagenet {split}")
     per_class = len(next(iter(classes.values())))
-    images = torch.from_numpy(pixels).reshape(len(classes), per_class, size, size, 3).permute(0, 1, 4, 2, 3)
-    return {"version": CACHE_VERSION, "images": images.contiguous(), "class_names": list(classes), "size": size}
+    images = torch.from_numpy(pixels).reshape(len(classes), per_class, 3, size, size)
+    return {"version": CACHE_VERSION, "images": images, "class_names": list(classes), "size": size}
 
 
 def cache_path(split: str, cache=None, size: int = DEFAULT_SIZE) -> Path:

@@ -1,0 +1,123 @@
+"""Safe archives: checksums, path traversal, links, truncation and corruption, verified downloads."""
+from __future__ import annotations
+
+import hashlib
+import io
+import tarfile
+import zipfile
+
+import pytest
+
+from mtl.data import archives
+from mtl.errors import ChecksumError, DataError, UnsafeArchiveError
+
+
+def _tar(path, members: dict[str, bytes], links: dict[str, tuple[bytes, str]] | None = None):
+    """A .tar.gz with regular ``members`` and ``links`` {name: (tarfile type, link target)}."""
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        for name, (kind, target) in (links or {}).items():
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = kind, target
+            tar.addfile(info)
+    return path
+
+
+def _zip(path, members: dict[str, bytes], symlinks: dict[str, str] | None = None):
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(zipfile.ZipInfo(name), data)
+        for name, target in (symlinks or {}).items():
+            info = zipfile.ZipInfo(name)
+            info.external_attr = 0o120777 << 16
+            archive.writestr(info, target)
+    return path
+
+
+def test_digests_match_hashlib(tmp_path):
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"omniglot" * 100_000)
+    assert archives.file_digest(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert archives.file_digest(path, "md5") == hashlib.md5(path.read_bytes()).hexdigest()
+    archives.verify_checksum(path, hashlib.sha256(path.read_bytes()).hexdigest())
+    with pytest.raises(ChecksumError, match="download it again"):
+        archives.verify_checksum(path, "0" * 64)
+
+
+@pytest.mark.parametrize("maker", [_tar, _zip])
+def test_extract_and_read_a_good_archive(tmp_path, maker):
+    members = {"top/a.txt": b"alpha", "top/sub/b.txt": b"beta", "./top/c.txt": b"gamma"}
+    source = maker(tmp_path / ("good.zip" if maker is _zip else "good.tar.gz"), members)
+    assert dict(archives.iter_files(source)) == {"top/a.txt": b"alpha", "top/sub/b.txt": b"beta", "top/c.txt": b"gamma"}
+    assert archives.list_names(source) == ["top/a.txt", "top/sub/b.txt", "top/c.txt"]
+    target = archives.safe_extract(source, tmp_path / "out")
+    assert (target / "top" / "sub" / "b.txt").read_bytes() == b"beta"
+    assert dict(archives.iter_files(target / "top")) == {"top/a.txt": b"alpha", "top/c.txt": b"gamma",
+                                                         "top/sub/b.txt": b"beta"}
+
+
+@pytest.mark.parametrize("name", ["../evil.txt", "/tmp/evil.txt", "ok/../../evil.txt", "C:/evil.txt", "..\\evil.txt"])
+@pytest.mark.parametrize("maker", [_tar, _zip])
+def test_traversal_members_are_refused_and_nothing_is_written(tmp_path, maker, name):
+    source = maker(tmp_path / ("bad.zip" if maker is _zip else "bad.tar.gz"), {"fine.txt": b"x", name: b"evil"})
+    target = tmp_path / "deep" / "out"
+    with pytest.raises(UnsafeArchiveError, match="outside the target folder"):
+        archives.safe_extract(source, target)
+    with pytest.raises(UnsafeArchiveError):
+        list(archives.iter_files(source))
+    assert not target.exists()
+    assert sorted(p.name for p in (tmp_path / "deep").iterdir()) == []  # no staging folder left
+    assert not list(tmp_path.rglob("evil.txt"))
+
+
+@pytest.mark.parametrize("kind", [tarfile.SYMTYPE, tarfile.LNKTYPE])
+def test_tar_links_are_refused(tmp_path, kind):
+    source = _tar(tmp_path / "links.tar.gz", {"a.txt": b"x"}, links={"link": (kind, "/etc/passwd")})
+    with pytest.raises(UnsafeArchiveError, match="link"):
+        archives.safe_extract(source, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_zip_symlinks_are_refused(tmp_path):
+    source = _zip(tmp_path / "links.zip", {"a.txt": b"x"}, symlinks={"link": "../../etc/passwd"})
+    with pytest.raises(UnsafeArchiveError, match="link"):
+        archives.safe_extract(source, tmp_path / "out")
+
+
+@pytest.mark.parametrize("suffix", [".tar.gz", ".zip"])
+def test_truncated_and_corrupted_archives(tmp_path, suffix):
+    maker = _zip if suffix == ".zip" else _tar
+    good = maker(tmp_path / f"good{suffix}", {f"f{i}.bin": bytes(range(256)) * 200 for i in range(5)})
+    data = good.read_bytes()
+    truncated = tmp_path / f"truncated{suffix}"
+    truncated.write_bytes(data[: len(data) // 2])
+    corrupted = tmp_path / f"corrupted{suffix}"
+    corrupted.write_bytes(data[:100] + bytes(b ^ 0xFF for b in data[100:400]) + data[400:])
+    for bad in (truncated, corrupted):
+        with pytest.raises(DataError, match="truncated or corrupted"):
+            archives.safe_extract(bad, tmp_path / "out")
+        assert not (tmp_path / "out").exists()
+
+
+def test_download_verifies_and_keeps_nothing_on_mismatch(tmp_path):
+    served = tmp_path / "served.zip"
+    served.write_bytes(b"payload" * 1000)
+    url = served.as_uri()
+    dest = tmp_path / "downloads" / "file.zip"
+    with pytest.raises(ChecksumError, match="deleted"):
+        archives.download(url, dest, md5="0" * 32, progress=False)
+    assert list(dest.parent.iterdir()) == []
+    good_md5 = hashlib.md5(served.read_bytes()).hexdigest()
+    good_sha = hashlib.sha256(served.read_bytes()).hexdigest()
+    assert archives.download(url, dest, md5=good_md5, sha256=good_sha, progress=False).read_bytes() == served.read_bytes()
+    assert [p.name for p in dest.parent.iterdir()] == ["file.zip"]
+
+
+def test_download_failure_says_where_to_put_the_file(tmp_path):
+    with pytest.raises(DataError, match="put it in FOLDER"):
+        archives.download((tmp_path / "absent.zip").as_uri(), tmp_path / "d" / "x.zip", progress=False,
+                          hint="put it in FOLDER")
+    assert list((tmp_path / "d").iterdir()) == []
