@@ -1,0 +1,413 @@
+"""The inner loop (``adapt``) and the outer objective batched over tasks (``maml_loss``).
+
+A model is used as a pure function of a dict of parameters (``torch.func.functional_call``), so
+adapting to a task is a few lines of arithmetic on that dict::
+
+    for step in range(steps):
+        grads = grad(loss_of_params)(params)             # d inner loss / d params
+        params = {n: p - lr * grads[n] for n, p in params.items()}
+
+and the outer (meta-) gradient is ordinary autograd through those lines: second order by default,
+first order when the inner gradients are treated as constants (``first_order=True``).
+
+A batch of B tasks is handled by one of two *strategies* (same numbers, different speed):
+
+- ``"vmap"``: ``torch.func.vmap`` runs all B inner loops at once, as one batched computation
+  (what keeps a GPU busy);
+- ``"loop"``: a Python loop over tasks (less overhead on a CPU);
+- ``"auto"``: times both once per (device, shapes, settings) and keeps the faster one.
+
+``chunk_size`` processes the tasks this many at a time and, when gradients are needed, recomputes
+each chunk during the backward pass (activation checkpointing), so the memory held for the outer
+backward grows with ``chunk_size`` rather than with B, at the cost of one extra forward.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, grad, vmap
+from torch.utils._pytree import tree_flatten, tree_unflatten
+
+from mtl.errors import ConfigError, InnerLoopError, TaskBatchError
+
+__all__ = ["adapt", "maml_loss", "maml_outputs", "adapt_batch", "map_tasks", "STRATEGIES",
+           "resolve_strategy"]
+
+Params = dict[str, Tensor]
+LR = float | Mapping[str, Tensor]
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+STRATEGIES = ("auto", "vmap", "loop")
+#: (device, shapes, settings) -> "vmap" | "loop", filled by "auto" the first time it meets a key.
+AUTO_DECISIONS: dict[tuple, str] = {}
+
+
+# ----------------------------------------------------------------------------- one task
+
+def _adapt(model: nn.Module, params: Params, x: Tensor, y: Tensor, steps: int, lr: LR,
+           loss_fn: LossFn, first_order: bool, fixed: Params | None = None) -> tuple[Params, Tensor]:
+    """``steps`` SGD steps on ``loss_fn(model(x), y)``; returns (adapted params, inner losses [steps]).
+
+    ``fixed``: more parameters for the model that are not adapted (by default the module's own).
+    Safe inside ``vmap`` (no data-dependent Python control flow, no ``.item()``).
+    """
+    fixed = fixed or {}
+
+    def inner_loss(p: Params) -> tuple[Tensor, Tensor]:
+        loss = loss_fn(functional_call(model, {**fixed, **p}, (x,)), y)
+        return loss, loss.detach()
+
+    losses = []
+    for _ in range(steps):
+        # First order: differentiate at a detached copy, so the inner gradients are constants
+        # for the outer backward (and no second-level graph is recorded at all).
+        at = {n: p.detach() for n, p in params.items()} if first_order else params
+        grads, loss = grad(inner_loss, has_aux=True)(at)
+        params = {n: p - _lr_of(lr, n) * grads[n] for n, p in params.items()}
+        losses.append(loss)
+    inner_losses = torch.stack(losses) if losses else x.new_zeros(0)
+    return params, inner_losses
+
+
+def _lr_of(lr: LR, name: str) -> float | Tensor:
+    return lr[name] if isinstance(lr, Mapping) else lr
+
+
+def adapt(model: nn.Module, params: Mapping[str, Tensor], x: Tensor, y: Tensor, *, steps: int,
+          lr: LR, loss_fn: LossFn = F.cross_entropy, first_order: bool = False) -> Params:
+    """Adapt ``params`` to one task by ``steps`` steps of gradient descent on ``loss_fn(model(x), y)``.
+
+    Args:
+        model: any module; called as ``functional_call(model, params, (x,))``. Parameters not in
+            ``params`` keep the module's own values (and are not adapted).
+        params: name -> tensor, the starting point (usually ``dict(model.named_parameters())``).
+        x: inputs of the task's support set, ``[n, ...]`` (``[N*K, C, H, W]`` for images).
+        y: targets ``[n]`` (class ids) or ``[n, ...]`` (regression).
+        steps: number of inner steps (0 returns ``params`` unchanged).
+        lr: inner learning rate, a float or a dict name -> tensor broadcastable to that parameter
+            (Meta-SGD's learned per-parameter rates).
+        first_order: treat the inner gradients as constants in the outer backward (FOMAML).
+
+    Returns:
+        dict name -> adapted tensor (same shapes), differentiable with respect to ``params`` (and
+        to a tensor ``lr``): fully unless ``first_order``, where d adapted / d params = identity.
+
+    Raises:
+        InnerLoopError: an inner loss that is NaN or Inf (names the step).
+    """
+    adapted, inner_losses = _adapt(model, dict(params), x, y, steps, lr, loss_fn, first_order)
+    _check_finite(inner_losses[None], None, steps, lr)
+    return adapted
+
+
+def _task_outputs(model: nn.Module, params: Params, lr: LR, fixed: Params, steps: int,
+                  loss_fn: LossFn, first_order: bool, support_x: Tensor, support_y: Tensor,
+                  query_x: Tensor, query_y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """One task: (query loss [], query outputs [n_q, ...], inner losses [steps])."""
+    adapted, inner_losses = _adapt(model, params, support_x, support_y, steps, lr, loss_fn,
+                                   first_order, fixed)
+    out = functional_call(model, {**fixed, **adapted}, (query_x,))
+    return loss_fn(out, query_y), out, inner_losses
+
+
+# ----------------------------------------------------------------------------- many tasks
+
+def map_tasks(fn: Callable[..., object], shared: object, batched: tuple[Tensor, ...], *,
+              strategy: str, chunk_size: int | None = None) -> object:
+    """Apply ``fn(shared, *task_args)`` to every task of ``batched`` and stack the results.
+
+    Args:
+        fn: one task's computation; returns a tensor or a tuple/dict of tensors.
+        shared: what every task shares (parameters, learning rates): a tensor or a nested
+            dict/tuple of tensors (a "pytree"); gradients flow to it.
+        batched: tensors with a leading task dimension B (task ``b`` gets ``t[b]`` of each).
+        strategy: "vmap" or "loop" (resolve "auto" with ``resolve_strategy`` first).
+        chunk_size: process this many tasks at a time; if autograd is recording, each chunk is
+            recomputed during the backward pass instead of keeping its activations.
+
+    Returns:
+        ``fn``'s output structure with a leading dimension B on every tensor.
+    """
+    if strategy not in ("vmap", "loop"):
+        raise ConfigError(f"strategy {strategy!r} is not one of 'vmap', 'loop' (resolve 'auto' "
+                          "with resolve_strategy first)")
+
+    def run(shared_: object, *args: Tensor) -> object:
+        if strategy == "vmap":
+            return vmap(fn, in_dims=(None,) + (0,) * len(args), randomness="different")(shared_, *args)
+        return _stack([fn(shared_, *(a[b] for a in args)) for b in range(args[0].shape[0])])
+
+    batch = batched[0].shape[0]
+    if chunk_size is None or chunk_size >= batch:
+        return run(shared, *batched)
+    if chunk_size < 1:
+        raise ConfigError(f"chunk_size must be a positive number of tasks, got {chunk_size}")
+    pieces = []
+    for start in range(0, batch, chunk_size):
+        args = tuple(a[start:start + chunk_size] for a in batched)
+        pieces.append(_recomputed(run, shared, args) if torch.is_grad_enabled() else run(shared, *args))
+    return _cat(pieces)
+
+
+def _recomputed(run: Callable[..., object], shared: object, args: tuple[Tensor, ...]) -> object:
+    """``run(shared, *args)`` without keeping its graph: recompute it during backward."""
+    flat, spec = tree_flatten((shared, args))
+    out_specs: list = []
+
+    def flat_run(*tensors: Tensor) -> tuple[Tensor, ...]:
+        shared_, args_ = tree_unflatten(list(tensors), spec)
+        out, out_spec = tree_flatten(run(shared_, *args_))
+        out_specs[:] = [out_spec]
+        return tuple(out)
+
+    outputs = _Recompute.apply(flat_run, *flat)
+    return tree_unflatten(list(outputs), out_specs[0])
+
+
+class _Recompute(torch.autograd.Function):
+    """Forward without a graph; backward re-runs forward with one and differentiates it."""
+
+    @staticmethod
+    def forward(ctx, flat_run, *tensors):  # noqa: D102 - autograd.Function protocol
+        ctx.flat_run = flat_run
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(*tensors)
+        return flat_run(*tensors)
+
+    @staticmethod
+    def backward(ctx, *grad_outputs):  # noqa: D102
+        needs = ctx.needs_input_grad[1:]
+        inputs = [t.detach().requires_grad_(need) if isinstance(t, Tensor) else t
+                  for t, need in zip(ctx.saved_tensors, needs)]
+        with torch.enable_grad():
+            outputs = ctx.flat_run(*inputs)
+        pairs = [(o, g) for o, g in zip(outputs, grad_outputs) if g is not None and o.requires_grad]
+        wanted = [i for i, need in enumerate(needs) if need]
+        grads = torch.autograd.grad([o for o, _ in pairs], [inputs[i] for i in wanted],
+                                    [g for _, g in pairs], allow_unused=True) if pairs else ()
+        result: list[Tensor | None] = [None] * len(inputs)
+        for i, g in zip(wanted, grads):
+            result[i] = g
+        return (None, *result)
+
+
+def _stack(items: list) -> object:
+    first = items[0]
+    if isinstance(first, Tensor):
+        return torch.stack(items)
+    if isinstance(first, dict):
+        return {k: torch.stack([it[k] for it in items]) for k in first}
+    return type(first)(_stack(list(parts)) for parts in zip(*items))
+
+
+def _cat(items: list) -> object:
+    first = items[0]
+    if isinstance(first, Tensor):
+        return torch.cat(items)
+    if isinstance(first, dict):
+        return {k: torch.cat([it[k] for it in items]) for k in first}
+    return type(first)(_cat(list(parts)) for parts in zip(*items))
+
+
+def maml_outputs(model: nn.Module, params: Mapping[str, Tensor], support_x: Tensor,
+                 support_y: Tensor, query_x: Tensor, query_y: Tensor, *, steps: int, lr: LR,
+                 loss_fn: LossFn = F.cross_entropy, first_order: bool = False,
+                 strategy: str = "auto", chunk_size: int | None = None) -> tuple[Tensor, Tensor]:
+    """Adapt to each task on its support set, evaluate on its query set.
+
+    Shapes: ``support_x [B, n_s, ...]``, ``support_y [B, n_s]``, ``query_x [B, n_q, ...]``,
+    ``query_y [B, n_q]`` (regression: ``[B, n, 1]`` targets).
+
+    Returns:
+        ``(losses [B], query_outputs [B, n_q, num_classes])``: each task's query loss after
+        adaptation and its query logits (or predictions), differentiable w.r.t. ``params``.
+    """
+    params = dict(params)
+    _check_batch(support_x, support_y, query_x, query_y, loss_fn)
+    strategy = resolve_strategy(strategy, model, params, support_x, support_y, query_x, query_y,
+                                steps=steps, lr=lr, loss_fn=loss_fn, first_order=first_order,
+                                chunk_size=chunk_size)
+
+    def one_task(shared: dict, sx: Tensor, sy: Tensor, qx: Tensor,
+                 qy: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return _task_outputs(model, shared["params"], _shared_lr(shared, lr), shared["fixed"],
+                             steps, loss_fn, first_order, sx, sy, qx, qy)
+
+    shared = _shared(model, params, lr)
+    losses, outputs, inner_losses = map_tasks(one_task, shared,
+                                              (support_x, support_y, query_x, query_y),
+                                              strategy=strategy, chunk_size=chunk_size)
+    _check_finite(inner_losses, losses, steps, lr)
+    return losses, outputs
+
+
+def maml_loss(model: nn.Module, params: Mapping[str, Tensor], support_x: Tensor,
+              support_y: Tensor, query_x: Tensor, query_y: Tensor, *, steps: int, lr: LR,
+              loss_fn: LossFn = F.cross_entropy, first_order: bool = False,
+              strategy: str = "auto", chunk_size: int | None = None) -> Tensor:
+    """MAML's outer objective: the mean over B tasks of the query loss after ``adapt``.
+
+    Args:
+        model, params, steps, lr, loss_fn, first_order: as in ``adapt``.
+        support_x: ``[B, n_s, ...]`` (``[B, N*K, C, H, W]``); support_y ``[B, n_s]``.
+        query_x: ``[B, n_q, ...]``; query_y ``[B, n_q]``.
+        strategy: "vmap", "loop" or "auto" (the faster of the two, measured once per device and
+            shapes; see ``AUTO_DECISIONS``).
+        chunk_size: at most this many tasks at a time (bounds peak memory; slower).
+
+    Returns:
+        scalar tensor; ``.backward()`` gives the meta-gradient (second order unless
+        ``first_order``).
+
+    Raises:
+        TaskBatchError: support and query that disagree (batch size, image shape, labels).
+        ConfigError: an unknown strategy or a bad chunk_size.
+        InnerLoopError: a NaN/Inf inner loss (names the step; lower the inner lr).
+    """
+    losses, _ = maml_outputs(model, params, support_x, support_y, query_x, query_y, steps=steps,
+                             lr=lr, loss_fn=loss_fn, first_order=first_order, strategy=strategy,
+                             chunk_size=chunk_size)
+    return losses.mean()
+
+
+def adapt_batch(model: nn.Module, params: Mapping[str, Tensor], x: Tensor, y: Tensor, *,
+                steps: int, lr: LR, loss_fn: LossFn = F.cross_entropy, first_order: bool = True,
+                strategy: str = "auto", chunk_size: int | None = None) -> Params:
+    """``adapt`` for each of B tasks: ``x [B, n, ...]``, ``y [B, n]`` -> dict of ``[B, *shape]``.
+
+    Reptile uses it (first order: no graph back to ``params`` is needed there).
+    """
+    params = dict(params)
+    if x.shape[0] != y.shape[0] or x.shape[1] != y.shape[1]:
+        raise TaskBatchError(f"x {tuple(x.shape)} and y {tuple(y.shape)} disagree in the first two "
+                             "dimensions [B, n]; pass one target per example of each task")
+    if strategy == "auto":
+        strategy = "vmap" if x.device.type == "cuda" else "loop"
+    _check_strategy(strategy)
+
+    def one_task(shared: dict, tx: Tensor, ty: Tensor) -> tuple[Params, Tensor]:
+        return _adapt(model, shared["params"], tx, ty, steps, _shared_lr(shared, lr), loss_fn,
+                      first_order, shared["fixed"])
+
+    adapted, inner_losses = map_tasks(one_task, _shared(model, params, lr), (x, y),
+                                      strategy=strategy, chunk_size=chunk_size)
+    _check_finite(inner_losses, None, steps, lr)
+    return adapted
+
+
+def _shared(model: nn.Module, params: Params, lr: LR) -> dict:
+    """What every task shares, as explicit tensors (so that chunk recomputation sees them)."""
+    fixed = {n: p for n, p in model.named_parameters() if n not in params}
+    return {"params": params, "fixed": fixed, "lr": dict(lr) if isinstance(lr, Mapping) else None}
+
+
+def _shared_lr(shared: dict, lr: LR) -> LR:
+    return shared["lr"] if shared["lr"] is not None else lr
+
+
+# ----------------------------------------------------------------------------- checks
+
+def _check_strategy(strategy: str) -> None:
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"unknown strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
+
+
+def _check_batch(support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor,
+                 loss_fn: LossFn) -> None:
+    """Shapes (and, for class labels, ranges) of one batch of tasks must agree."""
+    b = support_x.shape[0]
+    named = {"support_x": support_x, "support_y": support_y, "query_x": query_x,
+             "query_y": query_y}
+    shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in named.items())
+    if any(t.dim() < 2 for t in named.values()):
+        raise TaskBatchError(f"every tensor needs a leading task dimension [B, n, ...]; got {shapes}")
+    if any(t.shape[0] != b for t in named.values()):
+        raise TaskBatchError(f"the number of tasks (first dimension) differs: {shapes}")
+    if support_x.shape[1] != support_y.shape[1] or query_x.shape[1] != query_y.shape[1]:
+        raise TaskBatchError(f"inputs and targets hold different numbers of examples: {shapes}")
+    if support_x.shape[2:] != query_x.shape[2:]:
+        raise TaskBatchError(f"support and query examples have different shapes: {shapes}")
+    if support_y.dtype.is_floating_point or query_y.dtype.is_floating_point:
+        return  # regression targets: no label range
+    lo_s, hi_s, lo_q, hi_q = torch.stack([support_y.min(), support_y.max(), query_y.min(),
+                                          query_y.max()]).tolist()
+    if lo_s < 0 or lo_q < 0:
+        raise TaskBatchError("labels must be 0..N-1 within each task; found a negative label")
+    if hi_q > hi_s:
+        raise TaskBatchError(f"query labels go up to {hi_q} but support labels only to {hi_s}: "
+                             "every query class must appear in the support set (labels 0..N-1)")
+
+
+def _check_finite(inner_losses: Tensor, query_losses: Tensor | None, steps: int, lr: LR) -> None:
+    """Raise InnerLoopError naming the first inner step whose loss is NaN/Inf."""
+    ok = torch.isfinite(inner_losses).all()
+    if query_losses is not None:
+        ok = ok & torch.isfinite(query_losses.detach()).all()
+    if bool(ok):
+        return
+    lr_text = "the per-parameter learning rates" if isinstance(lr, Mapping) else f"lr={lr:g}"
+    bad = ~torch.isfinite(inner_losses)
+    if bad.any():
+        task, step = (int(i) for i in bad.nonzero()[0])
+        value = inner_losses[task, step].item()
+        where = f"inner step {step + 1} of {steps}" + (f" (task {task})" if inner_losses.shape[0] > 1
+                                                        else "")
+        raise InnerLoopError(f"the inner loss is {value} at {where}; the inner loop diverged: lower "
+                             f"the inner learning rate ({lr_text}) or check the inputs for NaN/Inf")
+    raise InnerLoopError(f"the query loss after {steps} inner steps is NaN/Inf; lower the inner "
+                         f"learning rate ({lr_text}) or check the query inputs for NaN/Inf")
+
+
+# ----------------------------------------------------------------------------- "auto"
+
+def resolve_strategy(strategy: str, model: nn.Module, params: Params, support_x: Tensor,
+                     support_y: Tensor, query_x: Tensor, query_y: Tensor, *, steps: int, lr: LR,
+                     loss_fn: LossFn, first_order: bool, chunk_size: int | None) -> str:
+    """"vmap"/"loop" unchanged; "auto": the faster of the two here, timed once per setting."""
+    _check_strategy(strategy)
+    if strategy != "auto":
+        return strategy
+    key = (str(support_x.device), type(model).__name__, tuple(support_x.shape),
+           tuple(query_x.shape), support_x.dtype, steps, first_order, chunk_size,
+           isinstance(lr, Mapping), len(params), sum(p.numel() for p in params.values()))
+    if key not in AUTO_DECISIONS:
+        AUTO_DECISIONS[key] = _measure(model, params, support_x, support_y, query_x, query_y,
+                                       steps=steps, lr=lr, loss_fn=loss_fn,
+                                       first_order=first_order, chunk_size=chunk_size)
+    return AUTO_DECISIONS[key]
+
+
+def _measure(model: nn.Module, params: Params, support_x: Tensor, support_y: Tensor,
+             query_x: Tensor, query_y: Tensor, **settings) -> str:
+    """Time one meta-step (forward + backward) of each strategy on a detached copy of params."""
+    timings = {}
+    for strategy in ("loop", "vmap"):
+        try:
+            timings[strategy] = min(_time_once(strategy, model, params, support_x, support_y,
+                                               query_x, query_y, **settings) for _ in range(2))
+        except Exception:  # noqa: BLE001 - a strategy that cannot run here is simply not chosen
+            timings[strategy] = float("inf")
+    return min(timings, key=timings.get)
+
+
+def _time_once(strategy: str, model: nn.Module, params: Params, support_x: Tensor,
+               support_y: Tensor, query_x: Tensor, query_y: Tensor, **settings) -> float:
+    trial = {n: p.detach().clone().requires_grad_(p.requires_grad) for n, p in params.items()}
+    backward = torch.is_grad_enabled() and any(p.requires_grad for p in trial.values())
+    _sync(support_x.device)
+    start = time.perf_counter()
+    losses, _ = maml_outputs(model, trial, support_x, support_y, query_x, query_y,
+                             strategy=strategy, **settings)
+    if backward:  # autograd.grad, not backward: leave every .grad untouched
+        torch.autograd.grad(losses.mean(), [p for p in trial.values() if p.requires_grad])
+    _sync(support_x.device)
+    return time.perf_counter() - start
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
