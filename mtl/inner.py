@@ -276,27 +276,38 @@ def maml_loss(model: nn.Module, params: Mapping[str, Tensor], support_x: Tensor,
 
 def adapt_batch(model: nn.Module, params: Mapping[str, Tensor], x: Tensor, y: Tensor, *,
                 steps: int, lr: LR, loss_fn: LossFn = F.cross_entropy, first_order: bool = True,
-                strategy: str = "auto", chunk_size: int | None = None) -> Params:
-    """``adapt`` for each of B tasks: ``x [B, n, ...]``, ``y [B, n]`` -> dict of ``[B, *shape]``.
+                query_x: Tensor | None = None, strategy: str = "auto",
+                chunk_size: int | None = None) -> tuple[Params, Tensor | None]:
+    """``adapt`` for each of B tasks, keeping the adapted parameters (Reptile needs them).
 
-    Reptile uses it (first order: no graph back to ``params`` is needed there).
+    Args:
+        x: ``[B, n, ...]`` support inputs; y: ``[B, n]`` (or ``[B, n, 1]``) targets.
+        query_x: optional ``[B, n_q, ...]``: also return the adapted models' outputs on it.
+        others: as in ``maml_loss``.
+
+    Returns:
+        ``(adapted, query_outputs)``: dict name -> ``[B, *shape]`` and ``[B, n_q, ...]`` (or None).
     """
     params = dict(params)
-    if x.shape[0] != y.shape[0] or x.shape[1] != y.shape[1]:
-        raise TaskBatchError(f"x {tuple(x.shape)} and y {tuple(y.shape)} disagree in the first two "
-                             "dimensions [B, n]; pass one target per example of each task")
-    if strategy == "auto":
+    if x.shape[:2] != y.shape[:2] or (query_x is not None and query_x.shape[0] != x.shape[0]):
+        raise TaskBatchError(f"x {tuple(x.shape)}, y {tuple(y.shape)} and query_x disagree in the "
+                             "leading dimensions [B, n]; pass one target per example of each task")
+    if strategy == "auto":  # no query loss to time here: the usual winner per device
         strategy = "vmap" if x.device.type == "cuda" else "loop"
     _check_strategy(strategy)
 
-    def one_task(shared: dict, tx: Tensor, ty: Tensor) -> tuple[Params, Tensor]:
-        return _adapt(model, shared["params"], tx, ty, steps, _shared_lr(shared, lr), loss_fn,
-                      first_order, shared["fixed"])
+    def one_task(shared: dict, tx: Tensor, ty: Tensor, *rest: Tensor) -> tuple:
+        adapted, inner_losses = _adapt(model, shared["params"], tx, ty, steps,
+                                       _shared_lr(shared, lr), loss_fn, first_order,
+                                       shared["fixed"])
+        outputs = [functional_call(model, {**shared["fixed"], **adapted}, (q,)) for q in rest]
+        return (adapted, inner_losses, *outputs)
 
-    adapted, inner_losses = map_tasks(one_task, _shared(model, params, lr), (x, y),
-                                      strategy=strategy, chunk_size=chunk_size)
+    batched = (x, y) if query_x is None else (x, y, query_x)
+    adapted, inner_losses, *outputs = map_tasks(one_task, _shared(model, params, lr), batched,
+                                                strategy=strategy, chunk_size=chunk_size)
     _check_finite(inner_losses, None, steps, lr)
-    return adapted
+    return adapted, (outputs[0] if outputs else None)
 
 
 def _shared(model: nn.Module, params: Params, lr: LR) -> dict:

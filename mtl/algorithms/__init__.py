@@ -6,14 +6,22 @@ strategy="auto", **extra)`` and offers ``meta_gradient(batch)`` and ``predict(ba
 """
 from __future__ import annotations
 
+from mtl.algorithms.anil import ANIL
 from mtl.algorithms.base import MetaLearner
 from mtl.algorithms.fomaml import FOMAML
 from mtl.algorithms.maml import MAML
+from mtl.algorithms.metasgd import MetaSGD
+from mtl.algorithms.protonet import ProtoNet
+from mtl.algorithms.reptile import Reptile
 
 #: name -> class, as used by ``python -m mtl train --algorithm NAME``.
 ALGORITHMS: dict[str, type[MetaLearner]] = {
     "maml": MAML,
     "fomaml": FOMAML,
+    "reptile": Reptile,
+    "anil": ANIL,
+    "metasgd": MetaSGD,
+    "protonet": ProtoNet,
 }
 
-__all__ = ["ALGORITHMS", "MetaLearner", "MAML", "FOMAML"]
+__all__ = ["ALGORITHMS", "MetaLearner", "MAML", "FOMAML", "Reptile", "ANIL", "MetaSGD", "ProtoNet"]

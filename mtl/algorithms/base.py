@@ -15,6 +15,8 @@ from collections.abc import Callable
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mtl.inner import map_tasks
+
 
 class MetaLearner(nn.Module):
     """Base of the wrappers: ``cls(model, *, inner_steps, inner_lr, first_order, strategy, ...)``.
@@ -52,6 +54,17 @@ class MetaLearner(nn.Module):
     def predict(self, batch, *, inner_steps: int | None = None) -> Tensor:
         """Query outputs after adapting to each task: ``[B, N*Q, N]`` (no graph kept)."""
         raise NotImplementedError
+
+
+def embed_tasks(body: nn.Module, x: Tensor, strategy: str = "auto") -> Tensor:
+    """``body`` on each task separately: ``x [B, n, ...] -> [B, n, D]``.
+
+    Per task, so that batch norm normalises each task with its own statistics (as in the inner
+    loop), never with those of the whole meta-batch.
+    """
+    if strategy == "auto":
+        strategy = "vmap" if x.device.type == "cuda" else "loop"
+    return map_tasks(lambda _, task_x: body(task_x).flatten(1), None, (x,), strategy=strategy)
 
 
 def metrics(loss: Tensor, outputs: Tensor, targets: Tensor) -> dict[str, float]:

@@ -1,0 +1,41 @@
+"""Prototypical networks (Snell, Swersky, Zemel 2017): a baseline with no inner loop at all.
+
+Embed every image, average each class's support embeddings into a *prototype*, classify a query
+by its (negative squared Euclidean) distance to the prototypes. Meta-training is plain
+cross-entropy on those logits. ``inner_steps`` and ``inner_lr`` are accepted and ignored.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mtl.algorithms.base import MetaLearner, embed_tasks, metrics
+
+
+def prototype_logits(support: Tensor, support_y: Tensor, query: Tensor, ways: int) -> Tensor:
+    """``support [B, n_s, D]``, ``support_y [B, n_s]``, ``query [B, n_q, D]`` -> ``[B, n_q, ways]``."""
+    one_hot = F.one_hot(support_y, ways).to(support.dtype)  # [B, n_s, N]
+    prototypes = one_hot.transpose(1, 2) @ support / one_hot.sum(1).unsqueeze(-1)  # [B, N, D]
+    return -torch.cdist(query, prototypes).pow(2)
+
+
+class ProtoNet(MetaLearner):
+    """``ProtoNet(model)``: embeds with ``model.features`` (or ``model`` if it has none)."""
+
+    def _logits(self, batch) -> Tensor:
+        body = getattr(self.model, "features", self.model)
+        support = embed_tasks(body, batch[0], self.strategy)
+        query = embed_tasks(body, batch[2], self.strategy)
+        ways = int(batch[1].max()) + 1
+        return prototype_logits(support, batch[1], query, ways)
+
+    def meta_gradient(self, batch) -> dict[str, float]:
+        logits = self._logits(batch)
+        loss = F.cross_entropy(logits.flatten(0, 1), batch[3].flatten())
+        loss.backward()
+        return metrics(loss, logits, batch[3])
+
+    def predict(self, batch, *, inner_steps: int | None = None) -> Tensor:
+        with torch.no_grad():
+            return self._logits(batch)
