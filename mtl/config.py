@@ -1,0 +1,194 @@
+"""A training run as plain values: `TrainConfig`, and named presets for the paper protocols.
+
+A config holds only numbers, strings and booleans (plus a small ``extra`` dict forwarded to the
+algorithm's constructor), so it round-trips through ``config.json`` and a checkpoint unchanged::
+
+    from mtl.config import preset, TrainConfig
+    config = preset("cpu-maml-omniglot-5w1s", seed=1)          # a preset, with overrides
+    config = TrainConfig(algorithm="maml", dataset="sinusoid")   # or by hand
+
+Presets follow ``../shared/REFERENCE.md`` (MAML, Finn et al. 2017, App. A.1; Reptile, Nichol et
+al. 2018; ProtoNets, Snell et al. 2017). Deviations from a paper are written beside the preset.
+The ``cpu-*`` presets are small profiles sized for 2 CPU cores; ``RESULTS.md`` records what they reach.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from mtl.errors import MTLError
+
+DATASETS = ("sinusoid", "omniglot", "mini-imagenet")
+
+
+class ConfigError(MTLError, ValueError):
+    """A config value that cannot work (unknown preset, dataset, impossible number)."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run. ``None`` means "the dataset's default" (see `resolved`)."""
+
+    algorithm: str = "maml"
+    dataset: str = "omniglot"
+    ways: int = 5                      # N classes per task (ignored for sinusoid)
+    shots: int = 1                     # K support examples per class (sinusoid: K points)
+    queries: int = 15                  # Q query examples per class (sinusoid: Q points)
+    meta_batch: int = 32               # tasks per meta-step
+    inner_steps: int = 1               # inner-loop steps during meta-training
+    inner_lr: float = 0.4              # inner-loop step size alpha
+    meta_lr: float = 1e-3              # outer step size beta
+    iterations: int = 60_000           # meta-steps
+    test_inner_steps: int | None = None  # inner steps at validation/test (None: inner_steps)
+    test_ways: int | None = None       # ways at validation/test (None: ways; ProtoNet trains wider)
+    first_order: bool = False
+    strategy: str = "auto"             # "vmap" | "loop" | "auto": how tasks are batched
+    optimizer: str = "adam"            # "adam" | "sgd" (Reptile: SGD on its pseudo-gradient)
+    lr_schedule: str = "constant"      # "constant" | "linear" (to 0) | "step" (halve every lr_step)
+    lr_step: int = 2000                # for lr_schedule="step"
+    model: str | None = None           # "conv4" | "resnet12" | "mlp" (None: from the dataset)
+    hidden: int | None = None          # conv filters / MLP width (None: 64 Omniglot, 32 mini-ImageNet, 40 MLP)
+    image_size: int | None = None      # None: 28 Omniglot, 84 mini-ImageNet
+    rotations: bool = True             # Omniglot: 90-degree rotations as new training classes (MAML)
+    val_every: int = 500               # validate (and checkpoint) every this many meta-steps
+    val_episodes: int = 100            # size of the fixed validation episode set
+    checkpoint_every: int | None = None  # None: val_every
+    log_every: int = 50                # one averaged training row in metrics.jsonl per this many steps
+    eval_batch: int = 16               # tasks per forward pass at validation/test
+    eval_seed: int = 0                 # seed of the fixed validation episode set
+    test_episodes: int = 0             # >0: evaluate on the test split at the end of train()
+    time_budget_s: float | None = None  # stop early after this much wall time in the training loop
+    device: str = "auto"               # "auto" (cuda when present) | "cpu" | "cuda" | "cuda:1" ...
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)  # forwarded to the algorithm's constructor
+    preset: str | None = None          # the preset this config came from, for the record
+
+    def resolved(self) -> "TrainConfig":
+        """A copy with every ``None`` default filled in from the dataset, checked for sense."""
+        _check(self)
+        defaults = _DATASET_DEFAULTS[self.dataset]
+        out = dataclasses.replace(self, extra=dict(self.extra))
+        for name, value in defaults.items():
+            if getattr(out, name) is None:
+                setattr(out, name, value)
+        if out.test_inner_steps is None:
+            out.test_inner_steps = out.inner_steps
+        if out.test_ways is None:
+            out.test_ways = out.ways
+        if out.checkpoint_every is None:
+            out.checkpoint_every = out.val_every
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(
+                f"unknown config field(s) {unknown}; known fields: {sorted(known)}. "
+                "Was this config written by a newer mtl? Remove those keys or upgrade mtl."
+            )
+        return cls(**values)
+
+
+_DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
+    "sinusoid": {"model": "mlp", "hidden": 40, "image_size": None},
+    "omniglot": {"model": "conv4", "hidden": 64, "image_size": 28},
+    "mini-imagenet": {"model": "conv4", "hidden": 32, "image_size": 84},
+}
+
+
+def _check(config: TrainConfig) -> None:
+    if config.dataset not in DATASETS:
+        raise ConfigError(f"unknown dataset {config.dataset!r}; choose one of {', '.join(DATASETS)}")
+    positive = ("ways", "shots", "queries", "meta_batch", "iterations", "val_every", "val_episodes",
+                "log_every", "eval_batch")
+    for name in positive:
+        if getattr(config, name) < 1:
+            raise ConfigError(f"{name} must be >= 1, got {getattr(config, name)}")
+    if config.inner_steps < 0:
+        raise ConfigError(f"inner_steps must be >= 0, got {config.inner_steps}")
+    if config.optimizer not in ("adam", "sgd"):
+        raise ConfigError(f"optimizer must be 'adam' or 'sgd', got {config.optimizer!r}")
+    if config.lr_schedule not in ("constant", "linear", "step"):
+        raise ConfigError(f"lr_schedule must be constant, linear or step, got {config.lr_schedule!r}")
+    if not config.meta_lr > 0:
+        raise ConfigError(f"meta_lr must be > 0, got {config.meta_lr}")
+
+
+# --- presets -------------------------------------------------------------------------------------
+# Paper protocols. "queries": MAML's own code used K query images per class on Omniglot; we use 15
+# everywhere (more signal per test episode, same task distribution); see RESULTS.md.
+_OMNIGLOT_5W = dict(dataset="omniglot", ways=5, queries=15, meta_batch=32, inner_steps=1,
+                    inner_lr=0.4, test_inner_steps=3, meta_lr=1e-3, iterations=60_000,
+                    val_every=1000, val_episodes=200)
+_OMNIGLOT_20W = dict(dataset="omniglot", ways=20, queries=15, meta_batch=16, inner_steps=5,
+                     inner_lr=0.1, test_inner_steps=5, meta_lr=1e-3, iterations=60_000,
+                     val_every=1000, val_episodes=200)
+_MINI = dict(dataset="mini-imagenet", ways=5, queries=15, inner_steps=5, inner_lr=0.01,
+             test_inner_steps=10, meta_lr=1e-3, iterations=60_000, val_every=1000,
+             val_episodes=200, eval_batch=8)
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # MAML, Finn et al. 2017, Table 1
+    "maml-omniglot-5w1s": dict(_OMNIGLOT_5W, algorithm="maml", shots=1),
+    "maml-omniglot-5w5s": dict(_OMNIGLOT_5W, algorithm="maml", shots=5),
+    "maml-omniglot-20w1s": dict(_OMNIGLOT_20W, algorithm="maml", shots=1),
+    "maml-omniglot-20w5s": dict(_OMNIGLOT_20W, algorithm="maml", shots=5),
+    "maml-miniimagenet-5w1s": dict(_MINI, algorithm="maml", shots=1, meta_batch=4),
+    "maml-miniimagenet-5w5s": dict(_MINI, algorithm="maml", shots=5, meta_batch=2),
+    "fomaml-omniglot-5w1s": dict(_OMNIGLOT_5W, algorithm="fomaml", shots=1, first_order=True),
+    "fomaml-miniimagenet-5w1s": dict(_MINI, algorithm="fomaml", shots=1, meta_batch=4, first_order=True),
+    "fomaml-miniimagenet-5w5s": dict(_MINI, algorithm="fomaml", shots=5, meta_batch=2, first_order=True),
+    # Reptile, Nichol et al. 2018 (openai/supervised-reptile, transductive Omniglot 5w1s command):
+    # 5 inner steps of lr 1e-3 on batches of 10, meta-batch 5, outer step 1 annealed to 0, 100k steps,
+    # 50 inner steps at test. The inner optimiser (Adam in the paper) is the algorithm's business.
+    "reptile-omniglot-5w1s": dict(dataset="omniglot", algorithm="reptile", ways=5, shots=1, queries=15,
+                                  meta_batch=5, inner_steps=5, inner_lr=1e-3, test_inner_steps=50,
+                                  optimizer="sgd", meta_lr=1.0, lr_schedule="linear",
+                                  iterations=100_000, val_every=2000, val_episodes=200),
+    # ProtoNets, Snell et al. 2017: Conv4-64, 30-way (1-shot) / 20-way (5-shot) training episodes,
+    # 15 queries, Adam 1e-3 halved every 2000 episodes; tested 5-way. One task per step.
+    "protonet-miniimagenet-5w1s": dict(dataset="mini-imagenet", algorithm="protonet", ways=30,
+                                       test_ways=5, shots=1, queries=15, meta_batch=1, inner_steps=0,
+                                       inner_lr=0.0, hidden=64, lr_schedule="step", lr_step=2000,
+                                       iterations=40_000, val_every=1000, val_episodes=200),
+    "protonet-miniimagenet-5w5s": dict(dataset="mini-imagenet", algorithm="protonet", ways=20,
+                                       test_ways=5, shots=5, queries=15, meta_batch=1, inner_steps=0,
+                                       inner_lr=0.0, hidden=64, lr_schedule="step", lr_step=2000,
+                                       iterations=40_000, val_every=1000, val_episodes=200),
+    # MAML section 5.1: K=10 points, MLP 1-40-40-1, one inner step of 0.01, meta-batch 25, 70k steps.
+    "maml-sinusoid": dict(dataset="sinusoid", algorithm="maml", shots=10, queries=10, meta_batch=25,
+                          inner_steps=1, inner_lr=0.01, test_inner_steps=10, meta_lr=1e-3,
+                          iterations=70_000, val_every=5000, val_episodes=600, eval_batch=100),
+    # Its baseline: the same MLP pretrained on all tasks jointly, fine-tuned by the same SGD steps.
+    "joint-sinusoid": dict(dataset="sinusoid", algorithm="joint", shots=10, queries=10, meta_batch=25,
+                           inner_steps=1, inner_lr=0.01, test_inner_steps=10, meta_lr=1e-3,
+                           iterations=70_000, val_every=5000, val_episodes=600, eval_batch=100),
+    # --- small profiles for 2 CPU cores (lessons, CI-sized checks); see RESULTS.md ---
+    "cpu-maml-sinusoid": dict(dataset="sinusoid", algorithm="maml", shots=10, queries=10,
+                              meta_batch=25, inner_steps=1, inner_lr=0.01, test_inner_steps=10,
+                              meta_lr=1e-3, iterations=8000, val_every=1000, val_episodes=200,
+                              eval_batch=100, device="cpu"),
+    "cpu-joint-sinusoid": dict(dataset="sinusoid", algorithm="joint", shots=10, queries=10,
+                               meta_batch=25, inner_steps=1, inner_lr=0.01, test_inner_steps=10,
+                               meta_lr=1e-3, iterations=8000, val_every=1000, val_episodes=200,
+                               eval_batch=100, device="cpu"),
+    "cpu-maml-omniglot-5w1s": dict(dataset="omniglot", algorithm="maml", ways=5, shots=1, queries=5,
+                                   meta_batch=16, inner_steps=1, inner_lr=0.4, test_inner_steps=3,
+                                   hidden=32, meta_lr=3e-3, iterations=3000, val_every=500,
+                                   val_episodes=100, eval_batch=32, time_budget_s=600, device="cpu"),
+}
+
+
+def preset(name: str, **overrides: Any) -> TrainConfig:
+    """The named preset as a `TrainConfig`, with ``overrides`` applied (``preset`` field set)."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(sorted(PRESETS))}")
+    values = dict(PRESETS[name], preset=name)
+    values.update(overrides)
+    return TrainConfig.from_dict(values)

@@ -1,0 +1,242 @@
+"""Evaluation: a fixed, seeded set of test episodes -> mean score +- 95% confidence interval.
+
+The protocol of MAML's code, ProtoNets and MTL: adapt to each of ``n`` (600) held-out episodes,
+score its queries, and report ``mean +- 1.96 * std / sqrt(n)`` over episodes (``std`` with
+``ddof=0``, as ``np.std`` in MAML's code). Classification scores accuracy; sinusoid regression
+scores the query mean squared error. The same ``seed`` gives the same episodes on every run,
+machine and device (the sampler draws indices with a CPU generator).
+
+Python::
+
+    result = evaluate(learner, config, split="test", episodes=600, seed=0)   # a trained learner
+    result = evaluate_checkpoint("runs/x/best.pt", episodes=600, seed=0)    # or a checkpoint
+    result.mean, result.ci95, result.n
+
+CLI: ``python -m mtl evaluate --checkpoint PATH --episodes 600 --seed 0 [--inner-steps S]``.
+Batch norm, in every conv model here, normalises with the statistics of the batch it sees: at
+test time, each task's own support or query set (transductive, as in MAML); every result says so.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import torch
+from torch import nn
+
+from mtl.config import TrainConfig
+from mtl.errors import MTLError
+
+DRAW_BATCH = 50  # episodes drawn per sampler call; part of the definition of a seeded episode set
+_SINUSOID_SPLIT_OFFSET = {"val": 1_000_003, "train": 2_000_003}
+TRANSDUCTIVE_BN = "transductive batch norm (each task's own batch statistics, as in MAML)"
+
+
+@dataclass
+class Evaluation:
+    """``mean +- ci95`` of ``metric`` over ``n`` episodes; ``scores`` holds one value per episode."""
+
+    metric: str                 # "accuracy" (fraction in [0, 1]) or "mse"
+    mean: float
+    ci95: float                 # half-width: 1.96 * std / sqrt(n)
+    n: int
+    scores: list[float] = field(repr=False)
+    split: str = "test"
+    seed: int = 0
+    inner_steps: int | None = None
+    protocol: dict[str, Any] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        if self.metric == "accuracy":
+            value = f"accuracy {100 * self.mean:.2f}% +- {100 * self.ci95:.2f}%"
+        else:
+            value = f"{self.metric} {self.mean:.4f} +- {self.ci95:.4f}"
+        details = ", ".join(f"{k} {v}" for k, v in self.protocol.items() if k != "batch_norm")
+        norm = self.protocol.get("batch_norm")
+        return (f"{value} (95% CI, {self.n} episodes, split {self.split}, seed {self.seed}, "
+                f"{self.inner_steps} inner steps{', ' + details if details else ''}"
+                f"{'; ' + norm if norm else ''})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def confidence_interval(scores: Iterable[float] | torch.Tensor) -> tuple[float, float]:
+    """``(mean, 1.96 * std / sqrt(n))`` of per-episode scores, ``std`` with ``ddof=0``."""
+    values = torch.as_tensor(scores if isinstance(scores, torch.Tensor) else list(scores),
+                             dtype=torch.float64).flatten()
+    n = values.numel()
+    if n == 0:
+        raise MTLError("no episodes to evaluate: pass episodes >= 1")
+    return values.mean().item(), 1.96 * values.std(correction=0).item() / math.sqrt(n)
+
+
+class EpisodeSet:
+    """A re-iterable fixed episode set: every ``iter()`` yields the same `TaskBatch`-es.
+
+    ``config`` gives the dataset and the episode shape (``test_ways``-way ``shots``-shot,
+    ``queries`` queries per class). Episodes are drawn ``DRAW_BATCH`` at a time, so the set depends
+    only on the dataset split, the episode shape, ``n`` and ``seed``; they are handed out in batches
+    of ``config.eval_batch`` tasks (a memory knob that never changes the episodes).
+    """
+
+    def __init__(self, config: TrainConfig, split: str, *, n: int, seed: int,
+                 device: torch.device | str, progress: bool = True):
+        from mtl import data
+
+        self.config, self.split, self.n, self.seed, self.device = config, split, n, seed, device
+        if config.dataset == "sinusoid":
+            self.dataset = None
+        else:
+            self.dataset = data.load_dataset(config.dataset, split, image_size=config.image_size,
+                                             progress=progress).to(device)
+
+    def __len__(self) -> int:
+        return sum(math.ceil(min(DRAW_BATCH, self.n - start) / self.config.eval_batch)
+                   for start in range(0, self.n, DRAW_BATCH))
+
+    def __iter__(self) -> Iterator[Any]:
+        from mtl import data
+
+        c = self.config
+        seed = self.seed
+        if self.dataset is None:  # one task family for every split: keep validation tasks apart
+            seed = self.seed + _SINUSOID_SPLIT_OFFSET.get(self.split, 0)
+            source = data.SinusoidTasks(shots=c.shots, queries=c.queries, device=self.device, seed=seed)
+        else:
+            source = data.EpisodeSampler(self.dataset, ways=c.test_ways, shots=c.shots, queries=c.queries,
+                                         device=self.device, seed=self.seed)
+        # Drawn DRAW_BATCH at a time (so the set depends on the seed only), computed eval_batch at a time.
+        for drawn in source.episodes(self.n, DRAW_BATCH, seed):
+            for start in range(0, drawn.support_x.shape[0], c.eval_batch):
+                yield type(drawn)(*(t[start:start + c.eval_batch] for t in drawn))
+
+
+def evaluate(learner: nn.Module, config: TrainConfig, *, split: str = "test", episodes: int = 600,
+             seed: int = 0, inner_steps: int | None = None, device: str | torch.device | None = None,
+             episode_set: EpisodeSet | None = None, progress: bool | None = None) -> Evaluation:
+    """Score ``learner`` (an algorithm module with ``predict``) on a fixed episode set.
+
+    ``config`` (resolved) fixes the dataset and the episode shape; ``inner_steps`` defaults to
+    ``config.test_inner_steps``; ``episode_set`` reuses already loaded episodes (validation).
+    """
+    from mtl.train import progress_enabled, resolve_device
+
+    config = config.resolved()
+    steps = config.test_inner_steps if inner_steps is None else inner_steps
+    device = resolve_device(device or config.device) if device is None or isinstance(device, str) else device
+    show = progress_enabled(progress)
+    if episode_set is None:
+        episode_set = EpisodeSet(config, split, n=episodes, seed=seed, device=device, progress=show)
+    scores = _scores(learner, episode_set, steps, config.dataset == "sinusoid", show)
+    mean, ci95 = confidence_interval(scores)
+    return Evaluation(metric="mse" if config.dataset == "sinusoid" else "accuracy", mean=mean,
+                      ci95=ci95, n=len(scores), scores=scores, split=episode_set.split,
+                      seed=episode_set.seed, inner_steps=steps, protocol=_protocol(config))
+
+
+def evaluate_checkpoint(path: str | Path, *, split: str = "test", episodes: int = 600, seed: int = 0,
+                        inner_steps: int | None = None, device: str | None = None,
+                        progress: bool | None = None) -> Evaluation:
+    """Load a checkpoint (a file, or a run folder: its best.pt, else last.pt) and `evaluate` it."""
+    from mtl.checkpoint import load_checkpoint
+    from mtl.train import build_learner, load_learner_state, resolve_device
+
+    path = checkpoint_path(path)
+    data = load_checkpoint(path)
+    config = TrainConfig.from_dict(data["config"]).resolved()
+    device = resolve_device(device or config.device)
+    learner = build_learner(config, device)
+    load_learner_state(learner, data["learner"], path)
+    result = evaluate(learner, config, split=split, episodes=episodes, seed=seed,
+                      inner_steps=inner_steps, device=device, progress=progress)
+    result.protocol["checkpoint"] = str(path)
+    result.protocol["checkpoint_step"] = int(data["step"])
+    return result
+
+
+def checkpoint_path(path: str | Path) -> Path:
+    """A checkpoint file, or for a run folder its ``best.pt`` (else ``last.pt``)."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (path / name).exists():
+                return path / name
+    return path
+
+
+def _scores(learner: nn.Module, episodes: EpisodeSet, steps: int, regression: bool,
+            progress: bool) -> list[float]:
+    from tqdm.auto import tqdm
+
+    scores: list[torch.Tensor] = []
+    was_training = learner.training
+    learner.eval()
+    try:
+        for batch in tqdm(episodes, total=len(episodes), desc=f"evaluate {episodes.split}",
+                          disable=not progress, leave=False):
+            out = learner.predict(batch, inner_steps=steps).detach()  # adapts inside; no graph kept
+            if regression:
+                scores.append(((out - batch.query_y) ** 2).flatten(1).mean(1))
+            else:
+                scores.append((out.argmax(-1) == batch.query_y).float().mean(1))
+    finally:
+        learner.train(was_training)
+    return torch.cat(scores).double().cpu().tolist()
+
+
+def _protocol(config: TrainConfig) -> dict[str, Any]:
+    info: dict[str, Any] = {"algorithm": config.algorithm, "dataset": config.dataset}
+    if config.dataset == "sinusoid":
+        info.update(points=config.shots, query_points=config.queries)
+    else:
+        info.update(ways=config.test_ways, shots=config.shots, queries=config.queries,
+                    batch_norm=TRANSDUCTIVE_BN)
+    return info
+
+
+# --- CLI -----------------------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="a checkpoint file, or a run folder (best.pt, else last.pt)")
+    parser.add_argument("--episodes", type=int, default=600, help="number of test episodes (default 600)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the fixed episode set (default 0)")
+    parser.add_argument("--inner-steps", type=int, default=None, help="inner steps at test (default: the run's test_inner_steps)")
+    parser.add_argument("--split", default="test", help="dataset split (default test)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: the run's device, auto)")
+    parser.add_argument("--json", default=None, metavar="FILE", help="write the result here (default: beside the checkpoint; '-' prints it)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (also MTL_PROGRESS=0)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        result = evaluate_checkpoint(args.checkpoint, split=args.split, episodes=args.episodes,
+                                     seed=args.seed, inner_steps=args.inner_steps, device=args.device,
+                                     progress=False if args.no_progress else None)
+    except MTLError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(result)
+    text = json.dumps(result.to_dict(), indent=2)
+    if args.json == "-":
+        print(text)
+        return 0
+    target = Path(args.json) if args.json else _default_json(result)
+    try:
+        target.write_text(text + "\n")
+        print(f"wrote {target}")
+    except OSError as exc:
+        print(f"warning: could not write {target} ({exc}); pass --json FILE elsewhere", file=sys.stderr)
+    return 0
+
+
+def _default_json(result: Evaluation) -> Path:
+    ckpt = Path(result.protocol["checkpoint"])
+    return ckpt.with_name(f"eval-{result.split}-{ckpt.stem}-steps{result.inner_steps}-seed{result.seed}.json")

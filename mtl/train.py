@@ -1,0 +1,623 @@
+"""The meta-training engine: one loop for every algorithm, with validation, checkpoints and metrics.
+
+Python (what lessons call; the CLI calls the same function)::
+
+    from mtl.train import train
+    summary = train("cpu-maml-omniglot-5w1s", out="runs/maml")   # a preset name, dict or TrainConfig
+    summary.learner, summary.best_val, summary.history
+
+CLI: ``python -m mtl train --preset maml-omniglot-5w1s --out runs/maml [--resume | --overwrite]``.
+
+Each meta-step: ``optimizer.zero_grad()``, ``batch = sampler.sample(meta_batch)``,
+``learner.meta_gradient(batch)`` (fills ``.grad``), a NaN/Inf check, ``optimizer.step()``. Every
+``val_every`` steps the learner is scored on a fixed, seeded validation episode set; every
+``checkpoint_every`` steps ``last.pt`` is written atomically (``best.pt`` on a new best validation
+score). ``metrics.jsonl`` and ``metrics.csv`` grow as the run goes; ``config.json`` holds the resolved
+config. ``--resume`` restores model, optimizer, step, metric counters and every RNG state (torch,
+CUDA, Python, NumPy, the episode sampler's generator), so a run killed at any moment ends with the
+same metrics as an uninterrupted one (given the same device, thread count and a fixed ``strategy``).
+
+Plugging in an algorithm (the engine never knows which one runs)
+-----------------------------------------------------------------
+1. Put the class in ``mtl.algorithms.ALGORITHMS`` (name -> class). The engine builds the model from
+   the config (`build_model`) and calls ``cls(model, inner_steps=, inner_lr=, first_order=,
+   strategy=, **config.extra)``; ``--set key=value`` (and ``--hard-tasks``) fill ``config.extra``.
+2. Optional hooks, looked up on the class / instance, each with a default:
+
+   - ``cls.from_config(config, device) -> learner`` (classmethod): build the learner yourself
+     (e.g. load a pretrained backbone named in ``config.extra``); default: as in 1.
+   - ``learner.attach_sampler(sampler) -> sampler``: wrap or replace the default training episode
+     sampler (hard-task re-sampling; plain labelled batches for pre-training). What it returns
+     needs ``.sample(meta_batch)``.
+   - Randomness: every ``torch.Generator`` held as an attribute of the sampler or of any
+     sub-module of the learner is checkpointed and restored (so is the global torch/NumPy/Python
+     RNG); keep private randomness in such a generator and resume stays exact.
+   - ``learner.configure_optimizer(config) -> torch.optim.Optimizer``; default Adam/SGD at meta_lr.
+   - ``learner.predict(batch, inner_steps=)`` is what validation and evaluation score.
+
+   Algorithms that are not in ``mtl.algorithms`` may call `register_algorithm` instead.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from mtl.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from mtl.config import PRESETS, ConfigError, TrainConfig, preset
+from mtl.errors import CheckpointError, InnerLoopError, MTLError
+
+#: files a run writes into its folder (``--overwrite`` removes exactly these)
+RUN_FILES = ("config.json", "last.pt", "best.pt", "metrics.jsonl", "metrics.csv", "summary.json")
+#: config fields that may change when a run is resumed
+RESUMABLE_CHANGES = ("iterations", "device", "time_budget_s", "test_episodes")
+_CSV_COLUMNS = ("kind", "step", "loss", "accuracy", "ci95", "lr", "elapsed_s")
+
+_EXTRA_ALGORITHMS: dict[str, type] = {}
+
+
+class RunFolderError(MTLError):
+    """The output folder cannot be used as asked (exists, missing, unwritable)."""
+
+
+class TrainingDiverged(MTLError, FloatingPointError):
+    """The meta-loss or meta-gradient became NaN/Inf; the last good checkpoint is kept."""
+
+
+@dataclass
+class RunSummary:
+    """What `train` returns (and writes as ``summary.json``)."""
+
+    config: TrainConfig
+    out: str | None
+    steps: int
+    stopped: str                       # "completed" | "time budget"
+    wall_time_s: float                 # time in the training loop, all sessions of a resumed run
+    last_val: dict[str, Any] | None
+    best_val: dict[str, Any] | None
+    test: dict[str, Any] | None
+    history: list[dict[str, Any]] = field(repr=False)
+    learner: nn.Module | None = field(default=None, repr=False, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"config": self.config.to_dict(), "out": self.out, "steps": self.steps,
+                "stopped": self.stopped, "wall_time_s": self.wall_time_s, "last_val": self.last_val,
+                "best_val": self.best_val, "test": self.test}
+
+
+# --- building blocks (also used by mtl.evaluate) -------------------------------------------------
+def register_algorithm(name: str, cls: type) -> None:
+    """Make ``name`` usable as ``--algorithm name`` without editing ``mtl.algorithms``."""
+    _EXTRA_ALGORITHMS[name] = cls
+
+
+def algorithm_class(name: str) -> type:
+    registry = _registry()
+    if name not in registry:
+        raise ConfigError(f"unknown algorithm {name!r}; choose one of: {', '.join(sorted(registry))}")
+    return registry[name]
+
+
+def _registry() -> dict[str, type]:
+    import mtl.algorithms
+    from mtl.baselines import BASELINES
+
+    return {**BASELINES, **getattr(mtl.algorithms, "ALGORITHMS", {}), **_EXTRA_ALGORITHMS}
+
+
+def build_model(config: TrainConfig) -> nn.Module:
+    """The network named by ``config.model`` (resolved config), sized for the dataset."""
+    from mtl import models
+
+    if config.model == "mlp":
+        return models.MLP(hidden=config.hidden)
+    channels = 1 if config.dataset == "omniglot" else 3
+    if config.model == "conv4":
+        return models.Conv4(channels, config.ways, hidden=config.hidden, image_size=config.image_size)
+    if config.model == "resnet12":
+        return models.ResNet12(channels, config.ways)
+    raise ConfigError(f"unknown model {config.model!r}; choose conv4, resnet12 or mlp")
+
+
+def build_learner(config: TrainConfig, device: torch.device) -> nn.Module:
+    """The algorithm module (model inside) for a resolved config, on ``device``."""
+    cls = algorithm_class(config.algorithm)
+    if hasattr(cls, "from_config"):
+        return cls.from_config(config, device).to(device)
+    learner = cls(build_model(config), inner_steps=config.inner_steps, inner_lr=config.inner_lr,
+                  first_order=config.first_order, strategy=config.strategy, **config.extra)
+    return learner.to(device)
+
+
+def load_learner_state(learner: nn.Module, state: dict[str, Any], path: Path | str) -> None:
+    try:
+        learner.load_state_dict(state)
+    except (RuntimeError, KeyError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path} does not fit the model its config describes ({str(exc).splitlines()[0][:200]}): "
+            "was it written by another mtl version? Retrain, or use the version that wrote it."
+        ) from exc
+
+
+def resolve_device(name: str | torch.device) -> torch.device:
+    if str(name) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} asked for, but torch sees no CUDA GPU: use --device cpu")
+    return device
+
+
+def progress_enabled(progress: bool | None) -> bool:
+    """``progress`` if given, else on unless the environment says ``MTL_PROGRESS=0``."""
+    if progress is not None:
+        return progress
+    return os.environ.get("MTL_PROGRESS", "1") not in ("0", "false", "no", "off")
+
+
+def train_sampler(config: TrainConfig, learner: nn.Module, device: torch.device) -> Any:
+    """The training task source: episodes of the train split (or the algorithm's own sampler)."""
+    from mtl import data
+
+    if config.dataset == "sinusoid":
+        sampler = data.SinusoidTasks(shots=config.shots, queries=config.queries, device=device,
+                                     seed=config.seed)
+    else:
+        dataset = data.load_dataset(config.dataset, "train", image_size=config.image_size,
+                                    rotations=config.rotations and config.dataset == "omniglot")
+        sampler = data.EpisodeSampler(dataset.to(device), ways=config.ways, shots=config.shots,
+                                      queries=config.queries, device=device, seed=config.seed)
+    hook = getattr(learner, "attach_sampler", None)
+    return hook(sampler) if callable(hook) else sampler
+
+
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """The outer step size for meta-step ``step`` (0-based)."""
+    if config.lr_schedule == "linear":
+        return config.meta_lr * (1 - step / config.iterations)
+    if config.lr_schedule == "step":
+        return config.meta_lr * 0.5 ** (step // config.lr_step)
+    return config.meta_lr
+
+
+# --- the loop ------------------------------------------------------------------------------------
+def train(config: TrainConfig | dict | str, *, out: str | os.PathLike | None = None,
+          resume: bool = False, overwrite: bool = False, progress: bool | None = None) -> RunSummary:
+    """Meta-train per ``config`` (a `TrainConfig`, a dict of its fields, or a preset name).
+
+    ``out``: the run folder (None: nothing is written, for lessons). An existing run folder is
+    continued only with ``resume=True`` and replaced only with ``overwrite=True``.
+    Raises `RunFolderError`, `CheckpointError` (before any training), `TrainingDiverged`.
+    """
+    config = _as_config(config)
+    run_dir = _prepare_run_dir(out, resume=resume, overwrite=overwrite)
+    checkpoint = None
+    if resume:
+        checkpoint = load_checkpoint(run_dir / "last.pt")
+        config = _resume_config(TrainConfig.from_dict(checkpoint["config"]), config)
+    config = config.resolved()
+    device = resolve_device(config.device)
+    show = progress_enabled(progress)
+
+    _seed_everything(config.seed)
+    learner = build_learner(config, device)
+    optimizer = _make_optimizer(learner, config)
+    sampler = train_sampler(config, learner, device)
+    from mtl.evaluate import EpisodeSet
+
+    val_set = EpisodeSet(config, "val", n=config.val_episodes, seed=config.eval_seed, device=device,
+                         progress=show)
+    state = _State()
+    if checkpoint is not None:
+        load_learner_state(learner, checkpoint["learner"], run_dir / "last.pt")
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        restore_rng(checkpoint["rng"], sampler, learner)
+        state = _State(**checkpoint["state"])
+    log = _MetricsLog(run_dir, keep_until=state.step if checkpoint is not None else None)
+    if run_dir is not None:
+        (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    loop = _Loop(config, learner, optimizer, sampler, val_set, state, log, run_dir, show)
+    stopped = loop.run()
+
+    test = None
+    if config.test_episodes > 0:
+        from mtl.evaluate import evaluate
+
+        test = evaluate(learner, config, split="test", episodes=config.test_episodes,
+                        seed=config.eval_seed, device=device, progress=show).to_dict()
+    summary = RunSummary(config=config, out=str(run_dir) if run_dir else None, steps=state.step,
+                         stopped=stopped, wall_time_s=state.elapsed_s, last_val=state.last_val,
+                         best_val=state.best_val, test=test, history=log.rows, learner=learner)
+    if run_dir is not None:
+        (run_dir / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
+    return summary
+
+
+@dataclass
+class _State:
+    """The engine's counters; checkpointed as plain values."""
+
+    step: int = 0
+    elapsed_s: float = 0.0
+    window_loss: float = 0.0
+    window_accuracy: float = 0.0
+    window_count: int = 0
+    best_score: float | None = None
+    best_val: dict[str, Any] | None = None
+    last_val: dict[str, Any] | None = None
+
+
+class _Loop:
+    def __init__(self, config, learner, optimizer, sampler, val_set, state, log, run_dir, progress):
+        self.config, self.learner, self.optimizer, self.sampler = config, learner, optimizer, sampler
+        self.val_set, self.state, self.log, self.run_dir, self.progress = val_set, state, log, run_dir, progress
+        self.params = [p for p in learner.parameters() if p.requires_grad]
+        self.last_good = state.step if run_dir is not None and state.step > 0 else None
+
+    def run(self) -> str:
+        from tqdm.auto import tqdm
+
+        c, s = self.config, self.state
+        bar = tqdm(total=c.iterations, initial=s.step, disable=not self.progress, dynamic_ncols=True,
+                   desc=f"{c.algorithm} {c.dataset}")
+        started = time.perf_counter() - s.elapsed_s
+        stopped = "completed"
+        self.learner.train()
+        try:
+            while s.step < c.iterations:
+                if c.time_budget_s is not None and s.elapsed_s >= c.time_budget_s:
+                    stopped = "time budget"
+                    break
+                loss, accuracy, lr = self._meta_step()
+                s.step += 1
+                s.window_loss, s.window_accuracy = s.window_loss + loss, s.window_accuracy + accuracy
+                s.window_count += 1
+                s.elapsed_s = time.perf_counter() - started
+                bar.update(1)
+                if s.step % c.log_every == 0 or s.step == c.iterations:
+                    row = self._train_row(lr)
+                    bar.set_postfix(loss=f"{row['loss']:.4f}", acc=_fmt(row["accuracy"]), refresh=False)
+                if s.step % c.val_every == 0 or s.step == c.iterations:
+                    self._validate()
+                    bar.set_postfix(val=_fmt(s.last_val.get("accuracy", s.last_val.get("loss"))), refresh=False)
+                s.elapsed_s = time.perf_counter() - started
+                if s.step % c.checkpoint_every == 0 or s.step == c.iterations:
+                    self._save("last.pt")
+            if stopped == "time budget" and self.last_good != s.step:
+                if s.last_val is None or s.last_val["step"] != s.step:
+                    self._validate()
+                s.elapsed_s = time.perf_counter() - started
+                self._save("last.pt")
+        finally:
+            bar.close()
+        return stopped
+
+    def _meta_step(self) -> tuple[float, float, float]:
+        c, s = self.config, self.state
+        lr = learning_rate(c, s.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        batch = self.sampler.sample(c.meta_batch)
+        try:
+            metrics = self.learner.meta_gradient(batch)
+        except InnerLoopError as exc:
+            raise TrainingDiverged(self._diverged_message(f"the inner loop diverged ({exc})")) from exc
+        loss = float(metrics["loss"])
+        accuracy = float(metrics.get("accuracy", float("nan")))
+        if not math.isfinite(loss) or not _grads_finite(self.params):
+            what = f"meta-loss {loss}" if not math.isfinite(loss) else "a NaN/Inf meta-gradient"
+            raise TrainingDiverged(self._diverged_message(what))
+        self.optimizer.step()
+        return loss, accuracy, lr
+
+    def _diverged_message(self, what: str) -> str:
+        step = self.state.step + 1
+        if self.last_good is not None:
+            kept = (f"the last good checkpoint (step {self.last_good}) is kept in {self.run_dir / 'last.pt'}; "
+                    f"continue from it with --resume and a lower --meta-lr or --inner-lr")
+        else:
+            kept = "no checkpoint was written yet; start again with a lower --meta-lr or --inner-lr"
+        return f"training stopped at meta-step {step}: {what}. {kept}."
+
+    def _train_row(self, lr: float) -> dict[str, Any]:
+        s = self.state
+        count = max(s.window_count, 1)
+        accuracy = s.window_accuracy / count
+        row = {"kind": "train", "step": s.step, "loss": s.window_loss / count,
+               "accuracy": None if math.isnan(accuracy) else accuracy, "lr": lr,
+               "elapsed_s": round(s.elapsed_s, 3)}
+        s.window_loss, s.window_accuracy, s.window_count = 0.0, 0.0, 0
+        self.log.write(row)
+        return row
+
+    def _validate(self) -> None:
+        from mtl.evaluate import evaluate
+
+        s = self.state
+        result = evaluate(self.learner, self.config, episode_set=self.val_set, progress=False)
+        key = "accuracy" if result.metric == "accuracy" else "loss"
+        row = {"kind": "val", "step": s.step, key: result.mean, "ci95": result.ci95,
+               "elapsed_s": round(s.elapsed_s, 3)}
+        self.log.write(row)
+        s.last_val = row
+        score = result.mean if key == "accuracy" else -result.mean
+        if s.best_score is None or score > s.best_score:
+            s.best_score, s.best_val = score, row
+            self._save("best.pt")
+
+    def _save(self, name: str) -> None:
+        if self.run_dir is None:
+            return
+        payload = {"config": self.config.to_dict(), "step": self.state.step,
+                   "learner": self.learner.state_dict(), "optimizer": self.optimizer.state_dict(),
+                   "rng": capture_rng(self.sampler, self.learner), "state": self.state.__dict__.copy()}
+        save_checkpoint(self.run_dir / name, payload)
+        if name == "last.pt":
+            self.last_good = self.state.step
+
+
+def _grads_finite(params: list[torch.Tensor]) -> bool:
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return True
+    return bool(torch.isfinite(torch.stack([g.detach().float().norm() for g in grads]).sum()))
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+class _MetricsLog:
+    """``metrics.jsonl`` + ``metrics.csv``, appended row by row (flushed), kept in ``rows``."""
+
+    def __init__(self, run_dir: Path | None, keep_until: int | None):
+        self.run_dir, self.rows = run_dir, []
+        if run_dir is None:
+            return
+        jsonl = run_dir / "metrics.jsonl"
+        if keep_until is not None and jsonl.exists():
+            # A resumed run drops what was logged after its checkpoint, then logs it again.
+            for line in jsonl.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:  # a line cut by the kill
+                    continue
+                if row["step"] <= keep_until:
+                    self.rows.append(row)
+        jsonl.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
+        with open(run_dir / "metrics.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, _CSV_COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(self.rows)
+
+    def write(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        if self.run_dir is None:
+            return
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        with open(self.run_dir / "metrics.csv", "a", newline="") as f:
+            csv.DictWriter(f, _CSV_COLUMNS, extrasaction="ignore").writerow(row)
+
+
+# --- run folder, config and seeds ---------------------------------------------------------------
+def _prepare_run_dir(out: str | os.PathLike | None, *, resume: bool, overwrite: bool) -> Path | None:
+    """Check (before any training) that the run folder can be used as asked; create it."""
+    if out is None:
+        if resume:
+            raise RunFolderError("resume=True needs the run folder: pass out=DIR (--out DIR)")
+        return None
+    if resume and overwrite:
+        raise RunFolderError("--resume continues a run, --overwrite replaces it: pass only one")
+    run_dir = Path(out)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunFolderError(f"{run_dir} exists and is not a folder: choose another --out")
+    existing = sorted(p.name for p in run_dir.iterdir()) if run_dir.is_dir() else []
+    if resume:
+        if not (run_dir / "last.pt").exists():
+            raise RunFolderError(
+                f"nothing to resume in {run_dir} (no last.pt): drop --resume to start a new run there"
+                + (", with --overwrite to replace what it holds" if existing else "")
+            )
+    elif existing:
+        if not overwrite:
+            raise RunFolderError(
+                f"{run_dir} already exists and is not empty ({', '.join(existing[:5])}"
+                f"{', ...' if len(existing) > 5 else ''}): pass --resume to continue that run, "
+                "--overwrite to replace it, or choose another --out"
+            )
+        foreign = [n for n in existing if n not in RUN_FILES and not n.startswith((".last.pt.", ".best.pt.", "eval-"))]
+        if foreign:
+            raise RunFolderError(
+                f"{run_dir} holds files that are not from an mtl run ({', '.join(foreign[:5])}); "
+                "--overwrite only replaces run folders: choose another --out"
+            )
+        for name in existing:
+            target = run_dir / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise RunFolderError(f"cannot write to {run_dir} ({exc.strerror or exc}): choose a writable --out") from exc
+    return run_dir
+
+
+def _as_config(config: TrainConfig | dict | str) -> TrainConfig:
+    if isinstance(config, TrainConfig):
+        return config
+    if isinstance(config, str):
+        return preset(config)
+    if isinstance(config, dict):
+        return TrainConfig.from_dict(config)
+    raise ConfigError(f"config must be a TrainConfig, a dict or a preset name, got {type(config).__name__}")
+
+
+def _resume_config(saved: TrainConfig, given: TrainConfig) -> TrainConfig:
+    """The saved config, with only the fields that may change on resume taken from ``given``."""
+    saved_values, given_values = saved.to_dict(), given.resolved().to_dict()
+    resolved_saved = saved.resolved().to_dict()
+    changed = [k for k in saved_values if k not in RESUMABLE_CHANGES and k != "preset"
+               and given_values[k] != resolved_saved[k]]
+    if changed:
+        diffs = "; ".join(f"{k}: run has {resolved_saved[k]!r}, given {given_values[k]!r}" for k in changed)
+        raise ConfigError(
+            f"cannot resume with different settings ({diffs}). Resume with the run's settings "
+            f"(only {', '.join(RESUMABLE_CHANGES)} may change), or start a new run in another folder."
+        )
+    for k in RESUMABLE_CHANGES:
+        saved_values[k] = given_values[k]
+    return TrainConfig.from_dict(saved_values)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _make_optimizer(learner: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    hook = getattr(learner, "configure_optimizer", None)
+    if callable(hook):
+        return hook(config)
+    params = [p for p in learner.parameters() if p.requires_grad]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.meta_lr)
+    return torch.optim.Adam(params, lr=config.meta_lr)
+
+
+# --- CLI -----------------------------------------------------------------------------------------
+_OPTIONS: tuple[tuple[str, type, str], ...] = (
+    ("algorithm", str, "maml, fomaml, reptile, anil, metasgd, protonet, joint, ... (registry)"),
+    ("dataset", str, "sinusoid, omniglot or mini-imagenet"),
+    ("ways", int, "N classes per task"),
+    ("shots", int, "K support examples per class (sinusoid: K points)"),
+    ("queries", int, "query examples per class"),
+    ("meta-batch", int, "tasks per meta-step"),
+    ("inner-steps", int, "inner steps while meta-training"),
+    ("inner-lr", float, "inner step size alpha"),
+    ("meta-lr", float, "outer step size beta"),
+    ("iterations", int, "meta-steps"),
+    ("test-inner-steps", int, "inner steps at validation/test"),
+    ("test-ways", int, "ways at validation/test"),
+    ("strategy", str, "vmap, loop or auto: how tasks are batched"),
+    ("optimizer", str, "adam or sgd"),
+    ("lr-schedule", str, "constant, linear or step"),
+    ("model", str, "conv4, resnet12 or mlp"),
+    ("hidden", int, "conv filters / MLP width"),
+    ("image-size", int, "image side in pixels"),
+    ("val-every", int, "validate every this many meta-steps"),
+    ("val-episodes", int, "size of the fixed validation episode set"),
+    ("checkpoint-every", int, "write last.pt every this many meta-steps (default: val-every)"),
+    ("log-every", int, "one training metrics row per this many meta-steps"),
+    ("eval-batch", int, "tasks per forward pass at validation/test"),
+    ("test-episodes", int, "evaluate this many test episodes at the end (0: skip)"),
+    ("time-budget", float, "stop after this many seconds of training (checkpoint kept)"),
+    ("device", str, "auto, cpu, cuda, cuda:1, ..."),
+    ("seed", int, "seed of model init and training episodes"),
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", help=f"start from a named protocol: {', '.join(PRESETS)}")
+    for name, kind, help_text in _OPTIONS:
+        parser.add_argument(f"--{name}", type=kind, default=None, help=help_text)
+    parser.add_argument("--first-order", action="store_true", default=None, help="drop second-order terms")
+    parser.add_argument("--no-rotations", dest="rotations", action="store_false", default=None,
+                        help="Omniglot: no 90-degree rotation classes")
+    parser.add_argument("--hard-tasks", action="store_true", default=None,
+                        help="meta-transfer learning: hard-task meta-batch (sets extra hard_tasks)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra algorithm argument (VALUE parsed as JSON when it can be)")
+    parser.add_argument("--out", help="run folder (config.json, last.pt, best.pt, metrics.jsonl/csv)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    parser.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (also MTL_PROGRESS=0)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (1 is fastest for tiny models on a busy machine)")
+    parser.add_argument("--list-presets", action="store_true", help="print the presets and exit")
+
+
+def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) -> TrainConfig:
+    """``base`` (else the preset, else defaults) with every option given on the command line."""
+    if base is None:
+        base = preset(args.preset) if args.preset else TrainConfig()
+    values = base.to_dict()
+    for name, _, _ in _OPTIONS:
+        key = name.replace("-", "_")
+        value = getattr(args, key)
+        if value is not None:
+            values["time_budget_s" if key == "time_budget" else key] = value
+    for key in ("first_order", "rotations"):
+        if getattr(args, key) is not None:
+            values[key] = getattr(args, key)
+    extra = dict(values["extra"])
+    if args.hard_tasks:
+        extra["hard_tasks"] = True
+    for item in args.set:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set takes KEY=VALUE, got {item!r}")
+        try:
+            extra[key] = json.loads(text)
+        except json.JSONDecodeError:
+            extra[key] = text
+    values["extra"] = extra
+    return TrainConfig.from_dict(values)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.list_presets:
+        for name, values in PRESETS.items():
+            print(f"{name:28s} {json.dumps(values)}")
+        return 0
+    if not args.out:
+        print("error: --out DIR is required (the run folder)", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        base = None
+        if args.resume and (Path(args.out) / "last.pt").exists():
+            base = TrainConfig.from_dict(load_checkpoint(Path(args.out) / "last.pt")["config"])
+            if args.preset:
+                base = config_from_args(args)  # a preset given again must match the run
+        config = config_from_args(args, base)
+        summary = train(config, out=args.out, resume=args.resume, overwrite=args.overwrite,
+                        progress=False if args.no_progress else None)
+    except MTLError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: the last checkpoint is in {args.out}; continue with --resume", file=sys.stderr)
+        return 130
+    _print_summary(summary)
+    return 0
+
+
+def _print_summary(summary: RunSummary) -> None:
+    print(f"{summary.stopped} after {summary.steps} meta-steps, {summary.wall_time_s:.1f} s in the loop; "
+          f"run folder {summary.out}")
+    for label, row in (("last validation", summary.last_val), ("best validation", summary.best_val)):
+        if row:
+            metric = "accuracy" if "accuracy" in row else "loss"
+            print(f"{label}: {metric} {row[metric]:.4f} +- {row['ci95']:.4f} at step {row['step']}")
+    if summary.test:
+        print(f"test: {summary.test['mean']:.4f} +- {summary.test['ci95']:.4f} ({summary.test['n']} episodes)")
+    print(f"evaluate: python -m mtl evaluate --checkpoint {summary.out}/best.pt --episodes 600 --seed 0")
