@@ -21,6 +21,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
 from pathlib import Path
 
 import torch
@@ -102,7 +103,10 @@ def _save(path: Path, payload: dict) -> None:
 
 
 def _read_checkpoint(path: str | Path) -> dict:
+    """A ``mtl.pretrain`` checkpoint, or an engine checkpoint of ``--algorithm pretrain`` (file or run folder)."""
     path = Path(path)
+    if path.is_dir():
+        path = next((path / n for n in ("last.pt", "best.pt") if (path / n).is_file()), path / "last.pt")
     if not path.is_file():
         raise CheckpointError(f"no pre-training checkpoint at {path}: run `python -m mtl train --algorithm "
                               "pretrain` (or mtl.pretrain.pretrain) first, or fix the path")
@@ -110,10 +114,29 @@ def _read_checkpoint(path: str | Path) -> dict:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt or foreign file
         raise CheckpointError(f"{path} is not a readable checkpoint ({exc}); delete it and pre-train again") from exc
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not an mtl pre-training checkpoint (format {FORMAT!r}); "
-                              "pass the file written by `python -m mtl train --algorithm pretrain`")
-    return payload
+    if isinstance(payload, dict) and payload.get("format") == FORMAT:
+        return payload
+    if isinstance(payload, dict) and isinstance(payload.get("config"), dict) and "learner" in payload:
+        if payload["config"].get("algorithm") != "pretrain":
+            raise CheckpointError(f"{path} is a {payload['config'].get('algorithm')!r} run, not a pre-training "
+                                  "run; pass the checkpoint of `python -m mtl train --algorithm pretrain`")
+        state = {k[len("model."):]: v for k, v in payload["learner"].items() if k.startswith("model.")}
+        return {"format": FORMAT, "config": config_from_state(state), "state_dict": state}
+    raise CheckpointError(f"{path} is not an mtl pre-training checkpoint; pass the file written by "
+                          "`python -m mtl train --algorithm pretrain` or mtl.pretrain.pretrain")
+
+
+def config_from_state(state: dict) -> dict:
+    """The ``ResNet12.config`` that a state dict fits, read off its weight shapes."""
+    try:
+        channels = [int(state[f"encoder.{i}.conv1.weight"].shape[0]) for i in range(4)]
+        in_channels = int(state["encoder.0.conv1.weight"].shape[1])
+    except KeyError as exc:
+        raise CheckpointError(f"the checkpoint holds no ResNet-12 (missing {exc}); pre-train a ResNet-12 "
+                              "with mtl.pretrain") from exc
+    classes = state.get("classifier.weight")
+    return {"arch": "resnet12", "in_channels": in_channels,
+            "num_classes": int(classes.shape[0]) if classes is not None else 0, "channels": channels}
 
 
 def check_config(config: dict, *, source: str = "checkpoint", **expected) -> None:
@@ -134,12 +157,19 @@ def check_config(config: dict, *, source: str = "checkpoint", **expected) -> Non
 
 def load_pretrained(path: str | Path, *, num_classes: int | None = None, channels=None,
                     in_channels: int | None = None, map_location: str | torch.device = "cpu") -> ResNet12:
-    """Rebuild the pre-trained ResNet-12 of a checkpoint (eval mode); check it matches what is asked."""
+    """The pre-trained ResNet-12 of a checkpoint (eval mode), checked against what is asked for.
+
+    ``path``: a ``mtl.pretrain`` checkpoint, or an engine run (folder or ``.pt``) of ``--algorithm pretrain``.
+    """
     payload = _read_checkpoint(path)
     config = payload["config"]
     check_config(config, source=str(path), num_classes=num_classes, channels=channels, in_channels=in_channels)
     model = ResNet12(config["in_channels"], config["num_classes"], tuple(config["channels"]))
-    model.load_state_dict(payload["state_dict"])
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path} does not fit a ResNet-12 ({str(exc).splitlines()[0][:200]}); "
+                              "pre-train again with this mtl version") from exc
     return model.to(map_location).eval()
 
 
@@ -245,3 +275,105 @@ def pretrain(dataset, *, model: ResNet12 | None = None, channels=DEFAULT_CHANNEL
             break
     model = model.to(memory_format=torch.contiguous_format)
     return PretrainResult(model.eval(), history)
+
+
+# --- the same pre-training through the engine: `python -m mtl train --algorithm pretrain` ----------
+class LabelledBatch(NamedTuple):
+    """Plain supervised batch: ``x`` float ``[B, C, H, W]`` in [0, 1] (augmented), ``y`` int64 ``[B]``."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+
+class LabelledBatches:
+    """The engine's training source for pre-training: augmented random images of every class.
+
+    ``sample(batch_size)`` draws (class, image) pairs uniformly with replacement from ``images``
+    uint8 ``[K, P, C, H, W]``; ``generator`` is checkpointed by the engine (exact resume).
+    """
+
+    def __init__(self, images: torch.Tensor, *, pad: int, flip: bool, seed: int = 0):
+        self.images, self.pad, self.flip = images, pad, flip
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def sample(self, batch_size: int) -> LabelledBatch:
+        k, p = self.images.shape[:2]
+        classes = torch.randint(0, k, (batch_size,), generator=self.generator)
+        picks = torch.randint(0, p, (batch_size,), generator=self.generator)
+        device = self.images.device
+        x = self.images[classes.to(device), picks.to(device)].float().div_(255)
+        if self.pad or self.flip:
+            x = augment(x, pad=self.pad, flip=self.flip, generator=self.generator)
+        return LabelledBatch(x, classes.to(device))
+
+
+class Pretrain(torch.nn.Module):
+    """Pre-training as an engine algorithm (``--algorithm pretrain``): checkpoints, resume, metrics.
+
+    ``meta_gradient(LabelledBatch)`` back-propagates the cross-entropy over all base classes;
+    ``predict(TaskBatch)`` scores few-shot episodes by nearest centroid on the features (so the
+    engine's validation tracks what pre-training is for). ``config.meta_batch`` is the batch size,
+    ``config.meta_lr`` the SGD learning rate (with the engine's schedule), ``config.iterations`` the
+    number of batches. Extra settings (``--set key=value``): ``channels`` (list of 4 widths) or
+    ``hidden`` (first width), ``weight_decay`` (5e-4), ``momentum`` (0.9), ``augment`` (true),
+    ``bf16``, ``channels_last``. Use the run folder as ``--set pretrained=RUN`` of ``--algorithm mtl``.
+    """
+
+    def __init__(self, model: ResNet12, *, inner_steps: int = 0, inner_lr: float = 0.0,
+                 first_order: bool = False, strategy: str = "auto", weight_decay: float = 5e-4,
+                 momentum: float = 0.9, augment: bool = True, bf16: bool = False,
+                 channels_last: bool = False, seed: int = 0, **_unused):
+        super().__init__()
+        self.model = model
+        self.weight_decay, self.momentum, self.augment = weight_decay, momentum, augment
+        self.bf16, self.channels_last, self.seed = bf16, channels_last, seed
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+
+    @classmethod
+    def from_config(cls, config, device) -> "Pretrain":
+        from mtl.data import load_dataset
+
+        extra = dict(config.extra)
+        channels = extra.pop("channels", None)
+        hidden = extra.pop("hidden", None)
+        dataset = load_dataset(config.dataset, "train", image_size=config.image_size,
+                               rotations=config.rotations and config.dataset == "omniglot", progress=False)
+        num_classes, _, in_channels = dataset.images.shape[:3]
+        model = ResNet12(in_channels, num_classes, channels, hidden=hidden)
+        return cls(model, seed=config.seed, **extra)
+
+    def configure_optimizer(self, config) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.model.parameters(), lr=config.meta_lr, momentum=self.momentum,
+                               nesterov=self.momentum > 0, weight_decay=self.weight_decay)
+
+    def attach_sampler(self, sampler) -> LabelledBatches:
+        images = sampler.images
+        if images.shape[0] != self.model.config["num_classes"]:
+            raise CheckpointError(f"the network has {self.model.config['num_classes']} outputs but the training "
+                                  f"split has {images.shape[0]} classes; pre-train a new network for this split")
+        height, channels = images.shape[-2], images.shape[2]
+        return LabelledBatches(images, pad=height // 8 if self.augment else 0,
+                               flip=self.augment and channels == 3, seed=self.seed)
+
+    def meta_gradient(self, batch: LabelledBatch) -> dict[str, float]:
+        self.model.train()
+        x = batch.x.contiguous(memory_format=torch.channels_last) if self.channels_last else batch.x
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            logits = self.model(x)
+        loss = F.cross_entropy(logits.float(), batch.y)
+        loss.backward()
+        return {"loss": loss.item(), "accuracy": (logits.argmax(-1) == batch.y).float().mean().item()}
+
+    @torch.no_grad()
+    def predict(self, batch, *, inner_steps: int | None = None) -> torch.Tensor:
+        """Nearest-centroid logits ``[B, N*Q, N]`` of a few-shot ``TaskBatch`` on the features."""
+        was_training = self.model.training
+        self.model.eval()
+        support = F.normalize(self.model.features(batch.support_x.flatten(0, 1)), dim=-1)
+        query = F.normalize(self.model.features(batch.query_x.flatten(0, 1)), dim=-1)
+        self.model.train(was_training)
+        support, query = support.unflatten(0, batch.support_x.shape[:2]), query.unflatten(0, batch.query_x.shape[:2])
+        one_hot = F.one_hot(batch.support_y).to(support.dtype)                       # [B, M, N]
+        centroids = one_hot.transpose(1, 2) @ support / one_hot.sum(1)[:, :, None]   # [B, N, D]
+        return -torch.cdist(query, centroids).pow(2)

@@ -220,6 +220,14 @@ class MetaTransfer(nn.Module):
         if self._num_hard(1) and self._sampler is not None:
             self._check_enough_classes()
 
+    @classmethod
+    def from_config(cls, config, device) -> "MetaTransfer":
+        """Engine hook: the network of ``--set pretrained=PATH``; ``--hard-tasks`` sets ``hard_tasks``."""
+        backbone, extra = pretrained_from_config(config)
+        extra.setdefault("seed", config.seed)
+        return cls(backbone, inner_steps=config.inner_steps, inner_lr=config.inner_lr,
+                   first_order=config.first_order, strategy=config.strategy, ways=config.ways, **extra)
+
     # --- the network -------------------------------------------------------------------------
     def train(self, mode: bool = True) -> "MetaTransfer":
         super().train(mode)
@@ -314,10 +322,9 @@ class MetaTransfer(nn.Module):
         return int(self.hard_tasks or 0)
 
     def _num_classes(self) -> int:
-        dataset = getattr(self._sampler.sampler, "dataset", None)
-        images = getattr(dataset, "images", None)
+        images = getattr(self._sampler.sampler, "images", None)
         if images is None:
-            raise HardTaskError("hard tasks need the sampler's dataset (sampler.dataset.images)")
+            raise HardTaskError("hard tasks need an EpisodeSampler (with .images) to re-sample from")
         return images.shape[0]
 
     def _check_enough_classes(self) -> None:
@@ -331,12 +338,24 @@ class MetaTransfer(nn.Module):
                                 "(sampler=..., or algorithm.attach_sampler(sampler))")
         if classes is None and self._sampler.last is not None:
             drawn_batch, drawn = self._sampler.last
-            if drawn_batch is batch or drawn_batch.support_y.data_ptr() == batch.support_y.data_ptr():
+            if drawn_batch is batch or drawn_batch.support_x.data_ptr() == batch.support_x.data_ptr():
                 classes = drawn
         if classes is None:
             raise HardTaskError("hard tasks need each task's class ids: draw batches with the sampler "
                                 "returned by algorithm.attach_sampler(sampler), or pass classes=")
         return classes
+
+
+def pretrained_from_config(config) -> tuple[nn.Module, dict]:
+    """``(pre-trained ResNet-12, the other extra settings)`` from an engine config's ``extra``."""
+    from mtl.pretrain import load_pretrained
+
+    extra = dict(config.extra)
+    path = extra.pop("pretrained", None)
+    if path is None:
+        raise MTLError(f"--algorithm {config.algorithm} needs a pre-trained network: add --set pretrained=PATH "
+                       "(the run folder of `python -m mtl train --algorithm pretrain`, or a mtl.pretrain checkpoint)")
+    return load_pretrained(path), extra
 
 
 def _load_into(model: nn.Module, path: str) -> nn.Module:

@@ -1,0 +1,165 @@
+"""Baselines on a pre-trained backbone, no meta-training: what meta-transfer learning must beat.
+
+All four take the same pre-trained network (``mtl.pretrain``) and answer ``predict(batch)`` on the
+same evaluation episodes as every algorithm (``mtl.evaluate``); ``meta_gradient`` refuses, since
+there is nothing to meta-train. The backbone runs in eval mode (batch norm with its pre-training
+running statistics) and is never modified: ``FineTuneAll`` adapts per-task copies of its weights.
+
+- ``FineTuneHead``: a new linear classifier (init 0) trained by ``inner_steps`` SGD steps of size
+  ``inner_lr`` on the support features ("FT the FC layer" of the MTL paper).
+- ``FineTuneAll``: the same, but every weight of the network is fine-tuned too ("FT all layers").
+- ``LinearProbe``: L2-regularised logistic regression on L2-normalised features, solved by L-BFGS
+  (as scikit-learn's ``LogisticRegression(C=1)`` in Tian et al. 2020, "Rethinking few-shot").
+- ``NearestCentroid``: the class means of the L2-normalised support features; logits are minus
+  the squared distances to them.
+
+``BASELINES`` maps their registry names to the classes.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from mtl.algorithms.meta_transfer import (_load_into, _ways_of, adapt_linear_head, encoder_of,
+                                          freeze_to_buffers, linear_logits,
+                                          pretrained_from_config)
+from mtl.errors import MTLError
+
+
+class _PretrainedBaseline(nn.Module):
+    """A frozen copy of ``model``'s encoder (buffers, eval mode) and the common interface."""
+
+    def __init__(self, model: nn.Module, *, inner_steps: int = 100, inner_lr: float = 0.01,
+                 first_order: bool = False, strategy: str = "auto", ways: int | None = None,
+                 pretrained: str | None = None, **_ignored):
+        super().__init__()
+        if pretrained is not None:
+            model = _load_into(model, pretrained)
+        self.encoder = freeze_to_buffers(encoder_of(model))
+        self.ways = ways if ways is not None else _ways_of(model)
+        self.inner_steps, self.inner_lr = int(inner_steps), float(inner_lr)
+
+    @classmethod
+    def from_config(cls, config, device):
+        """Engine hook: the network of ``--set pretrained=PATH`` (nothing is trained: iterations 0)."""
+        backbone, extra = pretrained_from_config(config)
+        return cls(backbone, inner_steps=config.inner_steps, inner_lr=config.inner_lr, ways=config.test_ways,
+                   **extra)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.encoder.eval()
+        return self
+
+    def meta_gradient(self, batch) -> dict[str, float]:
+        raise MTLError(f"{type(self).__name__} is a baseline with nothing to meta-train: evaluate it "
+                       "directly on a pre-trained backbone (`python -m mtl evaluate`, or .predict)")
+
+    @torch.no_grad()
+    def _features(self, x: Tensor) -> Tensor:
+        """``[B, M, C, H, W]`` -> ``[B, M, D]`` (frozen network)."""
+        return self.encoder(x.flatten(0, 1)).unflatten(0, x.shape[:2])
+
+    def _ways(self, batch) -> int:
+        return self.ways or int(batch.support_y.max()) + 1
+
+
+class FineTuneHead(_PretrainedBaseline):
+    """Train a zero-initialised linear head on the frozen features of each task's support set."""
+
+    @torch.no_grad()
+    def predict(self, batch, *, inner_steps: int | None = None) -> Tensor:
+        steps = self.inner_steps if inner_steps is None else inner_steps
+        support, query = self._features(batch.support_x), self._features(batch.query_x)
+        b, _, d = support.shape
+        weight = support.new_zeros(b, self._ways(batch), d).requires_grad_()
+        bias = support.new_zeros(b, self._ways(batch)).requires_grad_()
+        with torch.enable_grad():
+            weight, bias = adapt_linear_head(support, batch.support_y, weight, bias, steps=steps,
+                                             lr=self.inner_lr, create_graph=False)
+        return linear_logits(query, weight.detach(), bias.detach())
+
+
+class FineTuneAll(_PretrainedBaseline):
+    """Fine-tune every weight of the network and a zero-initialised head, one task at a time."""
+
+    @torch.no_grad()
+    def predict(self, batch, *, inner_steps: int | None = None) -> Tensor:
+        steps = self.inner_steps if inner_steps is None else inner_steps
+        frozen = {name: w for name, w in self.encoder.named_buffers()
+                  if not name.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+        ways = self._ways(batch)
+        out = []
+        for sx, sy, qx in zip(batch.support_x, batch.support_y, batch.query_x):
+            params = {name: w.clone().requires_grad_() for name, w in frozen.items()}
+            weight = sx.new_zeros(ways, self._feature_dim(sx)).requires_grad_()
+            bias = sx.new_zeros(ways).requires_grad_()
+            with torch.enable_grad():
+                for _ in range(steps):
+                    logits = F.linear(functional_call(self.encoder, params, (sx,)), weight, bias)
+                    loss = F.cross_entropy(logits, sy)
+                    names = list(params)
+                    grads = torch.autograd.grad(loss, [params[n] for n in names] + [weight, bias])
+                    params = {n: (params[n] - self.inner_lr * g).detach().requires_grad_()
+                              for n, g in zip(names, grads)}
+                    weight = (weight - self.inner_lr * grads[-2]).detach().requires_grad_()
+                    bias = (bias - self.inner_lr * grads[-1]).detach().requires_grad_()
+            out.append(F.linear(functional_call(self.encoder, params, (qx,)), weight, bias))
+        return torch.stack(out)
+
+    def _feature_dim(self, x: Tensor) -> int:
+        if not hasattr(self, "_dim"):
+            self._dim = self.encoder(x[:1]).shape[-1]
+        return self._dim
+
+
+class LinearProbe(_PretrainedBaseline):
+    """Logistic regression (L2 penalty ``0.5 ||W||^2 / C``) on L2-normalised frozen features, L-BFGS."""
+
+    def __init__(self, model: nn.Module, *, C: float = 1.0, **kwargs):
+        super().__init__(model, **kwargs)
+        self.C = float(C)
+
+    @torch.no_grad()
+    def predict(self, batch, *, inner_steps: int | None = None) -> Tensor:
+        steps = self.inner_steps if inner_steps is None else inner_steps
+        support = F.normalize(self._features(batch.support_x), dim=-1)
+        query = F.normalize(self._features(batch.query_x), dim=-1)
+        b, m, d = support.shape
+        weight = support.new_zeros(b, self._ways(batch), d, requires_grad=True)
+        bias = support.new_zeros(b, self._ways(batch), requires_grad=True)
+        if steps > 0:
+            optimizer = torch.optim.LBFGS([weight, bias], lr=1, max_iter=steps, line_search_fn="strong_wolfe")
+
+            def closure():
+                optimizer.zero_grad()
+                logits = linear_logits(support, weight, bias)
+                # the tasks' problems are independent: their sum is minimised by each task's optimum
+                loss = F.cross_entropy(logits.flatten(0, 1), batch.support_y.flatten(), reduction="sum")
+                loss = loss + 0.5 / self.C * weight.pow(2).sum()
+                loss.backward()
+                return loss
+
+            with torch.enable_grad():
+                optimizer.step(closure)
+        return linear_logits(query, weight.detach(), bias.detach())
+
+
+class NearestCentroid(_PretrainedBaseline):
+    """Minus the squared distance of L2-normalised query features to the support class means."""
+
+    @torch.no_grad()
+    def predict(self, batch, *, inner_steps: int | None = None) -> Tensor:
+        support = F.normalize(self._features(batch.support_x), dim=-1)
+        query = F.normalize(self._features(batch.query_x), dim=-1)
+        ways = self._ways(batch)
+        one_hot = F.one_hot(batch.support_y, ways).to(support.dtype)            # [B, M, N]
+        centroids = one_hot.transpose(1, 2) @ support / one_hot.sum(1)[:, :, None]  # [B, N, D]
+        return -torch.cdist(query, centroids).pow(2)
+
+
+#: registry names -> baseline classes (same constructor and ``predict`` as every algorithm)
+BASELINES = {"finetune-head": FineTuneHead, "finetune-all": FineTuneAll,
+             "linear-probe": LinearProbe, "nearest-centroid": NearestCentroid}
