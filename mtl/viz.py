@@ -104,8 +104,9 @@ def gradient_arrows(origin: Tensor, directions: Mapping[str, Tensor], *, ax=None
     tips = [o]
     for i, (name, d) in enumerate(directions.items()):
         step = -d.detach().numpy()
-        ax.annotate("", xy=o + step, xytext=o, arrowprops=dict(arrowstyle="->", lw=2, color=f"C{i}"))
-        ax.plot([], [], color=f"C{i}", lw=2, label=name)
+        style = dict(lw=4 - 1.2 * i, color=f"C{i}", linestyle="-" if i % 2 == 0 else "--")  # equal arrows stay visible
+        ax.annotate("", xy=o + step, xytext=o, arrowprops=dict(arrowstyle="->", **style))
+        ax.plot([], [], label=name, **style)
         tips.append(o + step)
     tips = np.stack(tips)
     pad = 0.15 * (tips.max(0) - tips.min(0)).max() + 1e-3
