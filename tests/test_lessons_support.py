@@ -1,0 +1,261 @@
+"""What the lessons rely on: the quadratic task family, exercise checkers, figures, widgets, the course runner."""
+from __future__ import annotations
+
+import argparse
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import nbformat  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook  # noqa: E402
+
+import mtl  # noqa: E402
+from mtl import course, exercises, quadratic, viz, widgets  # noqa: E402
+from mtl.data import FewShotDataset  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tasks():
+    return quadratic.sample_tasks(40, seed=3)
+
+
+# ---------------------------------------------------------------------------- quadratic
+
+@pytest.mark.parametrize("steps", [0, 1, 3])
+def test_closed_form_meta_gradient_matches_autograd(tasks, steps):
+    theta = torch.tensor([0.7, -1.2], dtype=torch.float64, requires_grad=True)
+    (auto,) = torch.autograd.grad(quadratic.meta_objective(theta, tasks, 0.08, steps), theta)
+    assert torch.allclose(quadratic.meta_gradient(theta.detach(), tasks, 0.08, steps, "maml"), auto, atol=1e-12)
+
+
+def test_first_order_direction_is_gradient_at_adapted_point(tasks):
+    theta = torch.tensor([0.3, 0.4], dtype=torch.float64)
+    phi = quadratic.adapted(theta, tasks, 0.1, 2).requires_grad_()
+    (g,) = torch.autograd.grad(quadratic.task_loss(phi, tasks).sum(), phi)
+    assert torch.allclose(quadratic.meta_gradient(theta, tasks, 0.1, 2, "first_order"), g.mean(0), atol=1e-12)
+
+
+def test_optimal_init_minimises_the_meta_objective(tasks):
+    best = quadratic.optimal_init(tasks, 0.1, 3, "maml")
+    assert quadratic.meta_gradient(best, tasks, 0.1, 3).norm() < 1e-10
+    value = quadratic.meta_objective(best, tasks, 0.1, 3)
+    for shift in torch.eye(2, dtype=torch.float64) * 0.05:
+        assert quadratic.meta_objective(best + shift, tasks, 0.1, 3) > value
+        assert quadratic.meta_objective(best - shift, tasks, 0.1, 3) > value
+
+
+def test_adaptation_moves_the_best_start_away_from_the_average(tasks):
+    average = quadratic.optimal_init(tasks, method="average")
+    assert torch.allclose(quadratic.optimal_init(tasks, 0.1, 0, "maml"), average, atol=1e-10)
+    assert (quadratic.optimal_init(tasks, 0.1, 3, "maml") - average).norm() > 0.1
+    assert (quadratic.optimal_init(tasks, 0.1, 3, "first_order") - quadratic.optimal_init(tasks, 0.1, 3)).norm() > 0.01
+    # Reptile with one inner step is plain joint training (Nichol et al. 2018).
+    assert torch.allclose(quadratic.optimal_init(tasks, 0.1, 1, "reptile"), average, atol=1e-10)
+
+
+def test_trajectory_ends_where_adapted_says(tasks):
+    theta = torch.tensor([1.0, 1.0], dtype=torch.float64)
+    path = quadratic.inner_trajectory(theta, tasks, 0.05, 4)
+    assert path.shape == (5, len(tasks), 2)
+    assert torch.allclose(path[-1], quadratic.adapted(theta, tasks, 0.05, 4), atol=1e-12)
+
+
+def test_regression_form_runs_through_mtl_adapt(tasks):
+    x, y = quadratic.as_regression(tasks)
+    model = quadratic.linear_model(2)
+    theta = torch.tensor([0.5, -0.5], dtype=torch.float64)
+    for t in range(3):
+        assert torch.isclose(quadratic.half_squared_error(x[t] @ theta[:, None], y[t]),
+                             quadratic.task_loss(theta, tasks)[t])
+        phi = mtl.adapt(model, {"weight": theta[None]}, x[t], y[t], steps=3, lr=0.05,
+                        loss_fn=quadratic.half_squared_error)
+        assert torch.allclose(phi["weight"][0], quadratic.adapted(theta, tasks, 0.05, 3)[t], atol=1e-12)
+
+
+def test_stable_lr_is_the_divergence_threshold(tasks):
+    limit = quadratic.max_stable_lr(tasks)
+    theta = torch.tensor([3.0, 3.0], dtype=torch.float64)
+    assert quadratic.meta_objective(theta, tasks, 0.95 * limit, 200) < 1e-3
+    assert quadratic.meta_objective(theta, tasks, 1.05 * limit, 200) > 1e3
+
+
+def test_bad_arguments_say_what_to_do(tasks):
+    with pytest.raises(ValueError, match="choose one of"):
+        quadratic.optimal_init(tasks, 0.1, 1, "maml2")
+    with pytest.raises(ValueError, match="at least one task"):
+        quadratic.sample_tasks(0)
+
+
+# ---------------------------------------------------------------------------- exercises
+
+def _step(model, params, x, y, lr, loss_fn, *, sign=-1.0, graph=True, scale=True, inplace=False):
+    loss = loss_fn(torch.func.functional_call(model, params, (x,)), y)
+    grads = torch.autograd.grad(loss, list(params.values()), create_graph=graph)
+    if inplace:
+        with torch.no_grad():
+            for p, g in zip(params.values(), grads):
+                p.sub_(lr * g)
+        return dict(params)
+    factor = lr if scale else 1.0
+    return {n: p + sign * factor * g for (n, p), g in zip(params.items(), grads)}
+
+
+def test_inner_step_checker_accepts_a_solution(capsys):
+    exercises.check_inner_step(_step)
+    assert "Correct" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (lambda *a: _step(*a, sign=+1.0), "uphill"),
+    (lambda *a: _step(*a, scale=False), "ignores lr"),
+    (lambda *a: _step(*a, graph=False), "second-order"),
+    (lambda *a: {n: p.detach() - a[4] * 0 for n, p in a[1].items()}, "unchanged"),
+    (lambda *a: _step(*a, inplace=True), "in place"),
+    (lambda *a: list(a[1].values()), "expected a dict"),
+    (lambda *a: {"weight": next(iter(a[1].values()))}, "keys"),
+])
+def test_inner_step_checker_names_the_mistake(wrong, message):
+    with pytest.raises(exercises.ExerciseError, match=message):
+        exercises.check_inner_step(wrong)
+
+
+def test_ci95_checker():
+    exercises.check_ci95(lambda a: (a.mean(), 1.96 * a.std() / len(a) ** 0.5))
+    with pytest.raises(exercises.ExerciseError, match="sqrt"):
+        exercises.check_ci95(lambda a: (a.mean(), 1.96 * a.std()))
+    with pytest.raises(exercises.ExerciseError, match="variance"):
+        exercises.check_ci95(lambda a: (a.mean(), 1.96 * a.var() / len(a) ** 0.5))
+    with pytest.raises(exercises.ExerciseError, match="1.96"):
+        exercises.check_ci95(lambda a: (a.mean(), a.std() / len(a) ** 0.5))
+
+
+def test_task_meta_loss_checker():
+    import torch.nn.functional as F
+
+    def right(model, params, sx, sy, qx, qy, *, steps, lr, first_order=False):
+        fast = mtl.adapt(model, params, sx, sy, steps=steps, lr=lr, loss_fn=F.mse_loss, first_order=first_order)
+        return F.mse_loss(torch.func.functional_call(model, fast, (qx,)), qy)
+
+    exercises.check_task_meta_loss(right)
+    with pytest.raises(exercises.ExerciseError, match="second-order"):
+        exercises.check_task_meta_loss(lambda *a, **k: right(*a, **k, first_order=True))
+    with pytest.raises(exercises.ExerciseError, match="support loss"):
+        exercises.check_task_meta_loss(lambda m, p, sx, sy, qx, qy, **k: right(m, p, sx, sy, sx, sy, **k))
+    with pytest.raises(exercises.ExerciseError, match="before"):
+        exercises.check_task_meta_loss(lambda m, p, sx, sy, qx, qy, **k: right(m, p, sx, sy, qx, qy, steps=0, lr=0.0))
+
+
+def test_reptile_checker():
+    def right(theta, phis, eps):
+        return {k: v + eps * (torch.stack([p[k] for p in phis]).mean(0) - v) for k, v in theta.items()}
+
+    exercises.check_reptile_update(right)
+    with pytest.raises(exercises.ExerciseError, match="sign"):
+        exercises.check_reptile_update(lambda t, p, e: right(t, p, -e))
+    with pytest.raises(exercises.ExerciseError, match="last task"):
+        exercises.check_reptile_update(lambda t, p, e: right(t, p[-1:], e))
+
+
+# ---------------------------------------------------------------------------- viz and widgets
+
+def test_quadratic_figures(tasks):
+    fig = viz.quadratic_family(tasks, 0.1, 2)
+    assert len(fig.axes) == 2  # plot + colour bar
+    fig = viz.meta_landscape(tasks, 0.1, 2)
+    assert fig.axes[0].get_legend() is not None
+    png = viz.figure_png(viz.gradient_arrows(torch.zeros(2), {"a": torch.ones(2), "b": -torch.ones(2)}))
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _tiny_dataset(classes=6, per_class=4):
+    images = torch.randint(0, 256, (classes, per_class, 1, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    return FewShotDataset(images, [f"c{i}" for i in range(classes)], "omniglot", "train")
+
+
+def test_episode_grid_has_a_cell_per_image():
+    x = torch.rand(3 * 2, 1, 8, 8)
+    y = torch.arange(3).repeat_interleave(2)
+    fig = viz.episode_grid(x, y, torch.rand(3 * 4, 1, 8, 8), torch.arange(3).repeat_interleave(4), max_query=3)
+    assert len(fig.axes) == 3 * (2 + 3)
+
+
+def test_inner_loop_explorer_redraws(tasks):
+    explorer = widgets.inner_loop_explorer(tasks, lr=0.05, steps=1)
+    image, caption = explorer.image.value, explorer.caption.value
+    explorer.controls["steps"].value = 4
+    assert explorer.image.value != image and explorer.caption.value != caption
+    assert explorer.controls["lr"].max < quadratic.max_stable_lr(tasks)
+    assert "mtl-explorer" in explorer._dom_classes
+
+
+def test_episode_browser_redraws():
+    browser = widgets.episode_browser(_tiny_dataset(), ways=3, shots=1, queries=1)
+    before = browser.image.value
+    browser.controls["seed"].value = 5
+    assert browser.image.value != before
+    assert browser.controls["ways"].max == 6
+
+
+# ---------------------------------------------------------------------------- course runner
+
+def _write_lessons(folder, sources):
+    for name, cells in sources.items():
+        nb = new_notebook(cells=cells)
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nbformat.write(nb, folder / name)
+
+
+def test_find_lessons_orders_and_filters(tmp_path):
+    _write_lessons(tmp_path, {"01_b.ipynb": [], "00_a.ipynb": [], "notes.ipynb": []})
+    assert [p.name for p in course.find_lessons(tmp_path)] == ["00_a.ipynb", "01_b.ipynb"]
+    assert [p.name for p in course.find_lessons(tmp_path, ["01"])] == ["01_b.ipynb"]
+    with pytest.raises(course.LessonError, match="choose among"):
+        course.find_lessons(tmp_path, ["07"])
+    with pytest.raises(course.LessonError, match="no lessons"):
+        course.find_lessons(tmp_path / "nowhere")
+
+
+def test_clean_and_blank():
+    nb = new_notebook(cells=[new_code_cell("# SOLUTION\ndef f(x):\n    return 2 * x", execution_count=3,
+                                           outputs=[], metadata={"execution": {"iopub.status.busy": "2026"}, "tags": ["keep"]})])
+    nb.metadata["widgets"] = {"state": {}}
+    cleaned = course.clean_notebook(nb)
+    assert "widgets" not in cleaned.metadata and "execution" not in cleaned.cells[0].metadata
+    assert cleaned.cells[0].metadata["tags"] == ["keep"]
+    blank = course.blank_solutions(nb)
+    assert "return 2 * x" not in blank.cells[0].source and "def f(x):" in blank.cells[0].source
+    assert blank.cells[0].execution_count is None
+    assert "return 2 * x" in nb.cells[0].source  # the original is untouched
+
+
+def test_course_run_executes_in_order_and_writes_html(tmp_path, monkeypatch):
+    lessons, out = tmp_path / "notebooks", tmp_path / "out"
+    lessons.mkdir()
+    _write_lessons(lessons, {"00_a.ipynb": [new_markdown_cell("# A"), new_code_cell("import os\nprint(os.environ['MTL_PROFILE'])"),
+                                            new_code_cell("1 + 1")]})
+    monkeypatch.setenv("MTL_PROFILE", "cpu")
+    parser = argparse.ArgumentParser()
+    course.add_arguments(parser)
+    args = parser.parse_args(["run", "--notebooks", str(lessons), "--out", str(out), "--inplace", "--no-progress",
+                              "--profile", "gpu"])
+    assert course.run(args) == 0
+    executed = nbformat.read(lessons / "00_a.ipynb", as_version=4)
+    code = [c for c in executed.cells if c.cell_type == "code"]
+    assert [c.execution_count for c in code] == [1, 2]
+    assert code[0].outputs[0].text.strip() == "gpu"  # the profile reaches the kernel
+    assert all("execution" not in c.metadata for c in code)
+    assert (out / "00_a.html").read_text().count("<html") == 1 and (out / "00_a.ipynb").exists()
+
+
+def test_course_run_reports_a_failing_lesson(tmp_path, capsys):
+    _write_lessons(tmp_path, {"00_bad.ipynb": [new_code_cell("raise RuntimeError('boom')")]})
+    parser = argparse.ArgumentParser()
+    course.add_arguments(parser)
+    args = parser.parse_args(["run", "--notebooks", str(tmp_path), "--out", str(tmp_path / "o"), "--no-progress",
+                              "--no-html"])
+    assert course.run(args) == 1
+    err = capsys.readouterr().err
+    assert "00_bad.ipynb failed" in err and "boom" in err and "--lessons 00" in err
