@@ -63,17 +63,20 @@ def test_classes_are_balanced(dataset):
     assert (labels_of_class0 - labels_of_class0.mean()).abs().max() < 0.2 * labels_of_class0.mean()
 
 
-def test_random_subsets_uniform_over_ordered_pairs():
-    draws = _random_subsets(24000, 2, 5, torch.Generator().manual_seed(0))
+@pytest.mark.parametrize("k, n", [(2, 5), (3, 5)])  # redraw-on-repeat branch, then ranked-keys branch
+def test_random_subsets_uniform_over_ordered_tuples(k, n):
+    outcomes = len(list(itertools.permutations(range(n), k)))
+    draws = _random_subsets(1000 * outcomes, k, n, torch.Generator().manual_seed(0))
     counts = Counter(map(tuple, draws.tolist()))
-    assert set(counts) == set(itertools.permutations(range(5), 2))
-    assert max(counts.values()) < 1.15 * 1200 and min(counts.values()) > 0.85 * 1200
+    assert set(counts) == set(itertools.permutations(range(n), k))
+    assert max(counts.values()) < 1150 and min(counts.values()) > 850
 
 
 def test_random_subsets_pinned_values():
     """The generator's stream is part of the contract: these ids must be the same on every machine."""
-    draws = _random_subsets(2, 5, 4400, torch.Generator().manual_seed(0))
-    assert draws.tolist() == [[3112, 2020, 4264, 2838, 4050], [1544, 785, 3477, 2557, 1268]]
+    assert _random_subsets(2, 5, 4400, torch.Generator().manual_seed(0)).tolist() == [
+        [4268, 3114, 2021, 4051, 2838], [3481, 785, 1544, 2557, 1268]]
+    assert _random_subsets(2, 3, 5, torch.Generator().manual_seed(0)).tolist() == [[2, 4, 1], [1, 4, 2]]
 
 
 def test_seed_fixes_every_episode(dataset):

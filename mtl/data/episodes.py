@@ -49,6 +49,7 @@ class EpisodeSampler:
         _check_episode(dataset, ways, shots, queries)
         self.dataset = dataset.to(device)
         self.images = self.dataset.images
+        self._flat = self.images.reshape(-1, *self.images.shape[2:])  # [classes * per_class, C, H, W]
         self.device = self.images.device
         self.ways, self.shots, self.queries = ways, shots, queries
         self.seed = seed
@@ -83,20 +84,23 @@ class EpisodeSampler:
             classes = _random_subsets(batch_size, self.ways, num_classes, generator)
         else:
             classes = _check_classes(classes, batch_size, self.ways, num_classes)
-        # K + Q distinct images per (task, class): the first K+Q of a random permutation.
+        # K + Q distinct images per (task, class): the first K + Q of a random permutation.
         keys = torch.rand(batch_size, self.ways, per_class, generator=generator, dtype=torch.float64)
-        picks = keys.argsort(dim=2)[:, :, : self.shots + self.queries]
-        classes_on_device = classes.to(self.device)[:, :, None]
-        support_x = self._gather(classes_on_device, picks[:, :, : self.shots], batch_size)
-        query_x = self._gather(classes_on_device, picks[:, :, self.shots:], batch_size)
+        rows = classes[:, :, None] * per_class + keys.argsort(dim=2)[:, :, : self.shots + self.queries]
+        rows = torch.cat([rows[:, :, : self.shots].flatten(), rows[:, :, self.shots:].flatten()])
+        support_rows, query_rows = rows.to(self.device).split([batch_size * self.ways * self.shots,
+                                                               batch_size * self.ways * self.queries])
+        support_x = self._gather(support_rows, batch_size)
+        query_x = self._gather(query_rows, batch_size)
         batch = TaskBatch(support_x, self._support_y.expand(batch_size, -1),
                           query_x, self._query_y.expand(batch_size, -1))
         return (batch, classes) if return_classes else batch
 
-    def _gather(self, classes: torch.Tensor, picks: torch.Tensor, batch_size: int) -> torch.Tensor:
-        """float32 ``[B, N*M, C, H, W]`` in [0, 1] from class ids ``[B, N, 1]`` and image ids ``[B, N, M]``."""
-        x = self.images[classes, picks.to(self.device)]  # uint8 [B, N, M, C, H, W], contiguous
-        return x.view(batch_size, -1, *x.shape[3:]).div(255)  # one kernel: uint8 -> float32 / 255
+    def _gather(self, rows: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """float32 ``[B, M, C, H, W]`` in [0, 1] from ``B * M`` row ids of ``self._flat``."""
+        x = self._flat.index_select(0, rows)  # uint8 [B * M, C, H, W]
+        # Two vectorised passes; uint8.div(255) (mixed dtypes) is ~10x slower on CPU.
+        return x.view(batch_size, -1, *x.shape[1:]).float().div_(255)
 
     def __repr__(self) -> str:
         return (f"EpisodeSampler({self.dataset.name}/{self.dataset.split}, ways={self.ways}, "
@@ -106,17 +110,20 @@ class EpisodeSampler:
 def _random_subsets(rows: int, k: int, n: int, generator: torch.Generator) -> torch.Tensor:
     """int64 ``[rows, k]``: in each row ``k`` distinct ids of ``0..n-1``, uniformly random set and order.
 
-    Robert Floyd's algorithm, vectorised over rows: k steps of O(rows * k) work whatever ``n`` is
-    (a 5-way task from 4,400 classes never touches 4,400 random numbers), then a random shuffle.
+    When ``k * k <= n`` (e.g. 5 of 4,400 classes), k ids are drawn independently and the rare rows
+    with a repeat are drawn again (a uniform ordered k-subset, O(rows * k) work, whatever ``n``);
+    otherwise ``n`` random keys are ranked. Float64 keys make ties, whose order could depend on
+    the platform, practically impossible.
     """
-    draws = torch.rand(rows, k, generator=generator, dtype=torch.float64)
-    chosen = torch.empty(rows, k, dtype=torch.int64)
-    for step, top in enumerate(range(n - k, n)):
-        candidate = (draws[:, step] * (top + 1)).long().clamp_(max=top)  # uniform in 0..top
-        taken = (chosen[:, :step] == candidate[:, None]).any(dim=1)
-        chosen[:, step] = torch.where(taken, top, candidate)
-    order = torch.rand(rows, k, generator=generator, dtype=torch.float64).argsort(dim=1)
-    return chosen.gather(1, order)
+    if k * k > n:
+        return torch.rand(rows, n, generator=generator, dtype=torch.float64).argsort(dim=1)[:, :k]
+    chosen = (torch.rand(rows, k, generator=generator, dtype=torch.float64) * n).long()
+    while True:
+        repeats = (chosen.sort(dim=1).values.diff(dim=1) == 0).any(dim=1)
+        if not repeats.any():
+            return chosen
+        redo = repeats.nonzero().squeeze(1)
+        chosen[redo] = (torch.rand(len(redo), k, generator=generator, dtype=torch.float64) * n).long()
 
 
 def _check_episode(dataset: FewShotDataset, ways: int, shots: int, queries: int) -> None:
