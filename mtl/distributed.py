@@ -18,8 +18,8 @@ all-reduce after ``meta_gradient`` is correct for every algorithm and costs the 
 Pre-training (data parallel): `epoch_batches` gives each rank its share of every global batch of a
 shared permutation and the weight to pass to `all_reduce_gradients` (exact for uneven last batches).
 
-Evaluation: `sharded_accuracies` runs each rank on its share of a fixed episode set and gathers
-the per-episode accuracies in episode order on every rank; `mean_ci95` turns them into one CI.
+Evaluation: `sharded_scores` runs each rank on its share of a fixed episode set and gathers the
+per-episode scores in episode order on every rank (``mtl.evaluate.confidence_interval``: one CI).
 
 Failure: collectives time out after ``MTL_DIST_TIMEOUT`` seconds (default 300) and raise
 `DistributedError` naming the fix; torchrun stops the other ranks when one exits with an error.
@@ -27,7 +27,6 @@ Only rank 0 writes (`is_main_process`), with atomic writes, so the last checkpoi
 """
 from __future__ import annotations
 
-import math
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -45,7 +44,7 @@ __all__ = [
     "DistributedError", "DistInfo", "setup", "teardown", "info", "is_distributed", "get_rank",
     "get_world_size", "is_main_process", "barrier", "shard_range", "task_seed", "TaskStream",
     "all_reduce_gradients", "all_reduce_metrics", "meta_gradient", "broadcast_parameters",
-    "epoch_batches", "gather_shards", "sharded_accuracies", "mean_ci95",
+    "epoch_batches", "gather_shards", "sharded_scores",
 ]
 
 DEFAULT_TIMEOUT_S = 300.0
@@ -328,13 +327,14 @@ def gather_shards(values: Tensor, total: int) -> Tensor:
     return torch.cat([buf[:len(shard_range(total, rank=r))] for r, buf in enumerate(buffers)]).cpu()
 
 
-def sharded_accuracies(episodes: Iterable[Any], num_episodes: int,
-                       accuracy_of: Callable[[Any], Tensor]) -> Tensor:
-    """Per-episode accuracies ``[num_episodes]`` of a fixed episode set, computed across ranks.
+def sharded_scores(episodes: Iterable[Any], num_episodes: int,
+                   score_of: Callable[[Any], Tensor]) -> Tensor:
+    """Per-episode scores ``[num_episodes]`` (float64, CPU) of a fixed episode set, across ranks.
 
-    ``episodes``: the set's TaskBatches in order (e.g. ``sampler.episodes(n, batch, seed)``);
-    every rank walks it (drawing is cheap) but runs ``accuracy_of(batch) -> [b]`` only on the
-    tasks of its `shard_range`. Every rank returns all accuracies, in episode order.
+    ``episodes``: the set's TaskBatches in order (e.g. ``mtl.evaluate.EpisodeSet``); every rank
+    walks it (drawing is cheap next to adapting) but runs ``score_of(batch) -> [b]`` (accuracy or
+    MSE per task) only on the tasks of its `shard_range`. Every rank returns all scores in
+    episode order, ready for ``mtl.evaluate.confidence_interval``: one CI, as if one process ran.
     """
     mine = shard_range(num_episodes)
     results, start = [], 0
@@ -343,21 +343,13 @@ def sharded_accuracies(episodes: Iterable[Any], num_episodes: int,
         lo, hi = max(mine.start, start), min(mine.stop, start + size)
         if lo < hi:
             part = type(batch)(*(t[lo - start:hi - start] for t in batch))
-            results.append(accuracy_of(part).detach().reshape(-1).double().cpu())
+            results.append(score_of(part).detach().reshape(-1).double().cpu())
         start += size
     if start != num_episodes:
         raise MTLError(f"the episode set has {start} tasks but num_episodes={num_episodes}: pass the "
-                       "same n to sampler.episodes and sharded_accuracies")
+                       "episode count the set was built with")
     local = torch.cat(results) if results else torch.zeros(0, dtype=torch.float64)
     return gather_shards(local, num_episodes)
-
-
-def mean_ci95(values: Tensor) -> tuple[float, float]:
-    """``(mean, 1.96 * std / sqrt(n))`` of per-episode values (std with n - 1)."""
-    values = values.double().reshape(-1)
-    if values.numel() < 2:
-        return float(values.mean()) if values.numel() else math.nan, math.nan
-    return float(values.mean()), float(1.96 * values.std() / math.sqrt(values.numel()))
 
 
 # ----------------------------------------------------------------------------- helpers

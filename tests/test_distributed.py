@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from mtl import distributed as D
 from mtl.checkpoint import load_checkpoint, save_checkpoint
 from mtl.data import EpisodeSampler, FewShotDataset
+from mtl.evaluate import confidence_interval
 from mtl.models import Conv4
 
 WORLD = 2
@@ -27,9 +28,7 @@ STEPS = 3           # resume tests: checkpoint after 2 steps, continue with the 
 EVAL_EPISODES = 7
 DEADLINE_S = 180    # the whole spawn, start-up included, on 2 busy cores
 GRAD_TOL = dict(rtol=1e-10, atol=1e-13)
-# Adam turns the ~1e-16 noise on a gradient that is 0 in exact arithmetic (a conv bias before batch
-# norm) into a step of ~1e-10; a real error moves parameters by ~lr = 1e-2.
-PARAM_TOL = dict(rtol=1e-9, atol=1e-9)
+PARAM_TOL = dict(rtol=1e-9, atol=1e-12)
 ALGORITHM_SETTINGS = {"maml": dict(inner_steps=2, inner_lr=0.4, first_order=False),
                       "reptile": dict(inner_steps=2, inner_lr=0.1)}
 
@@ -37,7 +36,7 @@ ALGORITHM_SETTINGS = {"maml": dict(inner_steps=2, inner_lr=0.4, first_order=Fals
 # ----------------------------------------------------------------------------- a small world
 
 def _dataset() -> FewShotDataset:
-    images = torch.randint(0, 256, (12, 6, 1, 28, 28), generator=torch.Generator().manual_seed(7),
+    images = torch.randint(0, 256, (12, 6, 1, 16, 16), generator=torch.Generator().manual_seed(7),
                            dtype=torch.uint8)
     return FewShotDataset(images, [f"c{i}" for i in range(12)], "synthetic", "train")
 
@@ -50,9 +49,11 @@ def _build(name: str):
     from mtl.algorithms import ALGORITHMS
 
     torch.manual_seed(0)
-    model = Conv4(1, 5, hidden=8, image_size=28).double()
+    model = Conv4(1, 5, hidden=8, image_size=16).double()
     algorithm = ALGORITHMS[name](model, strategy="loop", **ALGORITHM_SETTINGS[name])
-    optimizer = torch.optim.Adam(algorithm.parameters(), lr=1e-2)
+    # SGD with momentum (state to resume). Not Adam: it divides the ~1e-16 summation noise on a
+    # gradient that is 0 in exact arithmetic (conv bias before batch norm) by its own tiny scale.
+    optimizer = torch.optim.SGD(algorithm.parameters(), lr=0.1, momentum=0.9)
     return algorithm, optimizer, D.TaskStream(_sampler(), seed=3, dtype=torch.float64)
 
 
@@ -133,7 +134,7 @@ def _cooperate(tmp: Path) -> dict:
     out["streams"] = {step: {"indices": list(stream.indices(step, B)), "tasks": list(stream.sample(step, B))}
                       for step in (0, 1)}
     algorithm, _, _ = _build("maml")
-    out["eval"] = D.sharded_accuracies(_eval_episodes(), EVAL_EPISODES, _accuracy_of(algorithm))
+    out["eval"] = D.sharded_scores(_eval_episodes(), EVAL_EPISODES, _accuracy_of(algorithm))
     out["pretrain"] = _pretrain_grads()
     # A gradient present on rank 1 only, and one absent everywhere.
     present, absent = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(2))
@@ -341,10 +342,7 @@ def test_sharded_evaluation_gathers_every_episode(world):
     reference, ranks, _ = world
     for rank in ranks:
         torch.testing.assert_close(rank["eval"], reference["eval"], rtol=0, atol=0)
-    mean, half = D.mean_ci95(ranks[0]["eval"])
-    values = reference["eval"]
-    assert mean == pytest.approx(values.mean().item())
-    assert half == pytest.approx(1.96 * values.std().item() / EVAL_EPISODES ** 0.5)
+    assert confidence_interval(ranks[0]["eval"]) == confidence_interval(reference["eval"])
 
 
 def test_data_parallel_pretraining_matches_global_batches(world):
