@@ -49,6 +49,7 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp_name, 0o644)  # mkstemp makes it private; a cache is readable like any file
         os.replace(tmp_name, path)
     finally:
         Path(tmp_name).unlink(missing_ok=True)

@@ -1,0 +1,55 @@
+"""`python -m mtl data info [--json]` and `python -m mtl data prepare` (in-process, synthetic data)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from mtl.cli import main
+from mtl.data import omniglot
+
+from test_data_omniglot import _members, _write
+
+
+@pytest.fixture
+def tiny_root(tmp_path, monkeypatch, make_png):
+    monkeypatch.setattr(omniglot, "PARTS", {"images_background": 3, "images_evaluation": 2})
+    monkeypatch.setattr(omniglot, "DRAWERS", 2)
+    root = tmp_path / "data"
+    for part in omniglot.PARTS:
+        _write(root / "omniglot" / f"{part}.tar.gz", _members(part, make_png))
+    return root
+
+
+def test_info_json_reports_counts_and_reasons(tiny_root, tmp_path, capsys):
+    assert main(["data", "info", "--json", "--root", str(tiny_root), "--cache-dir", str(tmp_path / "c")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["omniglot"]["splits"]["all"] == {"classes": 5, "per_class": 2, "images": 10}
+    assert report["omniglot"]["splits"]["background"]["classes"] == 3
+    assert "cannot be downloaded" in report["mini-imagenet"]["splits"]["train"]["error"]
+
+
+def test_prepare_builds_the_cache_then_info_reads_it(tiny_root, tmp_path, capsys):
+    cache = tmp_path / "c"
+    args = ["--root", str(tiny_root), "--cache-dir", str(cache)]
+    assert main(["data", "prepare", "--dataset", "omniglot", "--no-progress", "--no-download", *args]) == 0
+    assert "5 characters x 2 drawers" in capsys.readouterr().out
+    assert (cache / "omniglot-28-all.pt").is_file()
+    assert main(["data", "info", *args]) == 0
+    out = capsys.readouterr().out
+    assert "omniglot-28-all.pt" in out and "evaluation      2 classes" in out
+
+
+def test_prepare_without_data_fails_with_the_fix(tmp_path, capsys):
+    code = main(["data", "prepare", "--dataset", "mini-imagenet", "--root", str(tmp_path), "--cache-dir",
+                 str(tmp_path / "c")])
+    assert code == 1
+    assert "mini-imagenet/" in capsys.readouterr().out
+
+
+def test_module_entry_point_runs(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "mtl", "data", "info", "--root", str(tmp_path / "none"),
+                             "--cache-dir", str(tmp_path / "c")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "omniglot: not available" in result.stdout
