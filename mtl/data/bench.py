@@ -22,23 +22,27 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_cold_build(name: str, *, root=None, progress: bool = False) -> dict:
-    """Seconds to build a dataset's cache from its files into a fresh temporary cache folder."""
+def _splits(name: str, splits) -> tuple[str, ...]:
+    return tuple(splits or (("all",) if name == "omniglot" else tuple(miniimagenet.SPLITS)))
+
+
+def time_cold_build(name: str, *, root=None, splits=None, progress: bool = False) -> dict:
+    """Seconds to build a dataset's cache (mini-ImageNet: ``splits``) into a fresh temporary folder."""
     with tempfile.TemporaryDirectory(prefix="mtl-bench-") as tmp:
         start = time.perf_counter()
         if name == "omniglot":
             omniglot.prepare(root=root, cache_dir=tmp, download=False, progress=progress)
         else:
-            for split in miniimagenet.SPLITS:
+            for split in _splits(name, splits):
                 miniimagenet.prepare(split, root=root, cache_dir=tmp, progress=progress)
         seconds = time.perf_counter() - start
         size = sum(p.stat().st_size for p in Path(tmp).glob("*.pt"))
-    return {"what": f"cold build {name}", "seconds": round(seconds, 2), "cache_mb": round(size / 2**20, 1)}
+    return {"what": f"cold build {name} ({'+'.join(_splits(name, splits))})", "seconds": round(seconds, 2), "cache_mb": round(size / 2**20, 1)}
 
 
-def time_warm_load(name: str, *, root=None, cache_dir=None) -> dict:
-    """Seconds for ``load_dataset`` of every split from a built cache (built first, untimed, if absent)."""
-    splits = ("train", "val", "test")
+def time_warm_load(name: str, *, root=None, cache_dir=None, splits=None) -> dict:
+    """Seconds for ``load_dataset`` of ``splits`` from a built cache (built first, untimed, if absent)."""
+    splits = splits or ("train", "val", "test")
     for split in splits:  # make sure the cache exists
         load_dataset(name, split, root=root, cache_dir=cache_dir, download=False, progress=True)
     start = time.perf_counter()
@@ -47,7 +51,7 @@ def time_warm_load(name: str, *, root=None, cache_dir=None) -> dict:
     start = time.perf_counter()
     checksum = sum(int(ds.images[:, :, :, ::8, ::8].sum()) for ds in loaded)  # touch every class
     touch = time.perf_counter() - start
-    return {"what": f"warm load {name} (train+val+test)", "seconds": round(seconds, 3),
+    return {"what": f"warm load {name} ({'+'.join(splits)})", "seconds": round(seconds, 3),
             "first_touch_seconds": round(touch, 3), "checksum": checksum}
 
 
@@ -83,17 +87,20 @@ def environment() -> dict:
 
 
 def bench_data(*, root=None, cache_dir=None, cold: bool = False, mini_imagenet: bool = False,
-               devices=("cpu",), seconds: float = 1.0) -> dict:
+               mini_splits=("train", "val", "test"), devices=("cpu",), seconds: float = 1.0) -> dict:
     """All data benchmarks: ``{"environment": {...}, "results": [{...}, ...]}``.
 
     ``cold`` adds the cache builds (Omniglot ~10 s; mini-ImageNet, with ``mini_imagenet``, minutes);
-    ``mini_imagenet`` adds its warm load and sampling. Sampling runs on each of ``devices``.
+    ``mini_imagenet`` adds its warm load and sampling (from the first of ``mini_splits``).
+    Sampling runs on each of ``devices``.
     """
     results = []
     names = ["omniglot"] + (["mini-imagenet"] if mini_imagenet else [])
     if cold:
-        results += [time_cold_build(name, root=root) for name in names]
-    results += [time_warm_load(name, root=root, cache_dir=cache_dir) for name in names]
+        results += [time_cold_build(name, root=root, splits=mini_splits if name != "omniglot" else None)
+                    for name in names]
+    results += [time_warm_load(name, root=root, cache_dir=cache_dir, splits=mini_splits if name != "omniglot" else None)
+                for name in names]
     train = load_dataset("omniglot", "train", root=root, cache_dir=cache_dir, download=False, rotations=True)
     for device in devices:
         for batch_size, queries in ((32, 1), (32, 15), (256, 1), (256, 15)):
@@ -102,7 +109,7 @@ def bench_data(*, root=None, cache_dir=None, cold: bool = False, mini_imagenet: 
         results.append(time_sampling(train, ways=20, shots=1, queries=5, batch_size=16, device=device,
                                      seconds=seconds))
         if mini_imagenet:
-            mini = load_dataset("mini-imagenet", "train", root=root, cache_dir=cache_dir)
+            mini = load_dataset("mini-imagenet", mini_splits[0], root=root, cache_dir=cache_dir)
             for shots, batch_size in ((1, 4), (5, 2)):
                 results.append(time_sampling(mini, shots=shots, queries=15, batch_size=batch_size,
                                              device=device, seconds=seconds))
