@@ -175,17 +175,19 @@ class TaskStream:
     """Meta-batches whose task ``i`` at step ``t`` is drawn from seed ``task_seed(seed, t, i)``.
 
     ``sampler``: an ``EpisodeSampler`` or ``SinusoidTasks`` (anything with ``.sample(n)`` and a
-    ``.generator``; the stream reseeds that generator). ``sample(step, B)`` returns this rank's
+    ``.generator``, which the stream reseeds per task). ``sample(step, B)`` returns this rank's
     share (`shard_range`) of the step's B tasks; ``sample(step, B, rank=0, world_size=1)`` all of
-    them. The result depends only on ``(seed, step, task indices)``: no state to checkpoint.
-    ``dtype`` (e.g. ``torch.float64``) converts the floating tensors of each batch.
+    them. The result depends only on ``(seed, step, task indices)``: no state to checkpoint, and
+    the same tasks whatever the world size. ``dtype`` (e.g. ``torch.float64``) converts the
+    floating tensors of each batch.
+
+    A sampler without ``.generator`` (e.g. the hard-task recorder of meta-transfer learning, which
+    must see whole meta-batches) is used as is, ``sampler.sample(B)``, in a single process only.
     """
 
     def __init__(self, sampler: Any, *, seed: int = 0, dtype: torch.dtype | None = None) -> None:
-        if not isinstance(getattr(sampler, "generator", None), torch.Generator):
-            raise MTLError(f"{type(sampler).__name__} has no `.generator` (torch.Generator) for "
-                           "TaskStream to reseed: use mtl.data.EpisodeSampler or SinusoidTasks")
         self.sampler, self.seed, self.dtype = sampler, seed, dtype
+        self.shardable = isinstance(getattr(sampler, "generator", None), torch.Generator)
 
     def indices(self, step: int, batch_size: int, *, rank: int | None = None,
                 world_size: int | None = None) -> range:
@@ -195,19 +197,30 @@ class TaskStream:
     def sample(self, step: int, batch_size: int, *, rank: int | None = None,
                world_size: int | None = None):
         """This rank's tasks of meta-step ``step`` as one TaskBatch ``[n_rank, ...]``."""
+        world_size = get_world_size() if world_size is None else world_size
+        if not self.shardable:
+            if world_size > 1:
+                raise DistributedError(
+                    f"{type(self.sampler).__name__} has no `.generator` to draw tasks by seed, so its "
+                    "meta-batches cannot be split across ranks (hard-task meta-batches need whole "
+                    "batches): run this algorithm in a single process")
+            return self._cast(self.sampler.sample(batch_size))
         tasks = self.indices(step, batch_size, rank=rank, world_size=world_size)
         if len(tasks) == 0:
-            raise DistributedError(f"meta-batch {batch_size} leaves rank {get_rank()} without a task: "
-                                   f"use a meta-batch of at least {get_world_size()} (the world size) "
-                                   "or fewer processes")
+            raise DistributedError(f"meta-batch {batch_size} leaves a rank without a task: use a "
+                                   f"meta-batch of at least {world_size} (the world size) or fewer "
+                                   "processes")
         parts = []
         for index in tasks:
             self.sampler.generator.manual_seed(task_seed(self.seed, step, index))
             parts.append(self.sampler.sample(1))
-        batch = parts[0] if len(parts) == 1 else type(parts[0])(*(torch.cat(ts) for ts in zip(*parts)))
-        if self.dtype is not None:
-            batch = type(batch)(*(t.to(self.dtype) if t.is_floating_point() else t for t in batch))
-        return batch
+        return self._cast(parts[0] if len(parts) == 1
+                          else type(parts[0])(*(torch.cat(ts) for ts in zip(*parts))))
+
+    def _cast(self, batch):
+        if self.dtype is None:
+            return batch
+        return type(batch)(*(t.to(self.dtype) if t.is_floating_point() else t for t in batch))
 
 
 # ----------------------------------------------------------------------------- gradients

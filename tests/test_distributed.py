@@ -399,3 +399,17 @@ def test_meta_batch_smaller_than_world_is_refused():
     stream = D.TaskStream(_sampler(), seed=0)
     with pytest.raises(D.DistributedError, match="at least"):
         stream.sample(0, 1, rank=1, world_size=2)
+
+
+def test_a_sampler_without_generator_runs_whole_batches_in_one_process_only():
+    class Recorder:  # like meta-transfer learning's hard-task recorder: whole meta-batches only
+        def __init__(self):
+            self.inner = _sampler()
+
+        def sample(self, n):
+            return self.inner.sample(n)
+
+    stream = D.TaskStream(Recorder(), seed=0)
+    assert stream.sample(4, B)[0].shape[0] == B
+    with pytest.raises(D.DistributedError, match="single process"):
+        stream.sample(4, B, rank=0, world_size=2)
