@@ -130,6 +130,12 @@ def test_impossible_episodes_name_the_fix(dataset, kwargs, match):
     assert isinstance(info.value, MTLError)
 
 
+def test_support_only_tasks(dataset):
+    batch = EpisodeSampler(dataset, ways=3, shots=2, queries=0).sample(4)
+    assert batch.query_x.shape == (4, 0, 2, 3, 3) and batch.query_y.shape == (4, 0)
+    assert batch.support_x.shape == (4, 6, 2, 3, 3)
+
+
 def test_dataset_to_device_and_batch_to(dataset):
     assert dataset.to("cpu") is dataset and dataset.to(None) is dataset
     batch = EpisodeSampler(dataset, ways=2, shots=1, queries=1, device="cpu").sample(2)

@@ -90,17 +90,17 @@ class EpisodeSampler:
         rows = torch.cat([rows[:, :, : self.shots].flatten(), rows[:, :, self.shots:].flatten()])
         support_rows, query_rows = rows.to(self.device).split([batch_size * self.ways * self.shots,
                                                                batch_size * self.ways * self.queries])
-        support_x = self._gather(support_rows, batch_size)
-        query_x = self._gather(query_rows, batch_size)
+        support_x = self._gather(support_rows, batch_size, self.ways * self.shots)
+        query_x = self._gather(query_rows, batch_size, self.ways * self.queries)
         batch = TaskBatch(support_x, self._support_y.expand(batch_size, -1),
                           query_x, self._query_y.expand(batch_size, -1))
         return (batch, classes) if return_classes else batch
 
-    def _gather(self, rows: torch.Tensor, batch_size: int) -> torch.Tensor:
-        """float32 ``[B, M, C, H, W]`` in [0, 1] from ``B * M`` row ids of ``self._flat``."""
+    def _gather(self, rows: torch.Tensor, batch_size: int, per_task: int) -> torch.Tensor:
+        """float32 ``[B, M, C, H, W]`` in [0, 1] from ``B * M`` row ids of ``self._flat`` (M = per_task)."""
         x = self._flat.index_select(0, rows)  # uint8 [B * M, C, H, W]
         # Two vectorised passes; uint8.div(255) (mixed dtypes) is ~10x slower on CPU.
-        return x.view(batch_size, -1, *x.shape[1:]).float().div_(255)
+        return x.view(batch_size, per_task, *x.shape[1:]).float().div_(255)
 
     def __repr__(self) -> str:
         return (f"EpisodeSampler({self.dataset.name}/{self.dataset.split}, ways={self.ways}, "
