@@ -1,0 +1,146 @@
+"""The algorithm wrappers: the registry contract, Reptile's scaling, ANIL's frozen body,
+Meta-SGD's learned rates, ProtoNet's prototypes."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from mtl.algorithms import ALGORITHMS, ANIL, FOMAML, MAML, MetaSGD, ProtoNet, Reptile
+from mtl.data.episodes import TaskBatch
+from mtl.models import MLP, Conv4
+
+
+def _batch(batch=2, ways=3, shots=2, queries=2, side=16, seed=0) -> TaskBatch:
+    g = torch.Generator().manual_seed(seed)
+    return TaskBatch(
+        torch.randn(batch, ways * shots, 1, side, side, generator=g, dtype=torch.float64),
+        torch.arange(ways).repeat_interleave(shots).expand(batch, -1),
+        torch.randn(batch, ways * queries, 1, side, side, generator=g, dtype=torch.float64),
+        torch.arange(ways).repeat_interleave(queries).expand(batch, -1))
+
+
+def _model(ways=3):
+    torch.manual_seed(0)
+    return Conv4(1, ways, hidden=4, image_size=16).double()
+
+
+def _grads(module):
+    return {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+
+
+def test_registry_names_and_constructor_contract():
+    assert set(ALGORITHMS) >= {"maml", "fomaml", "reptile", "anil", "metasgd", "protonet"}
+    batch = _batch()
+    for name, cls in ALGORITHMS.items():
+        if name not in {"maml", "fomaml", "reptile", "anil", "metasgd", "protonet"}:
+            continue
+        algo = cls(_model(), inner_steps=1, inner_lr=0.1, first_order=False, strategy="loop")
+        metrics = algo.meta_gradient(batch)
+        assert set(metrics) == {"loss", "accuracy"}, name
+        assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["loss"] > 0, name
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in algo.parameters()), name
+        before = _grads(algo)
+        logits = algo.predict(batch, inner_steps=2)
+        assert logits.shape == (2, 6, 3) and logits.grad_fn is None, name
+        assert all(torch.equal(before[n], g) for n, g in _grads(algo).items()), name
+
+
+def test_regression_reports_loss_only():
+    g = torch.Generator().manual_seed(0)
+    batch = TaskBatch(*(torch.randn(3, 5, 1, generator=g) for _ in range(4)))
+    for name in ("maml", "reptile", "anil", "metasgd"):
+        algo = ALGORITHMS[name](MLP(), inner_steps=1, inner_lr=0.01, loss_fn=F.mse_loss)
+        assert set(algo.meta_gradient(batch)) == {"loss"}, name
+        assert algo.predict(batch).shape == (3, 5, 1)
+
+
+def test_fomaml_is_maml_first_order():
+    batch = _batch()
+    fo, ref = FOMAML(_model(), inner_steps=2, inner_lr=0.3, strategy="loop"), MAML(_model(), inner_steps=2,
+                                                                   inner_lr=0.3, first_order=True, strategy="loop")
+    so = MAML(_model(), inner_steps=2, inner_lr=0.3, strategy="loop")
+    for algo in (fo, ref, so):
+        algo.meta_gradient(batch)
+    for n, g in _grads(ref).items():
+        torch.testing.assert_close(_grads(fo)[n], g)
+    assert any((_grads(so)[n] - g).abs().max() > 1e-6 for n, g in _grads(ref).items())
+
+
+@pytest.mark.parametrize("strategy", ["loop", "vmap"])
+def test_reptile_one_step_is_sgd_on_the_mean_task_loss(strategy):
+    """theta - mean(phi) with phi = theta - lr * grad L_i  equals  lr * grad mean_i L_i(theta)."""
+    batch, lr = _batch(batch=3), 0.05
+    algo = Reptile(_model(), inner_steps=1, inner_lr=lr, strategy=strategy)
+    algo.meta_gradient(batch)
+    model = _model()
+    mean_loss = sum(F.cross_entropy(model(batch.support_x[t]), batch.support_y[t])
+                    for t in range(3)) / 3
+    mean_loss.backward()
+    for (n, p), (_, q) in zip(algo.model.named_parameters(), model.named_parameters()):
+        torch.testing.assert_close(p.grad, lr * q.grad, rtol=1e-9, atol=1e-12, msg=n)
+    # More steps: no longer joint training (the pseudo-gradient picks up within-task terms).
+    algo2 = Reptile(_model(), inner_steps=3, inner_lr=lr, strategy=strategy)
+    algo2.meta_gradient(batch)
+    assert any((p.grad - 3 * lr * q.grad).abs().max() > 1e-6
+               for p, q in zip(algo2.model.parameters(), model.parameters()))
+
+
+def test_anil_adapts_the_head_only_and_trains_the_body():
+    batch, lr, steps = _batch(), 0.3, 2
+    algo = ANIL(_model(), inner_steps=steps, inner_lr=lr, strategy="vmap")
+    model = algo.model
+    # Reference: body features per task, head adapted by hand, body untouched.
+    body = {n: p for n, p in model.named_parameters() if not n.startswith("head.")}
+    total, logits = 0.0, []
+    for t in range(2):
+        head = {"weight": model.head.weight, "bias": model.head.bias}
+        fs, fq = model.features(batch.support_x[t]), model.features(batch.query_x[t])
+        for _ in range(steps):
+            loss = F.cross_entropy(functional_call(model.head, head, (fs,)), batch.support_y[t])
+            grads = torch.autograd.grad(loss, list(head.values()), create_graph=True)
+            head = {n: p - lr * g for (n, p), g in zip(head.items(), grads)}
+        out = functional_call(model.head, head, (fq,))
+        logits.append(out)
+        total = total + F.cross_entropy(out, batch.query_y[t])
+    want = torch.autograd.grad(total / 2, list(model.parameters()))
+    torch.testing.assert_close(algo.predict(batch), torch.stack(logits).detach())
+    algo.meta_gradient(batch)
+    for (n, p), w in zip(model.named_parameters(), want):
+        torch.testing.assert_close(p.grad, w, rtol=1e-9, atol=1e-12, msg=n)
+    assert all(p.grad.abs().sum() > 0 for p in body.values())  # the body is meta-learned
+
+
+def test_metasgd_learning_rates_receive_the_right_gradient():
+    batch = _batch()
+    algo = MetaSGD(_model(), inner_steps=2, inner_lr=0.2, strategy="vmap")
+    algo.meta_gradient(batch)
+    lrs = algo.learning_rates()
+    assert all(lr.grad is not None and lr.grad.abs().sum() > 0 for lr in lrs.values())
+    # Finite difference along the head's learning rates.
+    name, eps = "head.weight", 1e-6
+    direction = torch.randn_like(lrs[name])
+    analytic = (lrs[name].grad * direction).sum()
+    losses = []
+    for sign in (1, -1):
+        with torch.no_grad():
+            lrs[name].add_(sign * eps * direction)
+            algo2_metrics = algo._outputs(batch, 2, first_order=False)[0].mean()
+            lrs[name].sub_(sign * eps * direction)
+        losses.append(algo2_metrics)
+    numeric = (losses[0] - losses[1]) / (2 * eps)
+    torch.testing.assert_close(analytic, numeric, rtol=1e-5, atol=1e-8)
+
+
+def test_prototype_logits_by_hand():
+    from mtl.algorithms.protonet import prototype_logits
+
+    support = torch.tensor([[[0.0, 0.0], [2.0, 0.0], [0.0, 4.0]]])  # classes 0, 0, 1
+    support_y = torch.tensor([[0, 0, 1]])
+    query = torch.tensor([[[1.0, 1.0]]])
+    logits = prototype_logits(support, support_y, query, ways=2)
+    # prototypes (1, 0) and (0, 4): squared distances 1 and 10
+    torch.testing.assert_close(logits, torch.tensor([[[-1.0, -10.0]]]))
+    algo = ProtoNet(_model(), inner_steps=0, inner_lr=0.0)
+    assert algo.predict(_batch()).shape == (2, 6, 3)
