@@ -89,6 +89,20 @@ def clean_notebook(nb):
     return nb
 
 
+def _allow_marked_errors(nb) -> list:
+    """Cells that nbval expects to raise (``# NBVAL_RAISES_EXCEPTION``) get nbclient's ``raises-exception``
+    tag for the run; returns them so that the tag can be removed afterwards (nbval warns about both)."""
+    tagged = []
+    for cell in nb.cells:
+        if cell.cell_type == "code" and any(line.strip().lstrip("#").strip() == "NBVAL_RAISES_EXCEPTION"
+                                            for line in cell.source.splitlines()):
+            tags = cell.metadata.setdefault("tags", [])
+            if "raises-exception" not in tags:
+                tags.append("raises-exception")
+                tagged.append(cell)
+    return tagged
+
+
 def execute_lesson(path: Path, *, timeout: int = 1800, progress: bool = True, kernel_name: str = "python3"):
     """Run one lesson in a fresh kernel (working directory: the lesson's folder); returns the notebook.
 
@@ -100,6 +114,7 @@ def execute_lesson(path: Path, *, timeout: int = 1800, progress: bool = True, ke
     from tqdm.auto import tqdm
 
     nb = nbformat.read(path, as_version=4)
+    tagged = _allow_marked_errors(nb)
     n_code = sum(1 for c in nb.cells if c.cell_type == "code")
     bar = tqdm(total=n_code, desc=path.stem, unit="cell", disable=not progress, leave=True)
     client = NotebookClient(
@@ -114,6 +129,10 @@ def execute_lesson(path: Path, *, timeout: int = 1800, progress: bool = True, ke
                           f"`python -m mtl course run --lessons {path.name[:2]}`.") from None
     finally:
         bar.close()
+    for cell in tagged:
+        cell.metadata["tags"].remove("raises-exception")
+        if not cell.metadata["tags"]:
+            del cell.metadata["tags"]
     return clean_notebook(nb)
 
 

@@ -235,6 +235,7 @@ def test_course_run_executes_in_order_and_writes_html(tmp_path, monkeypatch):
     lessons, out = tmp_path / "notebooks", tmp_path / "out"
     lessons.mkdir()
     _write_lessons(lessons, {"00_a.ipynb": [new_markdown_cell("# A"), new_code_cell("import os\nprint(os.environ['MTL_PROFILE'])"),
+                                            new_code_cell("# NBVAL_RAISES_EXCEPTION\nraise ValueError('on purpose')"),
                                             new_code_cell("1 + 1")]})
     monkeypatch.setenv("MTL_PROFILE", "cpu")
     parser = argparse.ArgumentParser()
@@ -244,7 +245,8 @@ def test_course_run_executes_in_order_and_writes_html(tmp_path, monkeypatch):
     assert course.run(args) == 0
     executed = nbformat.read(lessons / "00_a.ipynb", as_version=4)
     code = [c for c in executed.cells if c.cell_type == "code"]
-    assert [c.execution_count for c in code] == [1, 2]
+    assert [c.execution_count for c in code] == [1, 2, 3]
+    assert code[1].outputs[0].ename == "ValueError"  # a marked cell may raise; the run goes on
     assert code[0].outputs[0].text.strip() == "gpu"  # the profile reaches the kernel
     assert all("execution" not in c.metadata for c in code)
     assert (out / "00_a.html").read_text().count("<html") == 1 and (out / "00_a.ipynb").exists()
