@@ -42,6 +42,7 @@ class TrainConfig:
     iterations: int = 60_000           # meta-steps
     test_inner_steps: int | None = None  # inner steps at validation/test (None: inner_steps)
     test_ways: int | None = None       # ways at validation/test (None: ways; ProtoNet trains wider)
+    test_queries: int | None = None    # queries per class at validation/test (None: queries)
     first_order: bool = False
     strategy: str = "auto"             # "vmap" | "loop" | "auto": how tasks are batched
     optimizer: str = "adam"            # "adam" | "sgd" (Reptile: SGD on its pseudo-gradient)
@@ -76,6 +77,8 @@ class TrainConfig:
             out.test_inner_steps = out.inner_steps
         if out.test_ways is None:
             out.test_ways = out.ways
+        if out.test_queries is None:
+            out.test_queries = out.queries
         if out.checkpoint_every is None:
             out.checkpoint_every = out.val_every
         return out

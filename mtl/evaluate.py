@@ -107,9 +107,9 @@ class EpisodeSet:
         seed = self.seed
         if self.dataset is None:  # one task family for every split: keep validation tasks apart
             seed = self.seed + _SINUSOID_SPLIT_OFFSET.get(self.split, 0)
-            source = data.SinusoidTasks(shots=c.shots, queries=c.queries, device=self.device, seed=seed)
+            source = data.SinusoidTasks(shots=c.shots, queries=c.test_queries, device=self.device, seed=seed)
         else:
-            source = data.EpisodeSampler(self.dataset, ways=c.test_ways, shots=c.shots, queries=c.queries,
+            source = data.EpisodeSampler(self.dataset, ways=c.test_ways, shots=c.shots, queries=c.test_queries,
                                          device=self.device, seed=self.seed)
         # Drawn DRAW_BATCH at a time (so the set depends on the seed only), computed eval_batch at a time.
         for drawn in source.episodes(self.n, DRAW_BATCH, seed):
@@ -193,9 +193,9 @@ def _scores(learner: nn.Module, episodes: EpisodeSet, steps: int, regression: bo
 def _protocol(config: TrainConfig) -> dict[str, Any]:
     info: dict[str, Any] = {"algorithm": config.algorithm, "dataset": config.dataset}
     if config.dataset == "sinusoid":
-        info.update(points=config.shots, query_points=config.queries)
+        info.update(points=config.shots, query_points=config.test_queries)
     else:
-        info.update(ways=config.test_ways, shots=config.shots, queries=config.queries,
+        info.update(ways=config.test_ways, shots=config.shots, queries=config.test_queries,
                     batch_norm=TRANSDUCTIVE_BN)
     return info
 

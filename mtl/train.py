@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import inspect
 import json
 import math
 import os
@@ -54,6 +55,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mtl.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
@@ -137,8 +139,11 @@ def build_learner(config: TrainConfig, device: torch.device) -> nn.Module:
     cls = algorithm_class(config.algorithm)
     if hasattr(cls, "from_config"):
         return cls.from_config(config, device).to(device)
+    extra = dict(config.extra)
+    if config.dataset == "sinusoid" and "loss_fn" in inspect.signature(cls).parameters:
+        extra["loss_fn"] = F.mse_loss  # regression: algorithms default to cross-entropy
     learner = cls(build_model(config), inner_steps=config.inner_steps, inner_lr=config.inner_lr,
-                  first_order=config.first_order, strategy=config.strategy, **config.extra)
+                  first_order=config.first_order, strategy=config.strategy, **extra)
     return learner.to(device)
 
 
@@ -516,6 +521,7 @@ _OPTIONS: tuple[tuple[str, type, str], ...] = (
     ("iterations", int, "meta-steps"),
     ("test-inner-steps", int, "inner steps at validation/test"),
     ("test-ways", int, "ways at validation/test"),
+    ("test-queries", int, "queries per class at validation/test"),
     ("strategy", str, "vmap, loop or auto: how tasks are batched"),
     ("optimizer", str, "adam or sgd"),
     ("lr-schedule", str, "constant, linear or step"),
