@@ -95,6 +95,32 @@ def classify_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, 
     return correct / len(x)
 
 
+@torch.no_grad()
+def recalibrate_batch_norm(model: torch.nn.Module, x: torch.Tensor, *, batches: int, batch_size: int,
+                           generator: torch.Generator | None = None) -> None:
+    """Re-estimate every batch norm's running statistics as the plain average over ``batches``
+    random batches of uint8 images ``x`` ``[M, C, H, W]`` (no augmentation).
+
+    The exponential running average (momentum 0.1) lags behind the weights in short runs, and the
+    frozen network of meta-transfer learning relies on these statistics.
+    """
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms or batches < 1:
+        return
+    was_training = model.training
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    model.train()
+    for _ in range(batches):
+        idx = torch.randint(0, len(x), (batch_size,), generator=generator).to(x.device)
+        model(x[idx].float().div_(255))
+    for m, momentum in zip(norms, saved):
+        m.momentum = momentum
+    model.train(was_training)
+
+
 def _save(path: Path, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -179,7 +205,7 @@ def pretrain(dataset, *, model: ResNet12 | None = None, channels=DEFAULT_CHANNEL
              device: str | torch.device | None = None, bf16: bool = False, channels_last: bool = False,
              checkpoint: str | Path | None = None, resume: bool = False, seed: int = 0,
              max_steps_per_epoch: int | None = None, time_budget_s: float | None = None,
-             on_epoch=None, progress: bool = True) -> PretrainResult:
+             bn_batches: int = 20, on_epoch=None, progress: bool = True) -> PretrainResult:
     """Train a ResNet-12 classifier over every class of ``dataset``.
 
     Args:
@@ -192,6 +218,8 @@ def pretrain(dataset, *, model: ResNet12 | None = None, channels=DEFAULT_CHANNEL
         checkpoint: file written after every epoch; ``resume=True`` continues from it if it exists.
         max_steps_per_epoch: cut epochs short (CPU profile, smoke tests).
         time_budget_s: stop after the epoch during which this much wall time has passed.
+        bn_batches: after every epoch, batch norm's running statistics are re-estimated on this
+            many batches (``recalibrate_batch_norm``; 0: keep the running average).
         on_epoch: called with each epoch's metrics dict (e.g. to write partial JSON).
     Returns:
         ``PretrainResult(model (eval mode), history)``; each history entry has ``epoch``, ``loss``,
@@ -261,6 +289,7 @@ def pretrain(dataset, *, model: ResNet12 | None = None, channels=DEFAULT_CHANNEL
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - epoch_start
+        recalibrate_batch_norm(model, train_x, batches=bn_batches, batch_size=batch_size, generator=generator)
         metrics = {"epoch": epoch + 1, "loss": loss_sum.item() / seen, "train_accuracy": correct.item() / seen,
                    "holdout_accuracy": classify_accuracy(model, test_x, test_y, bf16=bf16),
                    "lr": scheduler.get_last_lr()[0], "images_per_s": seen / seconds, "seconds": seconds}
@@ -312,7 +341,8 @@ class Pretrain(torch.nn.Module):
 
     ``meta_gradient(LabelledBatch)`` back-propagates the cross-entropy over all base classes;
     ``predict(TaskBatch)`` scores few-shot episodes by nearest centroid on the features (so the
-    engine's validation tracks what pre-training is for). ``config.meta_batch`` is the batch size,
+    engine's validation tracks what pre-training is for), after re-estimating batch norm's running
+    statistics on 20 training batches (``recalibrate_batch_norm``) if it trained since the last time. ``config.meta_batch`` is the batch size,
     ``config.meta_lr`` the SGD learning rate (with the engine's schedule), ``config.iterations`` the
     number of batches. Extra settings (``--set key=value``): ``channels`` (list of 4 widths) or
     ``hidden`` (first width), ``weight_decay`` (5e-4), ``momentum`` (0.9), ``augment`` (true),
@@ -353,8 +383,9 @@ class Pretrain(torch.nn.Module):
             raise CheckpointError(f"the network has {self.model.config['num_classes']} outputs but the training "
                                   f"split has {images.shape[0]} classes; pre-train a new network for this split")
         height, channels = images.shape[-2], images.shape[2]
-        return LabelledBatches(images, pad=height // 8 if self.augment else 0,
+        self._batches = LabelledBatches(images, pad=height // 8 if self.augment else 0,
                                flip=self.augment and channels == 3, seed=self.seed)
+        return self._batches
 
     def meta_gradient(self, batch: LabelledBatch) -> dict[str, float]:
         self.model.train()
@@ -363,11 +394,17 @@ class Pretrain(torch.nn.Module):
             logits = self.model(x)
         loss = F.cross_entropy(logits.float(), batch.y)
         loss.backward()
+        self._stale_statistics = True
         return {"loss": loss.item(), "accuracy": (logits.argmax(-1) == batch.y).float().mean().item()}
 
     @torch.no_grad()
     def predict(self, batch, *, inner_steps: int | None = None) -> torch.Tensor:
         """Nearest-centroid logits ``[B, N*Q, N]`` of a few-shot ``TaskBatch`` on the features."""
+        batches = getattr(self, "_batches", None)
+        if getattr(self, "_stale_statistics", False) and batches is not None:
+            recalibrate_batch_norm(self.model, batches.images.flatten(0, 1), batches=20, batch_size=128,
+                                   generator=torch.Generator().manual_seed(self.seed))
+            self._stale_statistics = False
         was_training = self.model.training
         self.model.eval()
         support = F.normalize(self.model.features(batch.support_x.flatten(0, 1)), dim=-1)
