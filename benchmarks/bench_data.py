@@ -26,8 +26,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     devices = args.device or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
-    report = bench_data(cold=args.cold, mini_imagenet=args.mini_imagenet, mini_splits=tuple(args.mini_splits.split(",")),
-                        devices=devices, seconds=args.seconds)
+    report = bench_data(cold=args.cold, mini_imagenet=args.mini_imagenet, devices=devices, seconds=args.seconds,
+                        mini_splits=tuple(args.mini_splits.split(",")))
     print(json.dumps(report, indent=2) if args.json else markdown(report))
 
 

@@ -112,7 +112,8 @@ def test_download_verifies_and_keeps_nothing_on_mismatch(tmp_path):
     assert list(dest.parent.iterdir()) == []
     good_md5 = hashlib.md5(served.read_bytes()).hexdigest()
     good_sha = hashlib.sha256(served.read_bytes()).hexdigest()
-    assert archives.download(url, dest, md5=good_md5, sha256=good_sha, progress=False).read_bytes() == served.read_bytes()
+    kept = archives.download(url, dest, md5=good_md5, sha256=good_sha, progress=False)
+    assert kept.read_bytes() == served.read_bytes()
     assert [p.name for p in dest.parent.iterdir()] == ["file.zip"]
 
 

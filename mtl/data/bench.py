@@ -37,7 +37,8 @@ def time_cold_build(name: str, *, root=None, splits=None, progress: bool = False
                 miniimagenet.prepare(split, root=root, cache_dir=tmp, progress=progress)
         seconds = time.perf_counter() - start
         size = sum(p.stat().st_size for p in Path(tmp).glob("*.pt"))
-    return {"what": f"cold build {name} ({'+'.join(_splits(name, splits))})", "seconds": round(seconds, 2), "cache_mb": round(size / 2**20, 1)}
+    return {"what": f"cold build {name} ({'+'.join(_splits(name, splits))})", "seconds": round(seconds, 2),
+            "cache_mb": round(size / 2**20, 1)}
 
 
 def time_warm_load(name: str, *, root=None, cache_dir=None, splits=None) -> dict:
