@@ -20,6 +20,8 @@ import zlib
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator
 
+from tqdm.utils import CallbackIOWrapper
+
 from mtl.data._progress import progress_bar
 from mtl.errors import ChecksumError, DataError, UnsafeArchiveError
 
@@ -78,8 +80,10 @@ def _corrupt(path: str | os.PathLike, exc: BaseException) -> DataError:
     )
 
 
-def _iter_tar(path: Path, keep: Callable[[str], bool]) -> Iterator[tuple[str, bytes | None]]:
-    with tarfile.open(path, "r|*") as tar:
+def _iter_tar(path: Path, keep: Callable[[str], bool], progress: bool) -> Iterator[tuple[str, bytes | None]]:
+    with open(path, "rb") as raw, progress_bar(total=path.stat().st_size, unit="B", unit_scale=True,
+                                               desc=f"reading {path.name}", progress=progress) as bar, \
+            tarfile.open(fileobj=CallbackIOWrapper(bar.update, raw, "read"), mode="r|*") as tar:
         for member in tar:
             name = safe_member_name(member.name, path)
             if member.isdir():
@@ -99,7 +103,7 @@ def _zip_is_link(info: zipfile.ZipInfo) -> bool:
     return (info.external_attr >> 16) & 0o170000 in (0o120000, 0o020000, 0o060000, 0o010000)
 
 
-def _iter_zip(path: Path, keep: Callable[[str], bool]) -> Iterator[tuple[str, bytes | None]]:
+def _iter_zip(path: Path, keep: Callable[[str], bool], progress: bool) -> Iterator[tuple[str, bytes | None]]:
     with zipfile.ZipFile(path) as archive:
         for info in archive.infolist():
             name = safe_member_name(info.filename, path)
@@ -110,7 +114,7 @@ def _iter_zip(path: Path, keep: Callable[[str], bool]) -> Iterator[tuple[str, by
             yield name, archive.read(info) if keep(name) else None
 
 
-def _iter_folder(path: Path, keep: Callable[[str], bool]) -> Iterator[tuple[str, bytes | None]]:
+def _iter_folder(path: Path, keep: Callable[[str], bool], progress: bool) -> Iterator[tuple[str, bytes | None]]:
     for dirpath, dirnames, filenames in os.walk(path):
         dirnames.sort()
         for filename in sorted(filenames):
@@ -123,24 +127,24 @@ def _keep_all(name: str) -> bool:
     return True
 
 
-def iter_files(path: str | os.PathLike, keep: Callable[[str], bool] = _keep_all
+def iter_files(path: str | os.PathLike, keep: Callable[[str], bool] = _keep_all, *, progress: bool = False
                ) -> Iterator[tuple[str, bytes | None]]:
     """Yield ``(name, bytes)`` for every regular file of an archive or folder, in stored order.
 
     Names are relative POSIX paths; a folder's names start with the folder's own name (the layout
     its archive would have). Members for which ``keep(name)`` is false are not read (``bytes`` is
-    None). Raises :class:`UnsafeArchiveError` on an unsafe member and :class:`DataError` on a
+    None). ``progress`` shows a bar of the bytes read (tar archives). Raises :class:`UnsafeArchiveError` on an unsafe member and :class:`DataError` on a
     truncated or corrupted archive.
     """
     path = Path(path)
     if path.is_dir():
-        yield from _iter_folder(path, keep)
+        yield from _iter_folder(path, keep, progress)
         return
     if not path.is_file():
         raise DataError(f"{path} does not exist.")
     reader = _iter_zip if path.name.lower().endswith(".zip") else _iter_tar
     try:
-        yield from reader(path, keep)
+        yield from reader(path, keep, progress)
     except (UnsafeArchiveError, DataError):
         raise
     except _CORRUPT as exc:

@@ -107,7 +107,7 @@ def build(split: str, source: Path, *, size: int = DEFAULT_SIZE, progress: bool 
     """Decode one split: ``{"images": uint8 [classes, per_class, 3, size, size], "class_names": wnids, ...}``."""
     files: dict[str, bytes] = {}
     labels = _csv_beside(source, split)
-    for name, data in iter_files(source):
+    for name, data in iter_files(source, progress=progress):
         if PurePosixPath(name).name == f"{split}.csv":
             labels = _read_csv(data)
         elif PurePosixPath(name).suffix.lower() in _IMAGE_SUFFIXES:

@@ -99,7 +99,7 @@ def build(sources: dict[str, Path], *, size: int = DEFAULT_SIZE, progress: bool 
     names, blobs = [], []
     for part, source in sources.items():
         characters: dict[str, list[tuple[str, bytes]]] = {}
-        for member, data in iter_files(source):
+        for member, data in iter_files(source, progress=progress):
             matched = _match(source, part, member)
             if matched is not None:
                 characters.setdefault(matched[0], []).append((matched[1], data))
