@@ -5,9 +5,12 @@ computes the single-process references and each test compares one aspect.
 """
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import socket
+import subprocess
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -413,3 +416,34 @@ def test_a_sampler_without_generator_runs_whole_batches_in_one_process_only():
     assert stream.sample(4, B)[0].shape[0] == B
     with pytest.raises(D.DistributedError, match="single process"):
         stream.sample(4, B, rank=0, world_size=2)
+
+
+@pytest.mark.slow  # 3 process start-ups: ~15 s on a quiet machine, ~100 s on the loaded dev box
+def test_torchrun_cli_run_continues_identically_in_one_process(tmp_path):
+    """`torchrun -m mtl train` on 2 CPU processes for 2 steps, resumed by one process for 2 more,
+    logs what one process logs for 4 steps; only rank 0 wrote the run folder."""
+    from mtl.train import RUN_FILES, train
+
+    config = dict(dataset="sinusoid", algorithm="maml", meta_batch=5, inner_steps=1, inner_lr=0.01,
+                  val_every=2, val_episodes=8, log_every=1, strategy="loop", device="cpu", seed=4)
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in config.items()]
+    env = {**os.environ, "MTL_PROGRESS": "0", "OMP_NUM_THREADS": "1", "MTL_DIST_TIMEOUT": "120"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "mtl", "train", *flags, "--iterations=2", "--threads=1", f"--out={tmp_path / 'a'}"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=DEADLINE_S)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("completed after 2 meta-steps") == 1  # rank 0 alone reports
+    assert {p.name for p in (tmp_path / "a").iterdir()} <= set(RUN_FILES)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train({**config, "iterations": 4}, out=tmp_path / "a", resume=True, progress=False)
+        train({**config, "iterations": 4}, out=tmp_path / "b", progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    rows = [[json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+            for run in ("a", "b")]
+    assert [(r["kind"], r["step"]) for r in rows[0]] == [(r["kind"], r["step"]) for r in rows[1]]
+    assert len(rows[0]) == 6  # 4 train rows, 2 validation rows, none twice
+    for resumed, single in zip(*rows):
+        assert resumed["loss"] == pytest.approx(single["loss"], rel=1e-5)  # float32 sums in 2 orders
