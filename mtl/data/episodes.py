@@ -92,8 +92,8 @@ class EpisodeSampler:
                                                                batch_size * self.ways * self.queries])
         support_x = self._gather(support_rows, batch_size, self.ways * self.shots)
         query_x = self._gather(query_rows, batch_size, self.ways * self.queries)
-        batch = TaskBatch(support_x, self._support_y.expand(batch_size, -1),
-                          query_x, self._query_y.expand(batch_size, -1))
+        batch = TaskBatch(support_x, self._support_y.repeat(batch_size, 1),  # own memory: safe to edit
+                          query_x, self._query_y.repeat(batch_size, 1))
         return (batch, classes) if return_classes else batch
 
     def _gather(self, rows: torch.Tensor, batch_size: int, per_task: int) -> torch.Tensor:
