@@ -58,6 +58,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mtl import distributed
 from mtl.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from mtl.config import PRESETS, ConfigError, TrainConfig, preset
 from mtl.errors import CheckpointError, InnerLoopError, MTLError
@@ -208,14 +209,17 @@ def train(config: TrainConfig | dict | str, *, out: str | os.PathLike | None = N
     Raises `RunFolderError`, `CheckpointError` (before any training), `TrainingDiverged`.
     """
     config = _as_config(config)
-    run_dir = _prepare_run_dir(out, resume=resume, overwrite=overwrite)
+    info = distributed.setup()  # [distributed] join torchrun's process group (no-op otherwise)
+    run_dir = (_prepare_run_dir(out, resume=resume, overwrite=overwrite) if info.rank == 0
+               else Path(out) if out is not None else None)  # [distributed] rank 0 prepares
+    distributed.barrier()  # [distributed]
     checkpoint = None
     if resume:
         checkpoint = load_checkpoint(run_dir / "last.pt")
         config = _resume_config(TrainConfig.from_dict(checkpoint["config"]), config)
     config = config.resolved()
-    device = resolve_device(config.device)
-    show = progress_enabled(progress)
+    device = info.device if info.world_size > 1 else resolve_device(config.device)  # [distributed]
+    show = progress_enabled(progress) and info.rank == 0  # [distributed]
 
     _seed_everything(config.seed)
     learner = build_learner(config, device)
@@ -231,6 +235,7 @@ def train(config: TrainConfig | dict | str, *, out: str | os.PathLike | None = N
         optimizer.load_state_dict(checkpoint["optimizer"])
         restore_rng(checkpoint["rng"], sampler, learner)
         state = _State(**checkpoint["state"])
+    run_dir = run_dir if info.rank == 0 else None  # [distributed] only rank 0 writes
     log = _MetricsLog(run_dir, keep_until=state.step if checkpoint is not None else None)
     if run_dir is not None:
         (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
@@ -270,6 +275,7 @@ class _Loop:
         self.config, self.learner, self.optimizer, self.sampler = config, learner, optimizer, sampler
         self.val_set, self.state, self.log, self.run_dir, self.progress = val_set, state, log, run_dir, progress
         self.params = [p for p in learner.parameters() if p.requires_grad]
+        self.stream = distributed.TaskStream(sampler, seed=config.seed)  # [distributed]
         self.last_good = state.step if run_dir is not None and state.step > 0 else None
 
     def run(self) -> str:
@@ -316,9 +322,8 @@ class _Loop:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
-        batch = self.sampler.sample(c.meta_batch)
-        try:
-            metrics = self.learner.meta_gradient(batch)
+        try:  # [distributed] this rank's share of the step's tasks, gradients averaged over ranks
+            metrics = distributed.meta_gradient(self.learner, self.stream, s.step, c.meta_batch)
         except InnerLoopError as exc:
             raise TrainingDiverged(self._diverged_message(f"the inner loop diverged ({exc})")) from exc
         loss = float(metrics["loss"])
@@ -613,7 +618,8 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"\ninterrupted: the last checkpoint is in {args.out}; continue with --resume", file=sys.stderr)
         return 130
-    _print_summary(summary)
+    if distributed.is_main_process():  # [distributed]
+        _print_summary(summary)
     return 0
 
 
