@@ -25,7 +25,7 @@ from torch.func import functional_call
 from mtl.algorithms.meta_transfer import (_load_into, _ways_of, adapt_linear_head, encoder_of,
                                           freeze_to_buffers, linear_logits,
                                           pretrained_from_config)
-from mtl.errors import MTLError
+from mtl.errors import InnerLoopError, MTLError
 
 
 class _PretrainedBaseline(nn.Module):
@@ -107,7 +107,11 @@ class FineTuneAll(_PretrainedBaseline):
                     weight = (weight - self.inner_lr * grads[-2]).detach().requires_grad_()
                     bias = (bias - self.inner_lr * grads[-1]).detach().requires_grad_()
             out.append(F.linear(functional_call(self.encoder, params, (qx,)), weight, bias))
-        return torch.stack(out)
+        logits = torch.stack(out)
+        if not torch.isfinite(logits).all():
+            raise InnerLoopError(f"fine-tuning all layers diverged (NaN/Inf logits) at inner_lr={self.inner_lr}; "
+                                 "lower inner_lr (around 0.01 for a ResNet-12) or take fewer steps")
+        return logits
 
     def _feature_dim(self, x: Tensor) -> int:
         if not hasattr(self, "_dim"):
