@@ -5,10 +5,10 @@
 Meta-training. The meta-batch of ``B`` tasks is split into contiguous shares (`shard_range`); each
 rank draws only its share (`TaskStream`), runs the algorithm's own batched ``meta_gradient`` on it,
 and one all-reduce of the ``.grad`` tensors, weighted by task counts, leaves every rank with the
-mean over all ``B`` tasks (`all_reduce_gradients`, `meta_gradient`). Task ``i`` of meta-step ``t``
-is drawn from its own seed ``(seed, t, i)``, so the union of the shares *is* the meta-batch a single
-process draws: W processes take exactly the steps one process takes (up to float summation
-order), a run can be resumed with another world size, and shares never overlap.
+mean over all ``B`` tasks (`all_reduce_gradients`, `meta_gradient`). Meta-batch ``t`` is drawn from
+the seed ``(seed, t)`` on every rank, which keeps only its share, so the union of the shares *is*
+the meta-batch a single process draws: W processes take exactly the steps one process takes (up
+to float summation order), a run can be resumed with another world size, and shares never overlap.
 
 Why not DDP: its hooks fire on the wrapped module's backward, but the functional inner loop calls
 the model through ``torch.func.functional_call`` with adapted weights (second-order graphs through
@@ -42,7 +42,7 @@ from mtl.errors import MTLError
 
 __all__ = [
     "DistributedError", "DistInfo", "setup", "teardown", "info", "is_distributed", "get_rank",
-    "get_world_size", "is_main_process", "barrier", "shard_range", "task_seed", "TaskStream",
+    "get_world_size", "is_main_process", "barrier", "shard_range", "step_seed", "TaskStream",
     "all_reduce_gradients", "all_reduce_metrics", "meta_gradient", "broadcast_parameters",
     "epoch_batches", "gather_shards", "sharded_scores",
 ]
@@ -163,23 +163,25 @@ def shard_range(n: int, *, rank: int | None = None, world_size: int | None = Non
     return range(start, start + base + (rank < extra))
 
 
-def task_seed(seed: int, step: int, index: int) -> int:
-    """The seed of task ``index`` of meta-step ``step`` (a 63-bit int, independent streams)."""
-    if min(seed, step, index) < 0:
-        raise MTLError(f"seed, step and task index must be >= 0, got {seed}, {step}, {index}")
-    state = np.random.SeedSequence((seed, step, index)).generate_state(2, np.uint32)
+def step_seed(seed: int, step: int) -> int:
+    """The seed of meta-step ``step``'s meta-batch (a 63-bit int; independent streams per step)."""
+    if min(seed, step) < 0:
+        raise MTLError(f"seed and step must be >= 0, got {seed} and {step}")
+    state = np.random.SeedSequence((seed, step)).generate_state(2, np.uint32)
     return (int(state[0]) << 31) ^ int(state[1])
 
 
 class TaskStream:
-    """Meta-batches whose task ``i`` at step ``t`` is drawn from seed ``task_seed(seed, t, i)``.
+    """Meta-batches drawn from seed ``step_seed(seed, t)`` at meta-step ``t``, split across ranks.
 
     ``sampler``: an ``EpisodeSampler`` or ``SinusoidTasks`` (anything with ``.sample(n)`` and a
-    ``.generator``, which the stream reseeds per task). ``sample(step, B)`` returns this rank's
+    ``.generator``, which the stream reseeds every step). ``sample(step, B)`` returns this rank's
     share (`shard_range`) of the step's B tasks; ``sample(step, B, rank=0, world_size=1)`` all of
-    them. The result depends only on ``(seed, step, task indices)``: no state to checkpoint, and
-    the same tasks whatever the world size. ``dtype`` (e.g. ``torch.float64``) converts the
-    floating tensors of each batch.
+    them. The result depends only on ``(seed, step, B)`` and the share: no state to checkpoint,
+    and the same meta-batch whatever the world size. Every rank draws the whole meta-batch (one
+    batched call: index drawing and the image gather cost little next to a meta-step) and keeps
+    its share; the float images of the other shares are the memory this costs.
+    ``dtype`` (e.g. ``torch.float64``) converts the floating tensors of each batch.
 
     A sampler without ``.generator`` (e.g. the hard-task recorder of meta-transfer learning, which
     must see whole meta-batches) is used as is, ``sampler.sample(B)``, in a single process only.
@@ -191,7 +193,7 @@ class TaskStream:
 
     def indices(self, step: int, batch_size: int, *, rank: int | None = None,
                 world_size: int | None = None) -> range:
-        """Indices (within the step's meta-batch) of the tasks this rank draws."""
+        """Indices (within the step's meta-batch) of the tasks this rank keeps."""
         return shard_range(batch_size, rank=rank, world_size=world_size)
 
     def sample(self, step: int, batch_size: int, *, rank: int | None = None,
@@ -201,8 +203,8 @@ class TaskStream:
         if not self.shardable:
             if world_size > 1:
                 raise DistributedError(
-                    f"{type(self.sampler).__name__} has no `.generator` to draw tasks by seed, so its "
-                    "meta-batches cannot be split across ranks (hard-task meta-batches need whole "
+                    f"{type(self.sampler).__name__} has no `.generator` to draw meta-batches by seed, "
+                    "so they cannot be split across ranks (hard-task meta-batches need whole "
                     "batches): run this algorithm in a single process")
             return self._cast(self.sampler.sample(batch_size))
         tasks = self.indices(step, batch_size, rank=rank, world_size=world_size)
@@ -210,12 +212,11 @@ class TaskStream:
             raise DistributedError(f"meta-batch {batch_size} leaves a rank without a task: use a "
                                    f"meta-batch of at least {world_size} (the world size) or fewer "
                                    "processes")
-        parts = []
-        for index in tasks:
-            self.sampler.generator.manual_seed(task_seed(self.seed, step, index))
-            parts.append(self.sampler.sample(1))
-        return self._cast(parts[0] if len(parts) == 1
-                          else type(parts[0])(*(torch.cat(ts) for ts in zip(*parts))))
+        self.sampler.generator.manual_seed(step_seed(self.seed, step))
+        batch = self.sampler.sample(batch_size)
+        if len(tasks) < batch_size:
+            batch = type(batch)(*(t[tasks.start:tasks.stop] for t in batch))
+        return self._cast(batch)
 
     def _cast(self, batch):
         if self.dtype is None:
@@ -313,7 +314,7 @@ def epoch_batches(num_examples: int, batch_size: int, *, epoch: int, seed: int =
     ``weight = n_rank / n_batch`` to `all_reduce_gradients` after ``loss.backward()`` (the loss
     being the mean over the rank's examples). Batch norm then sees the rank's examples only.
     """
-    generator = torch.Generator().manual_seed(task_seed(seed, epoch, 0))
+    generator = torch.Generator().manual_seed(step_seed(seed, epoch))
     order = torch.randperm(num_examples, generator=generator)
     for start in range(0, num_examples, batch_size):
         global_batch = order[start:start + batch_size]
