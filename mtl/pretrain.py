@@ -132,7 +132,7 @@ def _read_checkpoint(path: str | Path) -> dict:
     """A ``mtl.pretrain`` checkpoint, or an engine checkpoint of ``--algorithm pretrain`` (file or run folder)."""
     path = Path(path)
     if path.is_dir():
-        path = next((path / n for n in ("last.pt", "best.pt") if (path / n).is_file()), path / "last.pt")
+        path = next((path / n for n in ("best.pt", "last.pt") if (path / n).is_file()), path / "last.pt")
     if not path.is_file():
         raise CheckpointError(f"no pre-training checkpoint at {path}: run `python -m mtl train --algorithm "
                               "pretrain` (or mtl.pretrain.pretrain) first, or fix the path")

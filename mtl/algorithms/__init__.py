@@ -23,5 +23,11 @@ ALGORITHMS: dict[str, type[MetaLearner]] = {
     "metasgd": MetaSGD,
     "protonet": ProtoNet,
 }
+# Meta-transfer learning (issue 5): pre-training, Scaling & Shifting, baselines on the pre-trained net.
+from mtl.algorithms.meta_transfer import MetaTransfer  # noqa: E402
+from mtl.algorithms.finetune import BASELINES as _PRETRAINED_BASELINES  # noqa: E402
+from mtl.pretrain import Pretrain  # noqa: E402
+
+ALGORITHMS.update({"pretrain": Pretrain, "mtl": MetaTransfer, **_PRETRAINED_BASELINES})
 
 __all__ = ["ALGORITHMS", "MetaLearner", "MAML", "FOMAML", "Reptile", "ANIL", "MetaSGD", "ProtoNet"]
