@@ -175,15 +175,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     # --- small profiles for 2 CPU cores (lessons, CI-sized checks); see RESULTS.md ---
     "cpu-maml-sinusoid": dict(dataset="sinusoid", algorithm="maml", shots=10, queries=10,
                               meta_batch=25, inner_steps=1, inner_lr=0.01, test_inner_steps=10,
-                              meta_lr=1e-3, iterations=8000, val_every=1000, val_episodes=200,
-                              eval_batch=100, device="cpu"),
+                              meta_lr=1e-3, iterations=8000, val_every=2000, val_episodes=100,
+                              eval_batch=100, time_budget_s=120, device="cpu"),
     "cpu-joint-sinusoid": dict(dataset="sinusoid", algorithm="joint", shots=10, queries=10,
                                meta_batch=25, inner_steps=1, inner_lr=0.01, test_inner_steps=10,
-                               meta_lr=1e-3, iterations=8000, val_every=1000, val_episodes=200,
-                               eval_batch=100, device="cpu"),
+                               meta_lr=1e-3, iterations=8000, val_every=2000, val_episodes=100,
+                               eval_batch=100, time_budget_s=120, device="cpu"),
     "cpu-maml-omniglot-5w1s": dict(dataset="omniglot", algorithm="maml", ways=5, shots=1, queries=5,
                                    meta_batch=16, inner_steps=1, inner_lr=0.4, test_inner_steps=3,
-                                   hidden=32, meta_lr=3e-3, iterations=3000, val_every=500,
+                                   hidden=32, meta_lr=3e-3, iterations=1500, val_every=250,
                                    val_episodes=100, eval_batch=32, time_budget_s=600, device="cpu"),
 }
 
