@@ -133,7 +133,34 @@ def bench_gpu(steps: int) -> list[dict]:
                          "tasks_per_s": per_gpu / step_s,
                          "peak_mib": torch.cuda.max_memory_allocated() / 2**20,
                          "device": torch.cuda.get_device_name()})
+    rows.append(pretrain_step(128, steps, "cuda"))
     return rows
+
+
+def pretrain_step(batch: int, steps: int, device: str) -> dict:
+    """Time a data-parallel pre-training step of ResNet-12 (fp32, 84x84, 64 classes), one device."""
+    from mtl.resnet import ResNet12
+
+    torch.manual_seed(0)
+    model = ResNet12(3, 64).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    x = torch.rand(batch, 3, 84, 84, device=device)
+    y = torch.randint(0, 64, (batch,), device=device)
+    times = []
+    for step in range(3 + steps):
+        _sync(device)
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        D.all_reduce_gradients(model)
+        optimizer.step()
+        _sync(device)
+        if step >= 3:
+            times.append(time.perf_counter() - start)
+    step_s = statistics.median(times)
+    return {"setting": "resnet12-pretrain-fp32", "images_on_gpu": batch, "step_ms": 1e3 * step_s,
+            "images_per_s": batch / step_s,
+            "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"}
 
 
 # ----------------------------------------------------------------------------- paper projection
