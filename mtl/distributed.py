@@ -73,7 +73,8 @@ def setup(*, backend: str | None = None, timeout_s: float | None = None,
     """Join the process group described by torchrun's environment; a no-op without one.
 
     Reads ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT`` (set by
-    torchrun). ``backend``: NCCL when CUDA is available, else Gloo. ``timeout_s`` (default env
+    torchrun). ``backend`` (default env ``MTL_DIST_BACKEND``): NCCL when CUDA is available, else
+    Gloo (``MTL_DIST_BACKEND=gloo`` runs on CPUs on a GPU machine). ``timeout_s`` (default env
     ``MTL_DIST_TIMEOUT`` or 300): how long a collective waits for the other ranks before this
     rank stops with `DistributedError` instead of hanging. ``device``: default ``cuda:LOCAL_RANK``
     with NCCL, else the CPU. Idempotent.
@@ -87,7 +88,10 @@ def setup(*, backend: str | None = None, timeout_s: float | None = None,
                                "`torchrun --nproc_per_node=N -m mtl ...` (docs/distributed.md), "
                                "or unset WORLD_SIZE for a single process")
     rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
-    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    backend = (backend or os.environ.get("MTL_DIST_BACKEND")
+               or ("nccl" if torch.cuda.is_available() else "gloo"))
+    if backend not in ("nccl", "gloo"):
+        raise DistributedError(f"backend {backend!r} is not supported: use nccl (GPUs) or gloo (CPUs)")
     if backend == "nccl":
         device = torch.device(device if device is not None else f"cuda:{local_rank}")
         torch.cuda.set_device(device)

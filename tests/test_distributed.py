@@ -398,6 +398,15 @@ def test_setup_names_the_fix_when_torchrun_variables_are_missing(monkeypatch):
         D.setup()
 
 
+def test_setup_refuses_an_unknown_backend(monkeypatch):
+    monkeypatch.setenv("MTL_DIST_BACKEND", "mpi")
+    for name, value in dict(WORLD_SIZE="2", RANK="0", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                            MASTER_PORT="1").items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(D.DistributedError, match="nccl.*gloo"):
+        D.setup()
+
+
 def test_meta_batch_smaller_than_world_is_refused():
     stream = D.TaskStream(_sampler(), seed=0)
     with pytest.raises(D.DistributedError, match="at least"):
