@@ -1,0 +1,310 @@
+"""`python -m mtl bench`: meta-steps per second and peak memory of the inner/outer loops.
+
+One run times, on random data and for each configuration of issue 3 (Omniglot 5-way 1-shot,
+meta-batch 32; Omniglot 20-way 1-shot, meta-batch 16; mini-ImageNet Conv4-32 5-way 1-shot,
+meta-batch 4; 5 inner steps, 15 queries per class) and each order (second, first):
+
+- ``vmap``, ``loop``, ``auto``: ``mtl.maml_loss(...).backward()`` with that strategy;
+- ``higher``: the peer library (``higher`` 0.2.1), one task at a time, as its README does it;
+- ``floor``: the same Conv4 doing the same number of forward+backward passes (one per inner step
+  on the B tasks' support images merged into one batch, one on the merged query images): what a
+  meta-step would cost if batching tasks were free;
+- with ``--levers``: ``vmap`` with bf16 autocast (fp32 master weights), channels-last, and
+  ``torch.compile`` (each where it runs).
+
+Each row: warm-up, then the median of timed meta-steps (synchronised), peak GPU memory; a row
+that fails records its error and the run goes on. The JSON is rewritten after every row.
+``--data`` also runs the episode-sampler benchmark ``mtl.data.bench`` when it exists.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import mtl
+from mtl.models import Conv4
+
+#: name -> (channels, ways, filters, image side, meta-batch, inner lr)
+CONFIGS = {
+    "omniglot-5w1s": (1, 5, 64, 28, 32, 0.4),
+    "omniglot-20w1s": (1, 20, 64, 28, 16, 0.1),
+    "miniimagenet-5w1s": (3, 5, 32, 84, 4, 0.01),
+}
+SHOTS, QUERIES, STEPS = 1, 15, 5
+IMPLEMENTATIONS = ("vmap", "loop", "auto", "higher", "floor")
+LEVERS = ("vmap+bf16", "vmap+channels_last", "vmap+compile")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--json", type=Path, default=None, help="write the results here (JSON)")
+    parser.add_argument("--quick", action="store_true",
+                        help="1 warm-up + 3 timed steps, Omniglot 5w1s only (a smoke test)")
+    parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=None)
+    parser.add_argument("--orders", nargs="+", choices=["second", "first"],
+                        default=["second", "first"])
+    parser.add_argument("--impls", nargs="+", choices=list(IMPLEMENTATIONS + LEVERS),
+                        default=None, help="implementations to time (default: all but levers)")
+    parser.add_argument("--levers", action="store_true",
+                        help="also time vmap with bf16 autocast, channels-last, torch.compile")
+    parser.add_argument("--meta-batch", type=int, default=None,
+                        help="override every configuration's meta-batch (CPU runs)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed steps (default 3)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed steps (default 10, fewer once a row has run 3 s; at least 3)")
+    parser.add_argument("--budget-s", type=float, default=240.0,
+                        help="skip the rows that would start after this many seconds (240)")
+    parser.add_argument("--data", action="store_true",
+                        help="also run the episode-sampler benchmark (mtl.data.bench)")
+
+
+def run(args: argparse.Namespace) -> int:
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("no CUDA device here; run with --device cpu", file=sys.stderr)
+        return 2
+    configs = args.configs or (["omniglot-5w1s"] if args.quick else list(CONFIGS))
+    base = list(args.impls or IMPLEMENTATIONS)
+    levers = [i for i in LEVERS if i not in base] if args.levers else []
+    warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
+    repeats = args.repeats if args.repeats is not None else (3 if args.quick else 10)
+    report = {"meta": _machine(device), "settings": {
+        "shots": SHOTS, "queries": QUERIES, "inner_steps": STEPS, "warmup": warmup,
+        "repeats": repeats, "meta_batch_override": args.meta_batch}, "rows": []}
+    started = time.perf_counter()
+    plan = [(c, o, i) for group in (base, levers) for c in configs for o in args.orders
+            for i in group]
+    for config, order, impl in plan:
+        row = {"config": config, "order": order, "impl": impl}
+        elapsed = time.perf_counter() - started
+        print(f"[{elapsed:6.1f}s] {config} {order}-order {impl} ...", end=" ", flush=True)
+        if elapsed > args.budget_s:
+            row["error"] = f"skipped: over the --budget-s of {args.budget_s:.0f} s"
+            print("skipped (time budget)")
+        else:
+            try:
+                row.update(_time_row(config, order == "first", impl, device, warmup, repeats,
+                                     args.meta_batch))
+                print(f"{row['ms']:.1f} ms/step, {row['tasks_per_s']:.1f} tasks/s"
+                      + (f", peak {row['peak_mib']:.0f} MiB" if row["peak_mib"] else ""),
+                      flush=True)
+            except Exception as error:  # noqa: BLE001 - record and go on (one run, many rows)
+                row["error"] = f"{type(error).__name__}: {str(error)[:300]}"
+                print("FAILED:", row["error"], flush=True)
+            finally:
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+        report["rows"].append(row)
+        report["ratios"] = ratios(report["rows"])
+        _write(args.json, report)
+    if args.data:
+        report["data"] = _data_bench(device, args.quick)
+        _write(args.json, report)
+    report["meta"]["total_s"] = round(time.perf_counter() - started, 1)
+    _write(args.json, report)
+    print(markdown_table(report))
+    return 0
+
+
+# ----------------------------------------------------------------------------- one row
+
+def _time_row(config: str, first_order: bool, impl: str, device: torch.device, warmup: int,
+              repeats: int, meta_batch: int | None) -> dict:
+    channels, ways, filters, side, batch, lr = CONFIGS[config]
+    batch = meta_batch or batch
+    torch.manual_seed(0)
+    model = Conv4(channels, ways, hidden=filters, image_size=side).to(device)
+    sx = torch.rand(batch, ways * SHOTS, channels, side, side, device=device)
+    qx = torch.rand(batch, ways * QUERIES, channels, side, side, device=device)
+    sy = torch.arange(ways, device=device).repeat_interleave(SHOTS).expand(batch, -1)
+    qy = torch.arange(ways, device=device).repeat_interleave(QUERIES).expand(batch, -1)
+    step = _step_fn(impl, model, (sx, sy, qx, qy), lr, first_order)
+    seconds, peak = _measure(step, model, device, warmup, repeats)
+    return {"meta_batch": batch, "ms": 1000 * seconds, "meta_steps_per_s": 1 / seconds,
+            "tasks_per_s": batch / seconds, "peak_mib": peak,
+            "strategy_chosen": _auto_choice() if impl == "auto" else None}
+
+
+def _step_fn(impl: str, model: torch.nn.Module, tasks: tuple, lr: float,
+             first_order: bool) -> Callable[[], None]:
+    sx, sy, qx, qy = tasks
+    settings = dict(steps=STEPS, lr=lr, first_order=first_order)
+    if impl in ("vmap", "loop", "auto"):
+        return lambda: mtl.maml_loss(model, dict(model.named_parameters()), *tasks,
+                                     strategy=impl, **settings).backward()
+    if impl == "higher":
+        return _higher_step(model, tasks, lr, first_order)
+    if impl == "floor":
+        support, query = sx.flatten(0, 1), qx.flatten(0, 1)
+        support_y, query_y = sy.flatten(), qy.flatten()
+
+        def floor() -> None:
+            for _ in range(STEPS):
+                F.cross_entropy(model(support), support_y).backward()
+            F.cross_entropy(model(query), query_y).backward()
+        return floor
+    if impl == "vmap+bf16":
+        def bf16() -> None:
+            with torch.autocast(sx.device.type, dtype=torch.bfloat16):
+                loss = mtl.maml_loss(model, dict(model.named_parameters()), *tasks,
+                                     strategy="vmap", **settings)
+            loss.backward()
+        return bf16
+    if impl == "vmap+channels_last":
+        model.to(memory_format=torch.channels_last)
+        cl = [x.flatten(0, 1).contiguous(memory_format=torch.channels_last).unflatten(
+            0, x.shape[:2]) for x in (sx, qx)]
+        return lambda: mtl.maml_loss(model, dict(model.named_parameters()), cl[0], sy, cl[1], qy,
+                                     strategy="vmap", **settings).backward()
+    if impl == "vmap+compile":
+        compiled = torch.compile(lambda p: mtl.maml_loss(model, p, *tasks, strategy="vmap",
+                                                         **settings))
+        return lambda: compiled(dict(model.named_parameters())).backward()
+    raise ValueError(impl)
+
+
+def _higher_step(model: torch.nn.Module, tasks: tuple, lr: float,
+                 first_order: bool) -> Callable[[], None]:
+    """The peer: ``higher.innerloop_ctx`` per task, backward per task (its README's MAML)."""
+    import higher
+
+    sx, sy, qx, qy = tasks
+    inner_opt = torch.optim.SGD(model.parameters(), lr=lr)
+    params = list(model.parameters())
+
+    def step() -> None:
+        for t in range(sx.shape[0]):
+            with higher.innerloop_ctx(model, inner_opt, copy_initial_weights=False,
+                                      track_higher_grads=not first_order) as (fmodel, diffopt):
+                for _ in range(STEPS):
+                    diffopt.step(F.cross_entropy(fmodel(sx[t]), sy[t]))
+                loss = F.cross_entropy(fmodel(qx[t]), qy[t]) / sx.shape[0]
+                if first_order:  # gradient at the fast weights, added to the initial ones
+                    fast = fmodel.parameters()
+                    for p, g in zip(params, torch.autograd.grad(loss, list(fast))):
+                        p.grad = g if p.grad is None else p.grad + g
+                else:
+                    loss.backward()
+    return step
+
+
+def _measure(step: Callable[[], None], model: torch.nn.Module, device: torch.device,
+             warmup: int, repeats: int) -> tuple[float, float | None]:
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    warm_start = time.perf_counter()
+    for done in range(warmup):  # at least one, fewer if the steps are slow (compilation aside)
+        model.zero_grad(set_to_none=True)
+        step()
+        sync()
+        if done >= 1 and time.perf_counter() - warm_start > 5.0:
+            break
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times: list[float] = []
+    while len(times) < repeats and (len(times) < 3 or sum(times) < 3.0):
+        model.zero_grad(set_to_none=True)
+        sync()
+        start = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - start)
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    return statistics.median(times), peak
+
+
+def _auto_choice() -> str | None:
+    from mtl.inner import AUTO_DECISIONS
+
+    return list(AUTO_DECISIONS.values())[-1] if AUTO_DECISIONS else None
+
+
+# ----------------------------------------------------------------------------- report
+
+def ratios(rows: list[dict]) -> dict:
+    """Per (config, order): speed-ups over ``higher`` and the slowdown against the floor."""
+    ms = {(r["config"], r["order"], r["impl"]): r["ms"] for r in rows if "ms" in r}
+    out = {}
+    for config, order in {(c, o) for c, o, _ in ms}:
+        get = {impl: ms.get((config, order, impl)) for impl in IMPLEMENTATIONS + LEVERS}
+        best_peer = min((v for k, v in get.items() if k in ("loop", "higher") and v), default=None)
+        entry = {}
+        for impl, value in get.items():
+            if value is None or impl in ("higher", "floor"):
+                continue
+            if get["higher"]:
+                entry[f"{impl}_speedup_vs_higher"] = round(get["higher"] / value, 2)
+            if get["floor"]:
+                entry[f"{impl}_over_floor"] = round(value / get["floor"], 2)
+        if get["auto"] and best_peer:
+            entry["auto_vs_fastest_of_loop_and_higher"] = round(best_peer / get["auto"], 2)
+        out[f"{config}/{order}"] = entry
+    return dict(sorted(out.items()))
+
+
+def markdown_table(report: dict) -> str:
+    """The rows as a Markdown table (what benchmarks/README.md shows)."""
+    lines = ["| config | order | impl | ms/step | meta-steps/s | tasks/s | peak MiB | note |",
+             "|---|---|---|---:|---:|---:|---:|---|"]
+    for r in report["rows"]:
+        if "ms" in r:
+            peak = f"{r['peak_mib']:.0f}" if r["peak_mib"] else "-"
+            note = f"chose {r['strategy_chosen']}" if r.get("strategy_chosen") else ""
+            lines.append(f"| {r['config']} | {r['order']} | {r['impl']} | {r['ms']:.1f} | "
+                         f"{r['meta_steps_per_s']:.2f} | {r['tasks_per_s']:.1f} | {peak} | {note} |")
+        else:
+            lines.append(f"| {r['config']} | {r['order']} | {r['impl']} | - | - | - | - | "
+                         f"{r['error'][:60]} |")
+    return "\n".join(lines)
+
+
+def _machine(device: torch.device) -> dict:
+    meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "torch": torch.__version__, "python": platform.python_version(),
+            "device": str(device), "cpu_threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(), "platform": platform.platform()}
+    if device.type == "cuda":
+        meta["card"] = torch.cuda.get_device_name(device)
+    try:
+        import higher
+
+        meta["higher"] = getattr(higher, "__version__", "installed")
+    except ImportError:
+        meta["higher"] = None
+    return meta
+
+
+def _data_bench(device: torch.device, quick: bool) -> object:
+    """The data engineer's episode-sampler benchmark, when ``mtl.data.bench`` exists."""
+    try:
+        from mtl.data import bench as data_bench
+    except ImportError:
+        return {"error": "mtl.data.bench not available"}
+    try:
+        for name in ("benchmark", "run_benchmark", "bench"):
+            if hasattr(data_bench, name):
+                return getattr(data_bench, name)(device=str(device), quick=quick)
+        return {"error": "mtl.data.bench has no benchmark(device=, quick=) function"}
+    except Exception as error:  # noqa: BLE001
+        return {"error": f"{type(error).__name__}: {error}"}
+
+
+def _write(path: Path | None, report: dict) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(report, indent=1))
+    tmp.replace(path)
+
