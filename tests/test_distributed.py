@@ -144,6 +144,12 @@ def _cooperate(tmp: Path) -> dict:
     present.grad = torch.full((3,), 4.0) if D.get_rank() == 1 else None
     D.all_reduce_gradients([present, absent], weight=0.5)
     out["sparse"] = {"present": present.grad, "absent": absent.grad is None}
+    # Rank-dependent weights made equal from rank 0; a gather where rank 1 has no share.
+    torch.manual_seed(100 + D.get_rank())
+    model = torch.nn.Linear(3, 2)
+    D.broadcast_parameters(model)
+    out["broadcast"] = _params(model)
+    out["gather_one"] = D.gather_shards(torch.tensor([5.0]) if D.get_rank() == 0 else torch.zeros(0), 1)
     return out
 
 
@@ -274,6 +280,16 @@ def test_shard_range_partitions_in_order():
             shares = [D.shard_range(n, rank=r, world_size=world) for r in range(world)]
             assert [i for s in shares for i in s] == list(range(n))
             assert max(map(len, shares)) - min(map(len, shares)) <= 1
+
+
+def test_broadcast_and_a_gather_with_an_empty_share(world):
+    _, ranks, _ = world
+    torch.manual_seed(100)
+    expected = _params(torch.nn.Linear(3, 2))
+    for rank in ranks:
+        for key, value in expected.items():
+            assert torch.equal(rank["broadcast"][key], value)
+        assert rank["gather_one"].tolist() == [5.0]
 
 
 @pytest.mark.parametrize("name", list(ALGORITHM_SETTINGS))
