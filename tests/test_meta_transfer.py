@@ -59,15 +59,17 @@ def test_scaling_shifting_at_init_is_the_pretrained_network():
     torch.testing.assert_close(algo.features(x), model.features(x.flatten(0, 1)).view(2, 7, -1))
     assert len(algo.conv_names) == 16  # 4 blocks x (3 convs + 1 shortcut)
     names = {n for n, _ in algo.named_parameters()}
-    assert names == {"head_weight", "head_bias"} | {f"scale.{c.replace('.', '_')}" for c in algo.conv_names} \
+    assert names == {f"scale.{c.replace('.', '_')}" for c in algo.conv_names} \
         | {f"shift.{c.replace('.', '_')}" for c in algo.conv_names}
+    learned = MetaTransfer(model, ways=5, inner_steps=1, inner_lr=0.1, learn_head_init=True)
+    assert {n for n, _ in learned.named_parameters()} == names | {"head_weight", "head_bias"}
 
 
 def test_frozen_weights_never_change_but_scale_and_shift_do():
     model = _backbone()
     before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
     sampler = EpisodeSampler(_class_coded_dataset(), ways=5, shots=1, queries=2, seed=0)
-    algo = _algo()
+    algo = _algo(learn_head_init=True)
     algo.train()
     optimizer = torch.optim.Adam(algo.parameters(), lr=0.05)
     for _ in range(3):
@@ -89,7 +91,7 @@ def test_meta_gradient_reaches_every_meta_parameter_second_and_first_order():
     sampler = EpisodeSampler(_class_coded_dataset(), ways=5, shots=1, queries=2, seed=0)
     batch = sampler.sample(2)
     for first_order in (False, True):
-        algo = _algo(first_order=first_order)
+        algo = _algo(first_order=first_order, learn_head_init=True)
         metrics = algo.meta_gradient(batch)
         assert set(metrics) >= {"loss", "accuracy"}
         assert algo.head_weight.grad is not None and algo.head_weight.grad.abs().sum() > 0
