@@ -200,3 +200,111 @@ def check_reptile_update(fn: Callable) -> None:
             _fail(f"your update is not Reptile's: {diagnosis}.", "theta + outer_lr * (mean_tau phi_tau - theta).")
     _fail("your update differs from theta + outer_lr * (mean(phi) - theta).",
           "average phi over tasks, per parameter name, then take a step of size outer_lr toward it.")
+
+
+# --- lessons 05-06 (transfer learning, meta-transfer learning) -----------------------------------
+__all__ += ["check_nearest_centroid", "check_hardest_class"]
+
+
+def _centroid_task(seed: int = 3):
+    """Features of one 4-way 3-shot task: support ``[12, 6]``, labels ``[12]``, query ``[10, 6]``."""
+    g = torch.Generator().manual_seed(seed)
+    support = torch.randn(12, 6, generator=g, dtype=torch.float64) * torch.linspace(0.5, 3.0, 12)[:, None].double()
+    support_y = torch.arange(4).repeat_interleave(3)
+    query = torch.randn(10, 6, generator=g, dtype=torch.float64) * 2.0
+    return support, support_y, query, 4
+
+
+def check_nearest_centroid(fn: Callable) -> None:
+    """Check ``fn(support [M, D], support_y [M], query [Q, D], ways) -> logits [Q, ways]``.
+
+    Right means: L2-normalise every feature, average each class's normalised support features,
+    logits = minus the squared Euclidean distance of each normalised query to each class mean
+    (``mtl.algorithms.finetune.NearestCentroid`` on one task).
+    """
+    support, support_y, query, ways = _centroid_task()
+    got = fn(support.clone(), support_y.clone(), query.clone(), ways)
+    if not isinstance(got, Tensor) or tuple(got.shape) != (len(query), ways):
+        _fail(f"expected logits of shape {(len(query), ways)}, got {getattr(got, 'shape', type(got).__name__)}.",
+              "one row per query, one column per class: logits[q, c] = -||query_q - centroid_c||^2.")
+    normalise = torch.nn.functional.normalize
+
+    def logits(s, q, power=2, sign=-1.0, reduce="mean"):
+        one_hot = F.one_hot(support_y, ways).to(s.dtype)
+        centroids = one_hot.T @ s
+        if reduce == "mean":
+            centroids = centroids / one_hot.sum(0)[:, None]
+        return sign * torch.cdist(q, centroids).pow(power)
+
+    reference = logits(normalise(support, dim=-1), normalise(query, dim=-1))
+    if torch.allclose(got.double(), reference, atol=1e-6):
+        print("Correct: normalised features, class means, minus squared distances (nearest centroid).")
+        return
+    candidates = {
+        "the features are not L2-normalised (normalise support and query before the means)":
+            logits(support, query),
+        "only the support features are normalised; normalise the query features too":
+            logits(normalise(support, dim=-1), query),
+        "these are plus distances: the nearest class must get the *largest* logit (use minus)":
+            -reference,
+        "these are distances, not squared distances": logits(normalise(support, dim=-1), normalise(query, dim=-1), power=1),
+        "the class centroids are sums, not means (divide by the number of shots)":
+            logits(normalise(support, dim=-1), normalise(query, dim=-1), reduce="sum"),
+    }
+    for diagnosis, value in candidates.items():
+        if torch.allclose(got.double(), value, atol=1e-6):
+            _fail(f"your logits differ from nearest centroid's: {diagnosis}.",
+                  "F.normalize(x, dim=-1); centroid_c = mean of class c's support rows; -torch.cdist(q, c) ** 2.")
+    _fail("your logits differ from minus the squared distances to the class means of normalised features.",
+          "check the order: normalise, then average per class (support_y == c), then -cdist(query, centroids) ** 2.")
+
+
+def _hard_task_batch(seed: int = 4):
+    """3 tasks, 4 ways, 5 queries per class, with one clearly worst class per task (no ties)."""
+    g = torch.Generator().manual_seed(seed)
+    b, n, q = 3, 4, 5
+    query_y = torch.arange(n).repeat_interleave(q).expand(b, -1).clone()       # [B, N*Q]
+    correct_per_class = torch.tensor([[5, 4, 1, 3], [0, 5, 2, 4], [3, 2, 5, 4]])  # distinct in each row
+    logits = torch.zeros(b, n * q, n)
+    for t in range(b):
+        for c in range(n):
+            for i in range(q):
+                right = i < correct_per_class[t, c]
+                label = c if right else (c + 1 + int(torch.randint(0, n - 1, (1,), generator=g))) % n
+                logits[t, c * q + i, label] = 1.0 + torch.rand(1, generator=g).item()
+    classes = torch.stack([torch.randperm(60, generator=g)[:n] for _ in range(b)])  # dataset ids [B, N]
+    return logits, query_y, classes, correct_per_class
+
+
+def check_hardest_class(fn: Callable) -> None:
+    """Check ``fn(query_logits [B, M, N], query_y [B, M], classes [B, N]) -> [B]``: each task's hardest class.
+
+    Right means: the *dataset* class id (``classes[b, c]``) of the label ``c`` with the lowest query
+    accuracy in task ``b`` (``mtl.algorithms.meta_transfer.hardest_classes``, tests without ties).
+    """
+    from mtl.algorithms.meta_transfer import hardest_classes
+
+    logits, query_y, classes, correct = _hard_task_batch()
+    got = fn(logits.clone(), query_y.clone(), classes.clone())
+    want = hardest_classes(logits, query_y, classes)
+    if not isinstance(got, Tensor) or tuple(got.shape) != (logits.shape[0],):
+        _fail(f"expected one class id per task, shape {(logits.shape[0],)}; got "
+              f"{getattr(got, 'shape', type(got).__name__)}.", "return a tensor [B] of dataset class ids.")
+    got = got.long().cpu()
+    if torch.equal(got, want):
+        print("Correct: per task, the dataset class id of the label with the lowest query accuracy.")
+        return
+    worst_label = correct.argmin(1)
+    best_label = correct.argmax(1)
+    candidates = {
+        "these are labels (0..N-1), not dataset class ids: look them up in classes[b]": worst_label,
+        "this is the *easiest* class (highest accuracy): hard tasks re-sample the worst one":
+            classes.gather(1, best_label[:, None]).squeeze(1),
+        "this is the easiest class's label": best_label,
+    }
+    for diagnosis, value in candidates.items():
+        if torch.equal(got, value):
+            _fail(f"your classes {got.tolist()} should be {want.tolist()}: {diagnosis}.",
+                  "accuracy per label = mean of (argmax == query_y) over that label's queries; argmin; classes.gather.")
+    _fail(f"your classes {got.tolist()} should be {want.tolist()}.",
+          "per task: accuracy of each label c over the queries with query_y == c, then classes[b, argmin].")

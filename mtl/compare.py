@@ -1,0 +1,287 @@
+"""The capstone's comparison: one row per method, measured the same way for every method.
+
+A row holds the test accuracy (mean +- 95% CI over fixed episodes, ``mtl.evaluate``), the
+training time, the memory one meta-step holds for its backward pass, and two parameter counts:
+how many numbers are *meta-learned* (what the outer loop trains) and how many are *learned per
+task* (what the inner loop, or the per-task solver, sets for each new task)::
+
+    memory = backward_memory(lambda: learner.meta_gradient(batch))      # bytes
+    row = Row.measure("MAML", learner, evaluation, train_s=summary.wall_time_s, memory_bytes=memory)
+    print(format_table(rows))
+
+Rows of the full (GPU) profile are not computed in a lesson: they are read from JSON files under
+``results/`` that the project's CLI produced (``load_results``); each carries its provenance
+(command, hardware, date). Where no such file exists the table says so and shows the command.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import platform
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mtl.errors import MTLError
+
+__all__ = ["Row", "backward_memory", "per_task_parameters", "meta_parameters", "hardware",
+           "format_table", "load_results", "PlannedRun"]
+
+#: the repository's results folder (the package is installed editable, next to it)
+RESULTS = Path(__file__).resolve().parent.parent / "results"
+
+
+class ResultsError(MTLError):
+    """A results file that cannot be read as a comparison row (the message names the file)."""
+
+
+def backward_memory(step: Callable[[], Any]) -> int:
+    """Peak bytes allocated above the starting point while ``step()`` runs (e.g. one meta-gradient).
+
+    On a GPU: ``torch.cuda.max_memory_allocated``. On a CPU: the memory events of
+    ``torch.profiler`` (every allocation and free, in order), summed into a running total whose
+    maximum is the peak. What dominates it is what a training step keeps for its backward pass: the
+    activations, and for second-order MAML the inner loop's graph. It counts tensor allocations, not
+    the process's memory, so it varies little between machines (allocator scratch space aside).
+    """
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        step()
+        torch.cuda.synchronize()
+        return max(0, torch.cuda.max_memory_allocated() - before)
+    from torch.profiler import ProfilerActivity, profile
+
+    with _native_stderr_silenced(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    events = sorted((e for e in prof.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start)
+    running = peak = 0
+    for event in events:  # allocations (+) and frees (-), "[memory]" events: frees outside any op
+        running += event.self_cpu_memory_usage
+        peak = max(peak, running)
+    return int(peak)
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """The profiler's C++ side logs start/stop lines on file descriptor 2; keep them out of lessons."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _numel(parameters) -> int:
+    return sum(p.numel() for p in parameters)
+
+
+def meta_parameters(learner: nn.Module) -> int:
+    """Numbers the outer loop trains: the learner's parameters that require grad (0 for baselines)."""
+    return _numel(p for p in learner.parameters() if p.requires_grad)
+
+
+def per_task_parameters(learner: nn.Module, ways: int) -> int:
+    """Numbers set anew for each task by adaptation (``ways``: N of the tasks).
+
+    MAML, first-order MAML, Reptile and Meta-SGD adapt the whole network; ANIL only its head;
+    ProtoNet and nearest centroid adapt nothing (a task is summarised by its class means, which
+    are computed, not learned); fine-tuning the head, a linear probe and meta-transfer learning
+    fit an ``N x D`` linear classifier and its bias; fine-tuning everything adapts the network too.
+    """
+    name = type(learner).__name__
+    if name in ("ProtoNet", "NearestCentroid", "Pretrain"):
+        return 0
+    if name in ("MAML", "FOMAML", "Reptile", "MetaSGD", "JointTraining"):
+        return _numel(learner.model.parameters())
+    if name == "ANIL":
+        return _numel(learner.model.head.parameters())
+    if name == "MetaTransfer":
+        return learner.head_weight.numel() + learner.head_bias.numel()
+    if name in ("FineTuneHead", "LinearProbe", "FineTuneAll"):
+        dim = _feature_dim(learner.encoder)
+        head = ways * dim + ways
+        if name == "FineTuneAll":
+            return head + sum(b.numel() for n, b in learner.encoder.named_buffers()
+                              if not n.endswith(("running_mean", "running_var", "num_batches_tracked")))
+        return head
+    raise MTLError(f"per_task_parameters does not know {name}; add its rule to mtl.compare")
+
+
+def _feature_dim(encoder: nn.Module) -> int:
+    convs = [m for m in encoder.modules() if isinstance(m, nn.Conv2d)]
+    return convs[-1].out_channels  # ResNet-12: global average pooling after the last block
+
+
+def hardware() -> str:
+    """A one-line description of this machine: GPU name, else CPU model and torch thread count."""
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} (torch {torch.__version__})"
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {torch.get_num_threads()} threads (torch {torch.__version__})"
+
+
+@dataclass
+class Row:
+    """One method on one benchmark. Accuracies are fractions; ``memory_bytes`` may be None."""
+
+    method: str
+    dataset: str
+    accuracy: float
+    ci95: float
+    episodes: int
+    train_s: float
+    memory_bytes: int | None
+    meta_learned: int
+    per_task: int
+    source: str = "computed in this lesson"
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def measure(cls, method: str, learner: nn.Module, evaluation, *, train_s: float,
+                memory_bytes: int | None, ways: int, dataset: str = "omniglot", **kwargs) -> "Row":
+        """A row from a trained ``learner`` and its ``mtl.evaluate.Evaluation``."""
+        return cls(method=method, dataset=dataset, accuracy=evaluation.mean, ci95=evaluation.ci95,
+                   episodes=evaluation.n, train_s=float(train_s), memory_bytes=memory_bytes,
+                   meta_learned=meta_parameters(learner), per_task=per_task_parameters(learner, ways),
+                   **kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class PlannedRun:
+    """A full-profile row not measured yet: the command that produces its results file."""
+
+    method: str
+    dataset: str
+    command: str
+
+
+def load_results(folder: str | Path = RESULTS) -> list[Row]:
+    """Rows from ``folder/*.json`` (``{"row": {...Row fields...}, "provenance": {"command", "hardware", "date"}}``).
+
+    Files without the three provenance fields are refused: a number without its command cannot
+    be regenerated.
+    """
+    rows = []
+    for path in sorted(Path(folder).glob("*.json")):
+        try:
+            payload = json.loads(path.read_text())
+            provenance = payload["provenance"]
+            missing = [k for k in ("command", "hardware", "date") if not provenance.get(k)]
+            if missing:
+                raise ResultsError(f"{path} has no {missing} in its provenance: add them (the command "
+                                   "that produced it, the machine, the date) or delete the file")
+            row = Row(**{**payload["row"], "source": str(path.name), "provenance": provenance})
+        except (KeyError, TypeError, json.JSONDecodeError) as exc:
+            raise ResultsError(f"{path} is not a results file ({exc}); regenerate it with the command "
+                               "written in its provenance, or delete it") from exc
+        rows.append(row)
+    return rows
+
+
+def _size(n_bytes: int | None) -> str:
+    if n_bytes is None:
+        return "-"
+    return f"{n_bytes / 2**20:.1f} MiB"
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e6:.2f} M" if n >= 1e6 else (f"{n / 1e3:.1f} k" if n >= 1e3 else str(n))
+
+
+def format_table(rows: list[Row], planned: list[PlannedRun] = ()) -> str:
+    """A fixed-width text table: accuracy +- CI, time, backward memory, meta-learned and per-task counts."""
+    header = (f"{'method':<22} {'dataset':<14} {'accuracy (95% CI)':>18} {'episodes':>8} {'train':>8} "
+              f"{'memory':>10} {'meta-learned':>12} {'per task':>9}  source")
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        acc = f"{100 * r.accuracy:5.1f} +- {100 * r.ci95:4.1f}%" if not math.isnan(r.accuracy) else "-"
+        lines.append(f"{r.method:<22} {r.dataset:<14} {acc:>18} {r.episodes:>8} {r.train_s:>7.0f}s "
+                     f"{_size(r.memory_bytes):>10} {_count(r.meta_learned):>12} {_count(r.per_task):>9}  {r.source}")
+    for p in planned:
+        lines.append(f"{p.method:<22} {p.dataset:<14} {'not yet measured':>18}  ->  {p.command}")
+    return "\n".join(lines)
+
+
+def record(run_dir: str | Path, *, method: str, command: str, out: str | Path | None = None) -> Path:
+    """Write ``results/<run name>.json`` from a finished run folder (``summary.json`` with a test result).
+
+    ``command`` is the command line that produced the run (provenance); the hardware and date are
+    this machine's and today's, so record on the machine that trained, right after training.
+    """
+    from datetime import datetime, timezone
+
+    from mtl.config import TrainConfig
+    from mtl.train import build_learner
+
+    run_dir = Path(run_dir)
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ResultsError(f"{run_dir} has no readable summary.json ({exc}): train with "
+                           "`python -m mtl train ... --test-episodes 600 --out RUN` first") from exc
+    test = summary.get("test")
+    if not test:
+        raise ResultsError(f"{run_dir}/summary.json has no test result: train with --test-episodes 600")
+    config = TrainConfig.from_dict(summary["config"]).resolved()
+    learner = build_learner(config, torch.device("cpu"))
+    row = Row(method=method, dataset=config.dataset, accuracy=test["mean"], ci95=test["ci95"], episodes=test["n"],
+              train_s=summary["wall_time_s"], memory_bytes=None, meta_learned=meta_parameters(learner),
+              per_task=per_task_parameters(learner, config.test_ways))
+    provenance = {"command": command, "hardware": hardware(),
+                  "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "run": str(run_dir),
+                  "steps": summary["steps"], "stopped": summary["stopped"]}
+    target = Path(out) if out else RESULTS / f"{run_dir.name}.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"row": {k: v for k, v in row.to_dict().items() if k not in ("source", "provenance")},
+               "provenance": provenance}
+    target.write_text(json.dumps(payload, indent=2) + "\n")
+    return target
+
+
+def _main(argv: list[str] | None = None) -> int:
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m mtl.compare", description="record a run for the capstone table")
+    sub = parser.add_subparsers(dest="action", required=True)
+    rec = sub.add_parser("record", help="results/<run>.json from a run folder, with provenance")
+    rec.add_argument("run", help="run folder of `python -m mtl train ... --test-episodes 600 --out RUN`")
+    rec.add_argument("--method", required=True, help="the row's name, e.g. MAML")
+    rec.add_argument("--command", required=True, help="the command line that produced the run")
+    rec.add_argument("--out", default=None, help="results file (default results/<run name>.json)")
+    args = parser.parse_args(argv)
+    try:
+        print(f"wrote {record(args.run, method=args.method, command=args.command, out=args.out)}")
+    except MTLError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())

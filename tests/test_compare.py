@@ -1,0 +1,88 @@
+"""mtl.compare: the capstone table's measurements (memory, parameter counts, results files)."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from mtl import compare
+from mtl.algorithms import ANIL, FOMAML, MAML, ProtoNet
+from mtl.algorithms.finetune import FineTuneAll, FineTuneHead, NearestCentroid
+from mtl.algorithms.meta_transfer import MetaTransfer
+from mtl.data.episodes import TaskBatch
+from mtl.models import Conv4
+from mtl.resnet import ResNet12
+
+
+def _batch(tasks=2, ways=3):
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(ways).repeat(tasks, 1)
+    return TaskBatch(torch.rand(tasks, ways, 1, 16, 16, generator=g), labels,
+                     torch.rand(tasks, ways, 1, 16, 16, generator=g), labels.clone())
+
+
+def _learner(cls, **kw):
+    torch.manual_seed(0)
+    return cls(Conv4(1, 3, hidden=8, image_size=16), inner_steps=1, inner_lr=0.4, strategy="loop", **kw)
+
+
+def test_second_order_holds_more_memory_than_first_order():
+    batch = _batch()
+    second = compare.backward_memory(lambda: _learner(MAML).meta_gradient(batch))
+    first = compare.backward_memory(lambda: _learner(FOMAML, first_order=True).meta_gradient(batch))
+    assert first > 0 and second > first
+
+
+def test_backward_memory_grows_with_the_batch():
+    small = compare.backward_memory(lambda: _learner(MAML).meta_gradient(_batch(tasks=1)))
+    large = compare.backward_memory(lambda: _learner(MAML).meta_gradient(_batch(tasks=4)))
+    assert large > small
+
+
+def test_parameter_counts_follow_what_each_method_adapts():
+    maml, anil, proto = _learner(MAML), _learner(ANIL), _learner(ProtoNet)
+    total = sum(p.numel() for p in maml.model.parameters())
+    assert compare.per_task_parameters(maml, 3) == total == compare.meta_parameters(maml)
+    assert compare.per_task_parameters(anil, 3) == sum(p.numel() for p in anil.model.head.parameters()) < total
+    assert compare.per_task_parameters(proto, 3) == 0
+
+
+def test_pretrained_baselines_and_meta_transfer_counts():
+    net = ResNet12(1, 10, (4, 4, 4, 8))
+    frozen = sum(p.numel() for p in net.encoder.parameters())
+    assert compare.per_task_parameters(NearestCentroid(net, ways=5), 5) == 0
+    assert compare.per_task_parameters(FineTuneHead(net, ways=5), 5) == 5 * 8 + 5
+    assert compare.per_task_parameters(FineTuneAll(net, ways=5), 5) == frozen + 5 * 8 + 5
+    assert compare.meta_parameters(NearestCentroid(net, ways=5)) == 0
+    mtl = MetaTransfer(net, ways=5)
+    convs = [m for m in net.encoder.modules() if isinstance(m, torch.nn.Conv2d)]
+    head_init = sum(p.numel() for n, p in mtl.named_parameters() if n.startswith("head_"))  # learn_head_init
+    assert compare.meta_parameters(mtl) == 2 * sum(c.out_channels for c in convs) + head_init
+    assert compare.per_task_parameters(mtl, 5) == 5 * 8 + 5
+
+
+def test_results_need_provenance(tmp_path):
+    row = {"method": "MAML", "dataset": "mini-imagenet", "accuracy": 0.48, "ci95": 0.018, "episodes": 600,
+           "train_s": 3600.0, "memory_bytes": None, "meta_learned": 10, "per_task": 10}
+    (tmp_path / "a.json").write_text(json.dumps({"row": row, "provenance": {"command": "python -m mtl train ..."}}))
+    with pytest.raises(compare.ResultsError, match="hardware"):
+        compare.load_results(tmp_path)
+    good = {"command": "python -m mtl train ...", "hardware": "H100", "date": "2026-11-26"}
+    (tmp_path / "a.json").write_text(json.dumps({"row": row, "provenance": good}))
+    (loaded,) = compare.load_results(tmp_path)
+    assert loaded.accuracy == 0.48 and loaded.provenance["hardware"] == "H100" and loaded.source == "a.json"
+    (tmp_path / "b.json").write_text("{not json")
+    with pytest.raises(compare.ResultsError, match="b.json"):
+        compare.load_results(tmp_path)
+
+
+def test_table_shows_rows_and_unmeasured_runs():
+    row = compare.Row("MAML", "omniglot", 0.9, 0.01, 100, 12.0, 3 * 2**20, 1000, 1000)
+    planned = compare.PlannedRun("MAML", "mini-imagenet", "python -m mtl train --preset maml-miniimagenet-5w1s")
+    text = compare.format_table([row], [planned])
+    assert "90.0 +-  1.0%" in text and "3.0 MiB" in text and "not yet measured" in text
+    assert "maml-miniimagenet-5w1s" in text
+    assert math.isnan(float("nan"))  # rows may carry nan accuracies: formatting must not fail
+    compare.format_table([compare.Row("x", "y", float("nan"), 0.0, 0, 0.0, None, 0, 0)])
