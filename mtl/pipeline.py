@@ -10,8 +10,8 @@ Every stage goes through the engine (``mtl.train.train``: checkpoints, resume, m
 ``out/<stage>``) and every learner is scored by ``mtl.evaluate`` on the *same* fixed test episodes
 (seed 0). Stages: ``pretrain`` (``--algorithm pretrain``), ``mtl+ht`` (Scaling & Shifting with the
 hard-task meta-batch), ``mtl`` (without HT: the ablation, when the profile asks for it), then the
-baselines on the same pre-trained network. ``out/results.json`` is rewritten after every stage, so a
-run stopped by its time budget keeps its partial progress. A stage whose run folder is complete is
+baselines on the same pre-trained network. The results file is rewritten after every stage, so a
+run stopped by its time budget keeps its partial progress (``out/results-<profile>.json``). A stage whose run folder is complete is
 reused (the 5-shot profile reuses the 1-shot pre-training when given the same ``out``).
 """
 from __future__ import annotations
@@ -81,11 +81,11 @@ def _train_stage(config: dict, folder: Path, progress: bool | None) -> dict:
 
 def run_pipeline(profile: str = "cpu", *, out: str | Path = "runs/mtl-pipeline", budget_s: float | None = None,
                  progress: bool | None = None, **overrides: Any) -> dict[str, Any]:
-    """Run the profile's stages; return (and write to ``out/results.json``) what they measured.
+    """Run the profile's stages; return (and write to ``out/results-<profile>.json``) what they measured.
 
     Args:
         profile: a key of ``PROFILES``.
-        out: folder of the stages' run folders and ``results.json``.
+        out: folder of the stages' run folders and the results file.
         budget_s: total wall-time budget: pre-training gets half, each meta-training run its share
             of the rest (evaluation time not counted); None: the iterations of the profile.
         overrides: replace top-level profile settings (``episodes=50``, ``device="cuda"``,
@@ -110,7 +110,7 @@ def run_pipeline(profile: str = "cpu", *, out: str | Path = "runs/mtl-pipeline",
                                "stages": {}, "test": {}, "wall_s": {}}
 
     def save():
-        (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+        (out / f"results-{profile}.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
 
     started = time.perf_counter()
     pre = dict(settings["pretrain"], algorithm="pretrain", device=device)
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     for name, row in results["test"].items():
         print(f"{name:18s} {100 * row['mean']:6.2f} +- {100 * row['ci95']:.2f} % ({row['n']} episodes)")
-    print(f"wall time: {results['wall_s']}; results in {Path(args.out) / 'results.json'}")
+    print(f"wall time: {results['wall_s']}; results in {Path(args.out) / f'results-{args.profile}.json'}")
     return 0
 
 
