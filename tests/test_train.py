@@ -154,6 +154,7 @@ def _wait(process: subprocess.Popen, timeout: float = 300) -> None:
     assert process.returncode == 0, err.decode()[-2000:]
 
 
+@pytest.mark.slow  # three short subprocess runs: ~20-40 s on 2 idle cores
 def test_resume_after_sigkill_ends_with_identical_metrics(tmp_path):
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     _wait(_spawn(reference))
