@@ -125,7 +125,7 @@ def run_pipeline(profile: str = "cpu", *, out: str | Path = "runs/mtl-pipeline",
     learners = {}
     for name in meta_runs:
         meta = dict(settings["meta"], algorithm="mtl", device=device)
-        meta["extra"] = dict(meta.get("extra", {}), pretrained=str(out / "pretrain"),
+        meta["extra"] = dict(meta.get("extra", {}), pretrained=str((out / "pretrain").resolve()),
                              hard_tasks=name == "mtl+ht")
         if budget_s is not None:
             meta["time_budget_s"] = budget_s / 2 / len(meta_runs)
@@ -150,7 +150,7 @@ def _evaluate_all(settings, learners, out, results, save, progress) -> None:
     from mtl.train import build_learner, resolve_device
 
     meta = dict(settings["meta"], algorithm="mtl", device=settings["device"])
-    meta["extra"] = dict(meta.get("extra", {}), pretrained=str(out / "pretrain"))
+    meta["extra"] = dict(meta.get("extra", {}), pretrained=str((out / "pretrain").resolve()))
     config = TrainConfig.from_dict(meta).resolved()
     device = resolve_device(config.device)
     episodes = EpisodeSet(config, "test", n=settings["episodes"], seed=0, device=device,

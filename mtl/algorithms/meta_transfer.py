@@ -185,7 +185,8 @@ class MetaTransfer(nn.Module):
         learn_head_init: meta-learn the head's initialisation too, as the paper does. Off by
             default: task labels are a random permutation of the classes, so the best initialisation
             is one that treats every label alike, i.e. equivalent to 0; a learned one only drifts
-            with the noise of the meta-gradient (on the CPU profile it cost accuracy, 65% -> 62%).
+            with the noise of the meta-gradient (CPU profile, 40 meta-steps, 100 test episodes:
+            62.4% with a learned initialisation, 64.1% with 0).
 
     Meta-parameters (``self.parameters()``): ``scale.*``/``shift.*`` ``[C_out]`` per conv, and with
     ``learn_head_init`` the head's ``head_weight [N, D]`` and ``head_bias [N]`` (initialised to 0).
