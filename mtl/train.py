@@ -8,8 +8,10 @@ Python (what lessons call; the CLI calls the same function)::
 
 CLI: ``python -m mtl train --preset maml-omniglot-5w1s --out runs/maml [--resume | --overwrite]``.
 
-Each meta-step: ``optimizer.zero_grad()``, ``batch = sampler.sample(meta_batch)``,
-``learner.meta_gradient(batch)`` (fills ``.grad``), a NaN/Inf check, ``optimizer.step()``. Every
+Each meta-step: ``optimizer.zero_grad()``, draw ``meta_batch`` tasks (``mtl.distributed.TaskStream``:
+task ``i`` of step ``t`` comes from a seed of ``(seed, t, i)``, so under torchrun each rank draws its
+share), ``learner.meta_gradient(batch)`` (fills ``.grad``; averaged over ranks), a NaN/Inf check,
+``optimizer.step()``. Every
 ``val_every`` steps the learner is scored on a fixed, seeded validation episode set; every
 ``checkpoint_every`` steps ``last.pt`` is written atomically (``best.pt`` on a new best validation
 score). ``metrics.jsonl`` and ``metrics.csv`` grow as the run goes; ``config.json`` holds the resolved
@@ -21,7 +23,8 @@ Plugging in an algorithm (the engine never knows which one runs)
 -----------------------------------------------------------------
 1. Put the class in ``mtl.algorithms.ALGORITHMS`` (name -> class). The engine builds the model from
    the config (`build_model`) and calls ``cls(model, inner_steps=, inner_lr=, first_order=,
-   strategy=, **config.extra)``; ``--set key=value`` (and ``--hard-tasks``) fill ``config.extra``.
+   strategy=, **config.extra)`` (plus ``loss_fn=F.mse_loss`` on sinusoid regression when the
+   constructor takes one); ``--set key=value`` (and ``--hard-tasks``) fill ``config.extra``.
 2. Optional hooks, looked up on the class / instance, each with a default:
 
    - ``cls.from_config(config, device) -> learner`` (classmethod): build the learner yourself
