@@ -149,7 +149,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "fomaml-miniimagenet-5w5s": dict(_MINI, algorithm="fomaml", shots=5, meta_batch=2, first_order=True),
     # Reptile, Nichol et al. 2018 (openai/supervised-reptile, transductive Omniglot 5w1s command):
     # 5 inner steps of lr 1e-3 on batches of 10, meta-batch 5, outer step 1 annealed to 0, 100k steps,
-    # 50 inner steps at test. The inner optimiser (Adam in the paper) is the algorithm's business.
+    # 50 inner steps at test. NOT YET RUN: the paper's inner optimiser is Adam, mtl's Reptile takes
+    # plain SGD steps, for which lr 1e-3 is likely far too small; tune inner_lr before trusting it.
     "reptile-omniglot-5w1s": dict(dataset="omniglot", algorithm="reptile", ways=5, shots=1, queries=15,
                                   meta_batch=5, inner_steps=5, inner_lr=1e-3, test_inner_steps=50,
                                   optimizer="sgd", meta_lr=1.0, lr_schedule="linear",
