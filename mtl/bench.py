@@ -9,11 +9,13 @@ meta-batch 4; 5 inner steps, 15 queries per class) and each order (second, first
 - ``floor``: the same Conv4 doing the same number of forward+backward passes (one per inner step
   on the B tasks' support images merged into one batch, one on the merged query images): what a
   meta-step would cost if batching tasks were free;
-- with ``--levers``: ``vmap`` with bf16 autocast (fp32 master weights), channels-last, and
-  ``torch.compile`` (each where it runs).
+- with ``--levers``: ``vmap`` with bf16 autocast (fp32 master weights) and channels-last;
+  with ``--compile``: ``torch.compile`` of the vmap meta-step (each where it runs).
 
 Each row: warm-up, then the median of timed meta-steps (synchronised), peak GPU memory; a row
-that fails records its error and the run goes on. The JSON is rewritten after every row.
+that fails records its error and the run goes on. ``--interleave`` times a configuration's
+implementations round-robin (one step each per round) and records the process CPU time too: on a
+shared CPU this keeps the ratios fair when the load changes during the run. The JSON is rewritten after every row.
 ``--data`` also runs the episode-sampler benchmark ``mtl.data.bench`` when it exists.
 """
 from __future__ import annotations
@@ -43,7 +45,8 @@ CONFIGS = {
 }
 SHOTS, QUERIES, STEPS = 1, 15, 5
 IMPLEMENTATIONS = ("vmap", "loop", "auto", "higher", "floor")
-LEVERS = ("vmap+bf16", "vmap+channels_last", "vmap+compile")
+LEVERS = ("vmap+bf16", "vmap+channels_last")
+COMPILE = ("vmap+compile",)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,10 +58,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=None)
     parser.add_argument("--orders", nargs="+", choices=["second", "first"],
                         default=["second", "first"])
-    parser.add_argument("--impls", nargs="+", choices=list(IMPLEMENTATIONS + LEVERS),
+    parser.add_argument("--impls", nargs="+", choices=list(IMPLEMENTATIONS + LEVERS + COMPILE),
                         default=None, help="implementations to time (default: all but levers)")
     parser.add_argument("--levers", action="store_true",
-                        help="also time vmap with bf16 autocast, channels-last, torch.compile")
+                        help="also time vmap with bf16 autocast (fp32 master weights), channels-last")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time torch.compile of the vmap meta-step (slow to compile)")
+    parser.add_argument("--interleave", action="store_true",
+                        help="time the implementations of a configuration round-robin, one step "
+                             "each per round (fairer on a shared, noisy CPU; no peak memory)")
     parser.add_argument("--meta-batch", type=int, default=None,
                         help="override every configuration's meta-batch (CPU runs)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps (default 3)")
@@ -78,15 +86,28 @@ def run(args: argparse.Namespace) -> int:
     configs = args.configs or (["omniglot-5w1s"] if args.quick else list(CONFIGS))
     base = list(args.impls or IMPLEMENTATIONS)
     levers = [i for i in LEVERS if i not in base] if args.levers else []
+    levers += [i for i in COMPILE if i not in base] if args.compile else []
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
     repeats = args.repeats if args.repeats is not None else (3 if args.quick else 10)
     report = {"meta": _machine(device), "settings": {
         "shots": SHOTS, "queries": QUERIES, "inner_steps": STEPS, "warmup": warmup,
         "repeats": repeats, "meta_batch_override": args.meta_batch}, "rows": []}
     started = time.perf_counter()
-    plan = [(c, o, i) for group in (base, levers) for c in configs for o in args.orders
-            for i in group]
+    if args.interleave:
+        plan = [(c, o, tuple(group)) for group in (base, levers) if group for c in configs
+                for o in args.orders]
+    else:
+        plan = [(c, o, i) for group in (base, levers) for c in configs for o in args.orders
+                for i in group]
     for config, order, impl in plan:
+        if isinstance(impl, tuple):  # --interleave: one group of rows
+            print(f"[{time.perf_counter() - started:6.1f}s] {config} {order}-order "
+                  f"{', '.join(impl)} (round-robin) ...", flush=True)
+            report["rows"] += _time_group(config, order, impl, device, warmup, repeats,
+                                          args.meta_batch)
+            report["ratios"] = ratios(report["rows"])
+            _write(args.json, report)
+            continue
         row = {"config": config, "order": order, "impl": impl}
         elapsed = time.perf_counter() - started
         print(f"[{elapsed:6.1f}s] {config} {order}-order {impl} ...", end=" ", flush=True)
@@ -122,6 +143,16 @@ def run(args: argparse.Namespace) -> int:
 
 def _time_row(config: str, first_order: bool, impl: str, device: torch.device, warmup: int,
               repeats: int, meta_batch: int | None) -> dict:
+    model, tasks, lr, batch = _setup(config, device, meta_batch)
+    step = _step_fn(impl, model, tasks, lr, first_order)
+    seconds, peak = _measure(step, model, device, warmup, repeats)
+    return {"meta_batch": batch, "ms": 1000 * seconds, "meta_steps_per_s": 1 / seconds,
+            "tasks_per_s": batch / seconds, "peak_mib": peak,
+            "strategy_chosen": _auto_choice() if impl == "auto" else None}
+
+
+def _setup(config: str, device: torch.device, meta_batch: int | None) -> tuple:
+    """A fresh Conv4 (seed 0) and random tasks ``(sx, sy, qx, qy)`` for ``config``."""
     channels, ways, filters, side, batch, lr = CONFIGS[config]
     batch = meta_batch or batch
     torch.manual_seed(0)
@@ -130,11 +161,7 @@ def _time_row(config: str, first_order: bool, impl: str, device: torch.device, w
     qx = torch.rand(batch, ways * QUERIES, channels, side, side, device=device)
     sy = torch.arange(ways, device=device).repeat_interleave(SHOTS).expand(batch, -1)
     qy = torch.arange(ways, device=device).repeat_interleave(QUERIES).expand(batch, -1)
-    step = _step_fn(impl, model, (sx, sy, qx, qy), lr, first_order)
-    seconds, peak = _measure(step, model, device, warmup, repeats)
-    return {"meta_batch": batch, "ms": 1000 * seconds, "meta_steps_per_s": 1 / seconds,
-            "tasks_per_s": batch / seconds, "peak_mib": peak,
-            "strategy_chosen": _auto_choice() if impl == "auto" else None}
+    return model, (sx, sy, qx, qy), lr, batch
 
 
 def _step_fn(impl: str, model: torch.nn.Module, tasks: tuple, lr: float,
@@ -230,6 +257,48 @@ def _auto_choice() -> str | None:
     return list(AUTO_DECISIONS.values())[-1] if AUTO_DECISIONS else None
 
 
+def _time_group(config: str, order: str, impls: tuple[str, ...], device: torch.device,
+                warmup: int, repeats: int, meta_batch: int | None) -> list[dict]:
+    """Round-robin timing: every round runs one meta-step of each implementation."""
+    steps, rows = {}, {}
+    for impl in impls:
+        rows[impl] = {"config": config, "order": order, "impl": impl}
+        try:
+            model, tasks, lr, batch = _setup(config, device, meta_batch)
+            step = _step_fn(impl, model, tasks, lr, order == "first")
+            for _ in range(max(warmup, 1)):
+                model.zero_grad(set_to_none=True)
+                step()
+            steps[impl] = (model, step)
+        except Exception as error:  # noqa: BLE001
+            rows[impl]["error"] = f"{type(error).__name__}: {str(error)[:300]}"
+    wall = {impl: [] for impl in steps}
+    cpu = {impl: [] for impl in steps}
+    for _ in range(max(repeats, 3)):
+        for impl, (model, step) in list(steps.items()):
+            model.zero_grad(set_to_none=True)
+            start, start_cpu = time.perf_counter(), time.process_time()
+            try:
+                step()
+            except Exception as error:  # noqa: BLE001
+                rows[impl]["error"] = f"{type(error).__name__}: {str(error)[:300]}"
+                del steps[impl]
+                continue
+            wall[impl].append(time.perf_counter() - start)
+            cpu[impl].append(time.process_time() - start_cpu)
+    for impl in steps:
+        seconds = statistics.median(wall[impl])
+        rows[impl].update({"meta_batch": meta_batch or CONFIGS[config][4], "ms": 1000 * seconds,
+                           "cpu_ms": 1000 * statistics.median(cpu[impl]),
+                           "meta_steps_per_s": 1 / seconds,
+                           "tasks_per_s": (meta_batch or CONFIGS[config][4]) / seconds,
+                           "peak_mib": None, "all_ms": [round(1000 * t, 1) for t in wall[impl]],
+                           "strategy_chosen": _auto_choice() if impl == "auto" else None})
+        print(f"    {impl}: {rows[impl]['ms']:.1f} ms/step (cpu {rows[impl]['cpu_ms']:.0f} ms)",
+              flush=True)
+    return list(rows.values())
+
+
 # ----------------------------------------------------------------------------- report
 
 def ratios(rows: list[dict]) -> dict:
@@ -237,7 +306,7 @@ def ratios(rows: list[dict]) -> dict:
     ms = {(r["config"], r["order"], r["impl"]): r["ms"] for r in rows if "ms" in r}
     out = {}
     for config, order in {(c, o) for c, o, _ in ms}:
-        get = {impl: ms.get((config, order, impl)) for impl in IMPLEMENTATIONS + LEVERS}
+        get = {impl: ms.get((config, order, impl)) for impl in IMPLEMENTATIONS + LEVERS + COMPILE}
         best_peer = min((v for k, v in get.items() if k in ("loop", "higher") and v), default=None)
         entry = {}
         for impl, value in get.items():

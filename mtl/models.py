@@ -26,10 +26,12 @@ class BatchNorm(nn.Module):
     """Batch norm over the current batch's statistics, then a learned per-channel scale and shift.
 
     ``[n, C, ...] -> [n, C, ...]``; the same numbers as ``nn.BatchNorm2d(C,
-    track_running_stats=False)`` and the same parameter names (``weight``, ``bias``). The scale
-    and shift are written out rather than passed to the fused kernel because, under
-    ``torch.func.vmap``, the fused affine kernel's *second* derivative comes out wrong (torch 2.14;
-    ``tests/test_models.py`` checks it), and second-order MAML needs exactly that derivative.
+    track_running_stats=False)`` and the same parameter names (``weight``, ``bias``). Under a
+    ``torch.func`` transform (``vmap``) the scale and shift are written out rather than passed to
+    the fused kernel, because there the fused affine kernel's *second* derivative comes out wrong
+    (torch 2.14; ``tests/test_models.py`` checks it) and second-order MAML needs exactly that
+    derivative. On plain tensors (the per-task loop) the fused kernel is used: it is right there,
+    and faster.
     """
 
     def __init__(self, channels: int, eps: float = 1e-5) -> None:
@@ -39,9 +41,16 @@ class BatchNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: Tensor) -> Tensor:
+        if not _is_functorch_tensor(x):
+            return F.batch_norm(x, None, None, self.weight, self.bias, training=True, eps=self.eps)
         x = F.batch_norm(x, None, None, training=True, eps=self.eps)
         shape = (1, -1) + (1,) * (x.dim() - 2)
         return x * self.weight.view(shape) + self.bias.view(shape)
+
+
+def _is_functorch_tensor(x: Tensor) -> bool:
+    check = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
+    return True if check is None else bool(check(x))  # unknown torch: take the safe path
 
 
 def conv_block(in_channels: int, out_channels: int, *, pool: bool = True) -> nn.Sequential:
