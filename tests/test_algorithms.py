@@ -58,9 +58,10 @@ def test_regression_reports_loss_only():
 
 def test_fomaml_is_maml_first_order():
     batch = _batch()
-    fo, ref = FOMAML(_model(), inner_steps=2, inner_lr=0.3, strategy="loop"), MAML(_model(), inner_steps=2,
-                                                                   inner_lr=0.3, first_order=True, strategy="loop")
-    so = MAML(_model(), inner_steps=2, inner_lr=0.3, strategy="loop")
+    settings = dict(inner_steps=2, inner_lr=0.3, strategy="loop")
+    fo = FOMAML(_model(), **settings)
+    ref = MAML(_model(), first_order=True, **settings)
+    so = MAML(_model(), **settings)
     for algo in (fo, ref, so):
         algo.meta_gradient(batch)
     for n, g in _grads(ref).items():
