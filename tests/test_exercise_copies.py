@@ -11,6 +11,7 @@ import nbformat
 import pytest
 import torch
 
+import mtl
 from mtl import exercises
 from mtl.course import NOTEBOOKS, SOLUTION_MARK, blank_solutions, find_lessons
 
@@ -42,7 +43,9 @@ PAIRS = _exercise_pairs()
 
 
 def _define(source: str, name: str):
-    namespace = {"torch": torch, "F": torch.nn.functional, "nn": torch.nn, "math": math}
+    # what the lessons import before their exercises (a solution may use any of these names)
+    namespace = {"torch": torch, "F": torch.nn.functional, "nn": torch.nn, "math": math, "mtl": mtl,
+                 "exercises": exercises}
     exec(compile(source, f"<cell defining {name}>", "exec"), namespace)  # noqa: S102 - the lesson's own cell
     return namespace[name]
 
