@@ -4,6 +4,8 @@ returns the figure; no function calls ``plt.show()``, so a lesson cell ends with
 - ``quadratic_family``: task landscapes, inner-loop paths, the average vs the meta-learned start
 - ``meta_landscape``: contours of the post-adaptation loss with every method's fixed point
 - ``gradient_arrows``: update directions at one point (closed form, autodiff, first order, Reptile)
+- ``reptile_geometry``: theta, the adapted weights phi_tau, and each method's step from theta
+- ``fixed_point_paths``: where MAML, first-order MAML and Reptile converge as the inner steps grow
 - ``episode_grid``: a support/query grid of one N-way K-shot episode
 - ``regression_fits``: sinusoid fits after 0..k inner steps (MAML paper, Figure 2)
 - ``mean_with_band``: curves with a shaded 95% interval
@@ -22,7 +24,7 @@ from torch import Tensor
 
 from mtl import quadratic
 
-__all__ = ["quadratic_family", "meta_landscape", "gradient_arrows", "episode_grid", "regression_fits",
+__all__ = ["quadratic_family", "meta_landscape", "gradient_arrows", "reptile_geometry", "fixed_point_paths", "episode_grid", "regression_fits",
            "mean_with_band", "figure_png", "METHOD_STYLE"]
 
 #: one colour and marker per method, the same in every lesson
@@ -114,6 +116,50 @@ def gradient_arrows(origin: Tensor, directions: Mapping[str, Tensor], *, ax=None
            aspect="equal", xlabel=r"$\theta_1$", ylabel=r"$\theta_2$", title="minus the update direction at " +
            f"({o[0]:.2f}, {o[1]:.2f})")
     ax.legend(fontsize=8)
+    return fig
+
+
+def reptile_geometry(tasks: quadratic.QuadraticTasks, theta: Tensor, lr: float, steps: int, *, show: int = 8,
+                     ax=None) -> Figure:
+    """From ``theta`` ``[2]``: the adapted weights of ``show`` tasks (thin arrows), their mean, and the
+    descent step of each method (MAML, first-order MAML, Reptile), each scaled to the Reptile step."""
+    fig, ax = _axes(ax)
+    phi = quadratic.adapted(theta, tasks, lr, steps)
+    o = theta.numpy()
+    for p in phi[:show].numpy():
+        ax.annotate("", xy=p, xytext=o, arrowprops=dict(arrowstyle="->", color="tab:green", lw=0.8, alpha=0.5))
+    ax.scatter(*phi[:show].T.numpy(), s=15, color="tab:green", label=r"adapted weights $\phi_\tau$")
+    mean_phi = phi.mean(0).numpy()
+    ax.scatter(*mean_phi, s=90, color="tab:green", edgecolor="black", zorder=4, label=r"mean $\phi_\tau$")
+    reference = float(quadratic.meta_gradient(theta, tasks, lr, steps, "reptile").norm())
+    for method in ("maml", "first_order", "reptile"):
+        d = quadratic.meta_gradient(theta, tasks, lr, steps, method)
+        tip = o - (d / d.norm() * reference).numpy()
+        style = METHOD_STYLE[method]
+        ax.annotate("", xy=tip, xytext=o, arrowprops=dict(arrowstyle="-|>", color=style["color"], lw=2.5))
+        ax.plot([], [], color=style["color"], lw=2.5, label=f"{style['label']} step (direction)")
+    ax.scatter(*o, s=80, color="black", zorder=5, label=r"$\theta$")
+    ax.set(xlabel=r"$\theta_1$", ylabel=r"$\theta_2$", title=f"one meta-step from theta, {steps} inner steps")
+    ax.legend(fontsize=7, loc="upper left")
+    return fig
+
+
+def fixed_point_paths(tasks: quadratic.QuadraticTasks, lr: float, max_steps: int = 20, *, ax=None) -> Figure:
+    """Each method's fixed point (``quadratic.optimal_init``) for 1..``max_steps`` inner steps."""
+    fig, ax = _axes(ax)
+    ks = range(1, max_steps + 1)
+    for method in ("maml", "first_order", "reptile"):
+        path = torch.stack([quadratic.optimal_init(tasks, lr, k, method) for k in ks]).numpy()
+        style = METHOD_STYLE[method]
+        ax.plot(path[:, 0], path[:, 1], "-", color=style["color"], lw=1.5)
+        ax.scatter(path[:, 0], path[:, 1], s=12, color=style["color"])
+        ax.scatter(*path[0], marker=style["marker"], s=120, edgecolor="black", color=style["color"],
+                   label=f"{style['label']} (k = 1 marked)", zorder=4)
+    avg = quadratic.optimal_init(tasks, method="average").numpy()
+    ax.scatter(*avg, s=140, edgecolor="black", zorder=5, **METHOD_STYLE["average"])
+    ax.set(xlabel=r"$\theta_1$", ylabel=r"$\theta_2$",
+           title=f"fixed points, k = 1..{max_steps} inner steps, " + r"$\alpha$" + f" = {lr:.3g}")
+    ax.legend(fontsize=7)
     return fig
 
 

@@ -166,6 +166,10 @@ def test_quadratic_figures(tasks):
     assert len(fig.axes) == 2  # plot + colour bar
     fig = viz.meta_landscape(tasks, 0.1, 2)
     assert fig.axes[0].get_legend() is not None
+    fig = viz.reptile_geometry(tasks, torch.tensor([1.0, 1.0], dtype=torch.float64), 0.1, 3, show=4)
+    assert len(fig.axes[0].texts) == 4 + 3  # one arrow per shown task, one per method
+    fig = viz.fixed_point_paths(tasks, 0.1, 5)
+    assert len(fig.axes[0].lines) == 3
     png = viz.figure_png(viz.gradient_arrows(torch.zeros(2), {"a": torch.ones(2), "b": -torch.ones(2)}))
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
 
