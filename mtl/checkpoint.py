@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import pickle
 import random
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mtl.data.cache import atomic_save
 from mtl.errors import CheckpointError
 
 FORMAT = "mtl-checkpoint"
@@ -35,19 +35,8 @@ VERSION = 1
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
-    """Atomically write ``payload`` (plus the format tag) to ``path``."""
-    path = Path(path)
-    data = {"format": FORMAT, "version": VERSION, **payload}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Atomically write ``payload`` (plus the format tag) to ``path`` (temp file + ``os.replace``)."""
+    atomic_save({"format": FORMAT, "version": VERSION, **payload}, path)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

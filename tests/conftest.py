@@ -4,6 +4,8 @@
   tests that need it are skipped, with the reason printed (``-ra``), only when it is absent.
 - ``omniglot_cache``: a cache folder holding the real Omniglot cache, built once per test session.
 - ``make_png`` / ``make_jpeg``: tiny encoded images for synthetic archives.
+- every test runs with one intra-op torch thread (tiny networks are faster so, and CI runs two
+  test workers on two cores).
 """
 from __future__ import annotations
 
@@ -14,6 +16,16 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _shared_data_path() -> Path:

@@ -11,15 +11,6 @@ from mtl.models import MLP
 from mtl.pretrain import pretrain
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny networks: one intra-op thread is faster, and CI runs two test workers on two cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _gratings(seed, classes=20, per_class=8):
     """Classes = stripe gratings of their own orientation and frequency (random phase, noise)."""
     g = torch.Generator().manual_seed(seed)

@@ -11,15 +11,6 @@ from mtl.models import MLP
 from mtl.resnet import ResNet12
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny networks: one intra-op thread is faster, and CI runs two test workers on two cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _class_coded_dataset(num_classes=12, per_class=6, size=8):
     """Every pixel of every image of class c is c: an image tells its class."""
     images = torch.arange(num_classes, dtype=torch.uint8).view(-1, 1, 1, 1, 1)

@@ -8,15 +8,6 @@ from mtl.pretrain import LabelledBatches, Pretrain, augment, load_pretrained, pr
 from mtl.resnet import ResNet12
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny networks: one intra-op thread is faster, and CI runs two test workers on two cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _template_dataset(num_classes=6, per_class=12, size=12, seed=0):
     g = torch.Generator().manual_seed(seed)
     templates = torch.randint(0, 2, (num_classes, 1, 1, size, size), generator=g) * 200.0

@@ -6,15 +6,6 @@ from torch.func import functional_call
 from mtl.resnet import DEFAULT_CHANNELS, ResNet12, widths_for
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny networks: one intra-op thread is faster, and CI runs two test workers on two cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_shapes_and_feature_dim():
     model = ResNet12(3, 7, hidden=4)
     x = torch.rand(2, 3, 32, 32)
