@@ -7,10 +7,9 @@ suggests MAML mostly *reuses* features rather than rapidly learning new ones.
 """
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
-from mtl.algorithms.base import MetaLearner, embed_tasks, metrics
+from mtl.algorithms.base import MetaLearner, embed_tasks
 from mtl.inner import maml_outputs
 
 
@@ -25,14 +24,3 @@ class ANIL(MetaLearner):
                             batch[3], steps=steps, lr=self.inner_lr, loss_fn=self.loss_fn,
                             first_order=first_order, strategy=self.strategy,
                             chunk_size=self.chunk_size)
-
-    def meta_gradient(self, batch) -> dict[str, float]:
-        losses, outputs = self._outputs(batch, self.inner_steps, self.first_order)
-        loss = losses.mean()
-        loss.backward()
-        return metrics(loss, outputs, batch[3])
-
-    def predict(self, batch, *, inner_steps: int | None = None) -> Tensor:
-        steps = self.inner_steps if inner_steps is None else inner_steps
-        with torch.no_grad():
-            return self._outputs(batch, steps, first_order=True)[1]

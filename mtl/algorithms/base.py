@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -47,13 +48,23 @@ class MetaLearner(nn.Module):
         """The un-adapted model: ``[n, ...] -> [n, num_classes]``."""
         return self.model(x)
 
+    def _outputs(self, batch, steps: int, first_order: bool) -> tuple[Tensor, Tensor]:
+        """Per-task query losses ``[B]`` and query outputs ``[B, N*Q, N]`` after ``steps`` inner
+        steps. Learners that adapt through ``maml_outputs`` define this and inherit the two below."""
+        raise NotImplementedError
+
     def meta_gradient(self, batch) -> dict[str, float]:
         """Accumulate the meta-gradient of ``batch`` into ``.grad``; return loss (and accuracy)."""
-        raise NotImplementedError
+        losses, outputs = self._outputs(batch, self.inner_steps, self.first_order)
+        loss = losses.mean()
+        loss.backward()
+        return metrics(loss, outputs, batch[3])
 
     def predict(self, batch, *, inner_steps: int | None = None) -> Tensor:
         """Query outputs after adapting to each task: ``[B, N*Q, N]`` (no graph kept)."""
-        raise NotImplementedError
+        steps = self.inner_steps if inner_steps is None else inner_steps
+        with torch.no_grad():
+            return self._outputs(batch, steps, first_order=True)[1]
 
 
 def embed_tasks(body: nn.Module, x: Tensor, strategy: str = "auto") -> Tensor:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from mtl.algorithms.base import MetaLearner, metrics
+from mtl.algorithms.base import MetaLearner
 from mtl.inner import maml_outputs
 
 
@@ -32,17 +32,6 @@ class MetaSGD(MetaLearner):
                             lr=self.learning_rates(), loss_fn=self.loss_fn,
                             first_order=first_order, strategy=self.strategy,
                             chunk_size=self.chunk_size)
-
-    def meta_gradient(self, batch) -> dict[str, float]:
-        losses, outputs = self._outputs(batch, self.inner_steps, self.first_order)
-        loss = losses.mean()
-        loss.backward()
-        return metrics(loss, outputs, batch[3])
-
-    def predict(self, batch, *, inner_steps: int | None = None) -> Tensor:
-        steps = self.inner_steps if inner_steps is None else inner_steps
-        with torch.no_grad():
-            return self._outputs(batch, steps, first_order=True)[1]
 
 
 def _key(name: str) -> str:
