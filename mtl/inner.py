@@ -15,7 +15,10 @@ A batch of B tasks is handled by one of two *strategies* (same numbers, differen
 - ``"vmap"``: ``torch.func.vmap`` runs all B inner loops at once, as one batched computation
   (what keeps a GPU busy);
 - ``"loop"``: a Python loop over tasks (less overhead on a CPU);
-- ``"auto"``: times both once per (device, shapes, settings) and keeps the faster one.
+- ``"auto"``: times both once per (device, shapes, settings) and keeps the faster one. The
+  number of inner steps is not part of the key: both strategies repeat the same per-step work, so
+  one inner step is timed and the decision holds for any step count (a 10-step evaluation after
+  1-step training does not time again).
 
 ``chunk_size`` processes the tasks this many at a time and, when gradients are needed, recomputes
 each chunk during the backward pass (activation checkpointing), so the memory held for the outer
@@ -394,16 +397,17 @@ def _check_finite(inner_losses: Tensor, query_losses: Tensor | None, steps: int,
 def resolve_strategy(strategy: str, model: nn.Module, params: Params, support_x: Tensor,
                      support_y: Tensor, query_x: Tensor, query_y: Tensor, *, steps: int, lr: LR,
                      loss_fn: LossFn, first_order: bool, chunk_size: int | None) -> str:
-    """"vmap"/"loop" unchanged; "auto": the faster of the two here, timed once per setting."""
+    """"vmap"/"loop" unchanged; "auto": the faster of the two here, timed once per setting (with one inner step)."""
     _check_strategy(strategy)
     if strategy != "auto":
         return strategy
+    timed_steps = min(steps, 1)  # per-step work is the same at any step count: time one step
     key = (str(support_x.device), type(model).__name__, tuple(support_x.shape),
-           tuple(query_x.shape), support_x.dtype, steps, first_order, chunk_size,
+           tuple(query_x.shape), support_x.dtype, timed_steps, first_order, chunk_size,
            isinstance(lr, Mapping), len(params), sum(p.numel() for p in params.values()))
     if key not in AUTO_DECISIONS:
         AUTO_DECISIONS[key] = _measure(model, params, support_x, support_y, query_x, query_y,
-                                       steps=steps, lr=lr, loss_fn=loss_fn,
+                                       steps=timed_steps, lr=lr, loss_fn=loss_fn,
                                        first_order=first_order, chunk_size=chunk_size)
     return AUTO_DECISIONS[key]
 
