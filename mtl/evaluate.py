@@ -13,8 +13,10 @@ Python::
     result.mean, result.ci95, result.n
 
 CLI: ``python -m mtl evaluate --checkpoint PATH --episodes 600 --seed 0 [--inner-steps S]``.
-Batch norm, in every conv model here, normalises with the statistics of the batch it sees: at
-test time, each task's own support or query set (transductive, as in MAML); every result says so.
+Every result says how batch norm normalised at test time (``Evaluation.protocol["batch_norm"]``):
+Conv4 (``mtl.models``) uses the statistics of the batch it sees, each task's own support or query
+set (transductive, as in MAML); the pre-trained ResNet-12 of transfer and meta-transfer learning
+uses the running statistics of its pre-training (not transductive, as in the MTL paper).
 """
 from __future__ import annotations
 
@@ -35,6 +37,8 @@ from mtl.errors import MTLError
 DRAW_BATCH = 50  # episodes drawn per sampler call; part of the definition of a seeded episode set
 _SINUSOID_SPLIT_OFFSET = {"val": 1_000_003, "train": 2_000_003}
 TRANSDUCTIVE_BN = "transductive batch norm (each task's own batch statistics, as in MAML)"
+RUNNING_BN = "batch norm with running statistics from training (not transductive)"
+NO_BN = "no batch norm"
 
 
 @dataclass
@@ -137,7 +141,7 @@ def evaluate(learner: nn.Module, config: TrainConfig, *, split: str = "test", ep
     mean, ci95 = confidence_interval(scores)
     return Evaluation(metric="mse" if config.dataset == "sinusoid" else "accuracy", mean=mean,
                       ci95=ci95, n=len(scores), scores=scores, split=episode_set.split,
-                      seed=episode_set.seed, inner_steps=steps, protocol=_protocol(config))
+                      seed=episode_set.seed, inner_steps=steps, protocol=_protocol(config, learner))
 
 
 def evaluate_checkpoint(path: str | Path, *, split: str = "test", episodes: int = 600, seed: int = 0,
@@ -190,14 +194,32 @@ def _scores(learner: nn.Module, episodes: EpisodeSet, steps: int, regression: bo
     return torch.cat(scores).double().cpu().tolist()
 
 
-def _protocol(config: TrainConfig) -> dict[str, Any]:
+def _protocol(config: TrainConfig, learner: nn.Module) -> dict[str, Any]:
     info: dict[str, Any] = {"algorithm": config.algorithm, "dataset": config.dataset}
     if config.dataset == "sinusoid":
         info.update(points=config.shots, query_points=config.test_queries)
     else:
         info.update(ways=config.test_ways, shots=config.shots, queries=config.test_queries,
-                    batch_norm=TRANSDUCTIVE_BN)
+                    batch_norm=batch_norm_mode(learner))
     return info
+
+
+def batch_norm_mode(learner: nn.Module) -> str:
+    """How ``learner``'s batch norm normalises in evaluation (``learner.eval()``), in words."""
+    from mtl.models import BatchNorm
+
+    running = batch = False
+    for module in learner.modules():
+        if isinstance(module, BatchNorm):
+            batch = True
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+            if module.track_running_stats:
+                running = True
+            else:
+                batch = True
+    if running and batch:
+        return f"{RUNNING_BN} and {TRANSDUCTIVE_BN}"
+    return RUNNING_BN if running else TRANSDUCTIVE_BN if batch else NO_BN
 
 
 # --- CLI -----------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from mtl.config import TrainConfig
-from mtl.evaluate import EpisodeSet, confidence_interval, evaluate
+from mtl.evaluate import NO_BN, RUNNING_BN, TRANSDUCTIVE_BN, EpisodeSet, batch_norm_mode, confidence_interval, evaluate
 
 
 def test_ci_half_width_is_1_96_std_over_sqrt_n():
@@ -81,7 +81,19 @@ def test_accuracy_of_a_perfect_and_a_constant_learner(omniglot_config):
     assert (perfect.mean, perfect.ci95, perfect.n) == (1.0, 0.0, 40)
     constant = evaluate(_Oracle(False), omniglot_config, episodes=40, seed=1, progress=False)
     assert constant.mean == pytest.approx(0.2) and constant.ci95 == pytest.approx(0.0)
-    assert "transductive" in constant.protocol["batch_norm"]
+    assert constant.protocol["batch_norm"] == NO_BN  # the oracle has no batch norm, and says so
+
+
+def test_each_result_names_the_batch_norm_it_used():
+    from mtl.algorithms import MAML
+    from mtl.algorithms.meta_transfer import MetaTransfer
+    from mtl.models import MLP, Conv4
+    from mtl.resnet import ResNet12
+
+    assert batch_norm_mode(MAML(Conv4(in_channels=1, num_classes=5, hidden=8))) == TRANSDUCTIVE_BN
+    assert batch_norm_mode(MetaTransfer(ResNet12(1, 10, channels=(4, 4, 4, 4)), ways=5)) == RUNNING_BN
+    assert batch_norm_mode(MAML(MLP())) == NO_BN
+    assert batch_norm_mode(nn.BatchNorm2d(3, track_running_stats=False)) == TRANSDUCTIVE_BN
 
 
 def test_omniglot_episodes_identical_across_two_runs(omniglot_config):
