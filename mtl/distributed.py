@@ -43,7 +43,7 @@ from mtl.errors import MTLError
 __all__ = [
     "DistributedError", "DistInfo", "setup", "teardown", "info", "is_distributed", "get_rank",
     "get_world_size", "is_main_process", "barrier", "shard_range", "step_seed", "TaskStream",
-    "all_reduce_gradients", "all_reduce_metrics", "meta_gradient", "broadcast_parameters",
+    "all_reduce_gradients", "all_reduce_metrics", "any_rank", "meta_gradient", "broadcast_parameters",
     "epoch_batches", "gather_shards", "sharded_scores",
 ]
 
@@ -281,6 +281,21 @@ def all_reduce_metrics(metrics: Mapping[str, float], *, weight: float | None = N
     with _collective("all_reduce of metrics"):
         dist.all_reduce(values)
     return dict(zip(keys, values.tolist()))
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when ``flag`` is true on at least one (single process: ``flag``).
+
+    For decisions every rank must take together, such as stopping at a time budget: each rank
+    measures its own clock, and a rank that stopped alone would leave the others waiting in the
+    next all-reduce until the timeout.
+    """
+    if not is_distributed():
+        return bool(flag)
+    value = torch.tensor([1.0 if flag else 0.0], device=info().device)
+    with _collective("all_reduce of a stop flag"):
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
 
 
 def meta_gradient(algorithm: nn.Module, stream: TaskStream, step: int, batch_size: int) -> dict[str, float]:

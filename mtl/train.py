@@ -292,7 +292,8 @@ class _Loop:
         self.learner.train()
         try:
             while s.step < c.iterations:
-                if c.time_budget_s is not None and s.elapsed_s >= c.time_budget_s:
+                # [distributed] stop together: any rank past the budget stops them all
+                if c.time_budget_s is not None and distributed.any_rank(s.elapsed_s >= c.time_budget_s):
                     stopped = "time budget"
                     break
                 loss, accuracy, lr = self._meta_step()

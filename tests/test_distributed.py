@@ -150,6 +150,8 @@ def _cooperate(tmp: Path) -> dict:
     D.broadcast_parameters(model)
     out["broadcast"] = _params(model)
     out["gather_one"] = D.gather_shards(torch.tensor([5.0]) if D.get_rank() == 0 else torch.zeros(0), 1)
+    # A stop decision (time budget) that only rank 1's clock has reached yet, then one no rank has.
+    out["stop"] = [D.any_rank(D.get_rank() == 1), D.any_rank(False)]
     return out
 
 
@@ -377,6 +379,12 @@ def test_missing_gradients_count_as_zero(world):
     for rank in ranks:
         torch.testing.assert_close(rank["sparse"]["present"], torch.full((3,), 2.0))
         assert rank["sparse"]["absent"]
+
+
+def test_ranks_stop_together_when_any_rank_reaches_the_time_budget(world):
+    _, ranks, _ = world
+    assert [r["stop"] for r in ranks] == [[True, False], [True, False]]
+    assert D.any_rank(True) and not D.any_rank(False)  # single process: the flag itself
 
 
 def _assert_clear_failure(result: dict, within_s: float) -> None:
