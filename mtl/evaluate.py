@@ -178,20 +178,24 @@ def _scores(learner: nn.Module, episodes: EpisodeSet, steps: int, regression: bo
             progress: bool) -> list[float]:
     from tqdm.auto import tqdm
 
-    scores: list[torch.Tensor] = []
+    from mtl import distributed
+
+    def score(batch) -> torch.Tensor:  # [b] per-task accuracy or MSE
+        out = learner.predict(batch, inner_steps=steps).detach()  # adapts inside; no graph kept
+        if regression:
+            return ((out - batch.query_y) ** 2).flatten(1).mean(1)
+        return (out.argmax(-1) == batch.query_y).float().mean(1)
+
     was_training = learner.training
     learner.eval()
     try:
-        for batch in tqdm(episodes, total=len(episodes), desc=f"evaluate {episodes.split}",
-                          disable=not progress, leave=False):
-            out = learner.predict(batch, inner_steps=steps).detach()  # adapts inside; no graph kept
-            if regression:
-                scores.append(((out - batch.query_y) ** 2).flatten(1).mean(1))
-            else:
-                scores.append((out.argmax(-1) == batch.query_y).float().mean(1))
+        if distributed.is_distributed():  # [distributed] each rank adapts to its share of the episodes
+            return distributed.sharded_scores(episodes, episodes.n, score).tolist()
+        batches = tqdm(episodes, total=len(episodes), desc=f"evaluate {episodes.split}",
+                       disable=not progress, leave=False)
+        return torch.cat([score(batch) for batch in batches]).double().cpu().tolist()
     finally:
         learner.train(was_training)
-    return torch.cat(scores).double().cpu().tolist()
 
 
 def _protocol(config: TrainConfig, learner: nn.Module) -> dict[str, Any]:

@@ -97,6 +97,28 @@ def _eval_episodes():
         yield type(batch)(*(t.double() if t.is_floating_point() else t for t in batch))
 
 
+class _EvalSet:
+    """The fixed evaluation episodes in the shape ``mtl.evaluate.evaluate`` takes (an EpisodeSet)."""
+
+    n, split, seed = EVAL_EPISODES, "test", 1
+
+    def __iter__(self):
+        return _eval_episodes()
+
+    def __len__(self) -> int:
+        return -(-EVAL_EPISODES // 3)
+
+
+def _evaluate_scores() -> list[float]:
+    """``mtl.evaluate.evaluate`` of a fresh MAML learner (under torchrun: sharded across the ranks)."""
+    from mtl.config import TrainConfig
+    from mtl.evaluate import evaluate
+
+    algorithm, _, _ = _build("maml")
+    config = TrainConfig(dataset="omniglot", ways=5, shots=1, queries=2, test_inner_steps=2, device="cpu")
+    return evaluate(algorithm, config, episode_set=_EvalSet(), progress=False).scores
+
+
 def _pretrain_grads() -> list[torch.Tensor]:
     """Data-parallel gradients of a linear classifier over 3 global batches (4, 4, 3 examples)."""
     g = torch.Generator().manual_seed(5)
@@ -138,6 +160,7 @@ def _cooperate(tmp: Path) -> dict:
                       for step in (0, 1)}
     algorithm, _, _ = _build("maml")
     out["eval"] = D.sharded_scores(_eval_episodes(), EVAL_EPISODES, _accuracy_of(algorithm))
+    out["evaluate"] = _evaluate_scores()
     out["pretrain"] = _pretrain_grads()
     # A gradient present on rank 1 only, and one absent everywhere.
     present, absent = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(2))
@@ -255,6 +278,7 @@ def _references_and_ranks(tmp: Path):
     algorithm, _, _ = _build("maml")
     with torch.no_grad():
         reference["eval"] = torch.cat([_accuracy_of(algorithm)(b) for b in _eval_episodes()])
+    reference["evaluate"] = _evaluate_scores()
     reference["pretrain"] = _single_pretrain_grads()
     ranks = _spawn("_cooperate", tmp)
     return reference, ranks, tmp
@@ -364,6 +388,19 @@ def test_sharded_evaluation_gathers_every_episode(world):
     for rank in ranks:
         torch.testing.assert_close(rank["eval"], reference["eval"], rtol=0, atol=0)
     assert confidence_interval(ranks[0]["eval"]) == confidence_interval(reference["eval"])
+
+
+def test_evaluation_under_torchrun_is_sharded_and_gives_the_single_process_scores(world, monkeypatch):
+    reference, ranks, _ = world
+    for rank in ranks:
+        assert rank["evaluate"] == reference["evaluate"] and len(rank["evaluate"]) == EVAL_EPISODES
+    # and it is really sharded: a rank adapts to its own share of the episodes only
+    adapted = []
+    monkeypatch.setattr(D, "is_distributed", lambda: True)
+    monkeypatch.setattr(D, "gather_shards", lambda values, total: adapted.append(len(values)) or values)
+    monkeypatch.setattr(D, "shard_range", lambda n, **_: range(0, 4))
+    _evaluate_scores()
+    assert adapted == [4]
 
 
 def test_data_parallel_pretraining_matches_global_batches(world):
