@@ -2,39 +2,13 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import tarfile
-import zipfile
 
 import pytest
 
+from archive_helpers import write_archive
 from mtl.data import archives
 from mtl.errors import ChecksumError, DataError, UnsafeArchiveError
-
-
-def _tar(path, members: dict[str, bytes], links: dict[str, tuple[bytes, str]] | None = None):
-    """A .tar.gz with regular ``members`` and ``links`` {name: (tarfile type, link target)}."""
-    with tarfile.open(path, "w:gz") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-        for name, (kind, target) in (links or {}).items():
-            info = tarfile.TarInfo(name)
-            info.type, info.linkname = kind, target
-            tar.addfile(info)
-    return path
-
-
-def _zip(path, members: dict[str, bytes], symlinks: dict[str, str] | None = None):
-    with zipfile.ZipFile(path, "w") as archive:
-        for name, data in members.items():
-            archive.writestr(zipfile.ZipInfo(name), data)
-        for name, target in (symlinks or {}).items():
-            info = zipfile.ZipInfo(name)
-            info.external_attr = 0o120777 << 16
-            archive.writestr(info, target)
-    return path
 
 
 def test_digests_match_hashlib(tmp_path):
@@ -47,10 +21,10 @@ def test_digests_match_hashlib(tmp_path):
         archives.verify_checksum(path, "0" * 64)
 
 
-@pytest.mark.parametrize("maker", [_tar, _zip])
-def test_extract_and_read_a_good_archive(tmp_path, maker):
+@pytest.mark.parametrize("suffix", [".tar.gz", ".zip"])
+def test_extract_and_read_a_good_archive(tmp_path, suffix):
     members = {"top/a.txt": b"alpha", "top/sub/b.txt": b"beta", "./top/c.txt": b"gamma"}
-    source = maker(tmp_path / ("good.zip" if maker is _zip else "good.tar.gz"), members)
+    source = write_archive(tmp_path / f"good{suffix}", members)
     assert dict(archives.iter_files(source)) == {"top/a.txt": b"alpha", "top/sub/b.txt": b"beta", "top/c.txt": b"gamma"}
     assert archives.list_names(source) == ["top/a.txt", "top/sub/b.txt", "top/c.txt"]
     target = archives.safe_extract(source, tmp_path / "out")
@@ -60,9 +34,9 @@ def test_extract_and_read_a_good_archive(tmp_path, maker):
 
 
 @pytest.mark.parametrize("name", ["../evil.txt", "/tmp/evil.txt", "ok/../../evil.txt", "C:/evil.txt", "..\\evil.txt"])
-@pytest.mark.parametrize("maker", [_tar, _zip])
-def test_traversal_members_are_refused_and_nothing_is_written(tmp_path, maker, name):
-    source = maker(tmp_path / ("bad.zip" if maker is _zip else "bad.tar.gz"), {"fine.txt": b"x", name: b"evil"})
+@pytest.mark.parametrize("suffix", [".tar.gz", ".zip"])
+def test_traversal_members_are_refused_and_nothing_is_written(tmp_path, suffix, name):
+    source = write_archive(tmp_path / f"bad{suffix}", {"fine.txt": b"x", name: b"evil"})
     target = tmp_path / "deep" / "out"
     with pytest.raises(UnsafeArchiveError, match="outside the target folder"):
         archives.safe_extract(source, target)
@@ -75,22 +49,21 @@ def test_traversal_members_are_refused_and_nothing_is_written(tmp_path, maker, n
 
 @pytest.mark.parametrize("kind", [tarfile.SYMTYPE, tarfile.LNKTYPE])
 def test_tar_links_are_refused(tmp_path, kind):
-    source = _tar(tmp_path / "links.tar.gz", {"a.txt": b"x"}, links={"link": (kind, "/etc/passwd")})
+    source = write_archive(tmp_path / "links.tar.gz", {"a.txt": b"x"}, links={"link": (kind, "/etc/passwd")})
     with pytest.raises(UnsafeArchiveError, match="link"):
         archives.safe_extract(source, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
 def test_zip_symlinks_are_refused(tmp_path):
-    source = _zip(tmp_path / "links.zip", {"a.txt": b"x"}, symlinks={"link": "../../etc/passwd"})
+    source = write_archive(tmp_path / "links.zip", {"a.txt": b"x"}, links={"link": "../../etc/passwd"})
     with pytest.raises(UnsafeArchiveError, match="link"):
         archives.safe_extract(source, tmp_path / "out")
 
 
 @pytest.mark.parametrize("suffix", [".tar.gz", ".zip"])
 def test_truncated_and_corrupted_archives(tmp_path, suffix):
-    maker = _zip if suffix == ".zip" else _tar
-    good = maker(tmp_path / f"good{suffix}", {f"f{i}.bin": bytes(range(256)) * 200 for i in range(5)})
+    good = write_archive(tmp_path / f"good{suffix}", {f"f{i}.bin": bytes(range(256)) * 200 for i in range(5)})
     data = good.read_bytes()
     truncated = tmp_path / f"truncated{suffix}"
     truncated.write_bytes(data[: len(data) // 2])

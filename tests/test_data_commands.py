@@ -10,7 +10,8 @@ import pytest
 from mtl.cli import main
 from mtl.data import omniglot
 
-from test_data_omniglot import _members, _write
+from archive_helpers import write_archive
+from test_data_omniglot import _members
 
 
 @pytest.fixture
@@ -19,7 +20,7 @@ def tiny_root(tmp_path, monkeypatch, make_png):
     monkeypatch.setattr(omniglot, "DRAWERS", 2)
     root = tmp_path / "data"
     for part in omniglot.PARTS:
-        _write(root / "omniglot" / f"{part}.tar.gz", _members(part, make_png))
+        write_archive(root / "omniglot" / f"{part}.tar.gz", _members(part, make_png))
     return root
 
 

@@ -1,13 +1,12 @@
 """mini-ImageNet: the real archives' CSVs and member names (no decoding), synthetic archives for the loader."""
 from __future__ import annotations
 
-import io
-import tarfile
 from pathlib import PurePosixPath
 
 import pytest
 import torch
 
+from archive_helpers import write_archive
 from mtl.data import EpisodeSampler, load_dataset, miniimagenet
 from mtl.data.archives import iter_files
 from mtl.errors import DataError
@@ -63,16 +62,6 @@ def _split_members(split: str, make_jpeg, per_class: int = 4, size: int = 84, cs
     return members
 
 
-def _tar(path, members):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(path, "w:gz") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return path
-
-
 def _check_colors(ds):
     assert ds.class_names == list(COLORS)
     mean = ds.images.float().mean(dim=(1, 3, 4))  # [classes, 3]
@@ -82,7 +71,7 @@ def _check_colors(ds):
 
 def test_synthetic_tar_with_the_real_layout(tmp_path, tiny, make_jpeg):
     root = tmp_path / "data"
-    _tar(root / "mini-imagenet" / "val.tar.gz", _split_members("val", make_jpeg))
+    write_archive(root / "mini-imagenet" / "val.tar.gz", _split_members("val", make_jpeg))
     ds = load_dataset("mini-imagenet", "val", root=root, cache_dir=tmp_path / "cache", progress=False)
     assert ds.images.shape == (3, 4, 3, 84, 84) and ds.images.dtype == torch.uint8
     _check_colors(ds)
@@ -119,10 +108,10 @@ def test_missing_images_and_wrong_layout(tmp_path, tiny, make_jpeg):
     root = tmp_path / "data"
     members = _split_members("val", make_jpeg)
     del members["val/n002/n00200000001.jpg"]
-    _tar(root / "mini-imagenet" / "val.tar.gz", members)
+    write_archive(root / "mini-imagenet" / "val.tar.gz", members)
     with pytest.raises(DataError, match="incomplete.*11 of the 12 images its CSV lists"):
         load_dataset("mini-imagenet", "val", root=root, cache_dir=tmp_path / "cache", progress=False)
-    _tar(root / "mini-imagenet" / "test.tar.gz", {"photos/a.jpg": make_jpeg((1, 2, 3))})
+    write_archive(root / "mini-imagenet" / "test.tar.gz", {"photos/a.jpg": make_jpeg((1, 2, 3))})
     with pytest.raises(DataError, match="expected test/<wnid>/<image>.jpg"):
         load_dataset("mini-imagenet", "test", root=root, cache_dir=tmp_path / "cache", progress=False)
     assert not list((tmp_path / "cache").glob("*.pt")) if (tmp_path / "cache").exists() else True
@@ -137,7 +126,7 @@ def test_absent_data_explains_how_to_obtain_it(tmp_path):
 
 def test_describe_reads_names_only(tmp_path, tiny, make_jpeg):
     root = tmp_path / "data"
-    _tar(root / "mini-imagenet" / "val.tar.gz", _split_members("val", make_jpeg, per_class=5))
+    write_archive(root / "mini-imagenet" / "val.tar.gz", _split_members("val", make_jpeg, per_class=5))
     report = miniimagenet.describe(root=root, cache_dir=tmp_path / "cache")
     assert report["splits"]["val"] == {"classes": 3, "per_class": 5, "images": 15}
     assert "not found" in report["splits"]["train"]["error"]

@@ -5,13 +5,13 @@ import hashlib
 import io
 import random
 import tarfile
-import zipfile
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from archive_helpers import write_archive
 from mtl.data import EpisodeSampler, load_dataset, omniglot
 from mtl.data.archives import iter_files
 from mtl.errors import ChecksumError, DataError, EpisodeError
@@ -118,21 +118,6 @@ def _members(part: str, make_png) -> dict[str, bytes]:
     return members
 
 
-def _write(path, members: dict[str, bytes]):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".zip":
-        with zipfile.ZipFile(path, "w") as archive:
-            for name, data in members.items():
-                archive.writestr(name, data)
-    else:
-        with tarfile.open(path, "w:gz") as tar:
-            for name, data in members.items():
-                info = tarfile.TarInfo(name)
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-    return path
-
-
 @pytest.mark.parametrize("form", [".tar.gz", ".zip", "folder"])
 def test_synthetic_archives_and_folders_load(tmp_path, tiny, make_png, form):
     root = tmp_path / "data"
@@ -143,7 +128,7 @@ def test_synthetic_archives_and_folders_load(tmp_path, tiny, make_png, form):
                 (root / "omniglot" / name).parent.mkdir(parents=True, exist_ok=True)
                 (root / "omniglot" / name).write_bytes(data)
         else:
-            _write(root / "omniglot" / f"{part}{form}", members)
+            write_archive(root / "omniglot" / f"{part}{form}", members)
     ds = load_dataset("omniglot", "all", root=root, cache_dir=tmp_path / "cache", download=False, progress=False)
     assert ds.images.shape == (5, 2, 1, 28, 28)
     assert ds.class_names == ["Greek/character01", "Latin/character01", "Latin/character02",
@@ -154,8 +139,8 @@ def test_synthetic_archives_and_folders_load(tmp_path, tiny, make_png, form):
 
 def test_wrong_layout_names_the_expected_one(tmp_path, tiny, make_png):
     root = tmp_path / "data"
-    _write(root / "omniglot" / "images_background.tar.gz", {"Latin/character01/x.png": make_png()})
-    _write(root / "omniglot" / "images_evaluation.tar.gz", _members("images_evaluation", make_png))
+    write_archive(root / "omniglot" / "images_background.tar.gz", {"Latin/character01/x.png": make_png()})
+    write_archive(root / "omniglot" / "images_evaluation.tar.gz", _members("images_evaluation", make_png))
     with pytest.raises(DataError, match="expected images_background/<Alphabet>/<characterNN>"):
         load_dataset("omniglot", "all", root=root, cache_dir=tmp_path / "cache", download=False)
     assert not list((tmp_path / "cache").glob("*.pt")) if (tmp_path / "cache").exists() else True
@@ -164,12 +149,12 @@ def test_wrong_layout_names_the_expected_one(tmp_path, tiny, make_png):
 def test_incomplete_or_undecodable_archives(tmp_path, tiny, make_png):
     root = tmp_path / "data"
     background = _members("images_background", make_png)
-    _write(root / "omniglot" / "images_evaluation.tar.gz", _members("images_evaluation", make_png))
+    write_archive(root / "omniglot" / "images_evaluation.tar.gz", _members("images_evaluation", make_png))
     first = next(iter(background))
-    _write(root / "omniglot" / "images_background.tar.gz", {k: v for k, v in background.items() if k != first})
+    write_archive(root / "omniglot" / "images_background.tar.gz", {k: v for k, v in background.items() if k != first})
     with pytest.raises(DataError, match="incomplete.*has 1 images \\(expected 2\\)"):
         load_dataset("omniglot", "all", root=root, cache_dir=tmp_path / "cache", download=False)
-    _write(root / "omniglot" / "images_background.tar.gz", {**background, first: b"not a png"})
+    write_archive(root / "omniglot" / "images_background.tar.gz", {**background, first: b"not a png"})
     with pytest.raises(DataError, match="could not be decoded"):
         load_dataset("omniglot", "all", root=root, cache_dir=tmp_path / "cache", download=False)
     assert not (tmp_path / "cache" / "omniglot-28-all.pt").exists()
@@ -184,7 +169,7 @@ def test_download_is_verified(tmp_path, tiny, make_png, monkeypatch):
     served = tmp_path / "server"
     md5 = {}
     for part in omniglot.PARTS:
-        path = _write(served / f"{part}.zip", _members(part, make_png))
+        path = write_archive(served / f"{part}.zip", _members(part, make_png))
         md5[part] = hashlib.md5(path.read_bytes()).hexdigest()
     monkeypatch.setattr(omniglot, "URL", served.as_uri() + "/{part}.zip")
     monkeypatch.setattr(omniglot, "MD5", {part: "0" * 32 for part in md5})
