@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
                       + (f", peak {row['peak_mib']:.0f} MiB" if row["peak_mib"] else ""),
                       flush=True)
             except Exception as error:  # noqa: BLE001 - record and go on (one run, many rows)
-                row["error"] = f"{type(error).__name__}: {str(error)[:300]}"
+                row["error"] = _error_text(error)
                 print("FAILED:", row["error"], flush=True)
             finally:
                 if device.type == "cuda":
@@ -146,9 +146,18 @@ def _time_row(config: str, first_order: bool, impl: str, device: torch.device, w
     model, tasks, lr, batch = _setup(config, device, meta_batch)
     step = _step_fn(impl, model, tasks, lr, first_order)
     seconds, peak = _measure(step, model, device, warmup, repeats)
+    return _figures(impl, batch, seconds, peak)
+
+
+def _figures(impl: str, batch: int, seconds: float, peak_mib: float | None) -> dict:
+    """A row's figures from the median seconds per meta-step of ``batch`` tasks."""
     return {"meta_batch": batch, "ms": 1000 * seconds, "meta_steps_per_s": 1 / seconds,
-            "tasks_per_s": batch / seconds, "peak_mib": peak,
+            "tasks_per_s": batch / seconds, "peak_mib": peak_mib,
             "strategy_chosen": _auto_choice() if impl == "auto" else None}
+
+
+def _error_text(error: BaseException) -> str:
+    return f"{type(error).__name__}: {str(error)[:300]}"
 
 
 def _setup(config: str, device: torch.device, meta_batch: int | None) -> tuple:
@@ -271,7 +280,7 @@ def _time_group(config: str, order: str, impls: tuple[str, ...], device: torch.d
                 step()
             steps[impl] = (model, step)
         except Exception as error:  # noqa: BLE001
-            rows[impl]["error"] = f"{type(error).__name__}: {str(error)[:300]}"
+            rows[impl]["error"] = _error_text(error)
     wall = {impl: [] for impl in steps}
     cpu = {impl: [] for impl in steps}
     for _ in range(max(repeats, 3)):
@@ -281,19 +290,16 @@ def _time_group(config: str, order: str, impls: tuple[str, ...], device: torch.d
             try:
                 step()
             except Exception as error:  # noqa: BLE001
-                rows[impl]["error"] = f"{type(error).__name__}: {str(error)[:300]}"
+                rows[impl]["error"] = _error_text(error)
                 del steps[impl]
                 continue
             wall[impl].append(time.perf_counter() - start)
             cpu[impl].append(time.process_time() - start_cpu)
+    batch = meta_batch or CONFIGS[config][4]
     for impl in steps:
-        seconds = statistics.median(wall[impl])
-        rows[impl].update({"meta_batch": meta_batch or CONFIGS[config][4], "ms": 1000 * seconds,
-                           "cpu_ms": 1000 * statistics.median(cpu[impl]),
-                           "meta_steps_per_s": 1 / seconds,
-                           "tasks_per_s": (meta_batch or CONFIGS[config][4]) / seconds,
-                           "peak_mib": None, "all_ms": [round(1000 * t, 1) for t in wall[impl]],
-                           "strategy_chosen": _auto_choice() if impl == "auto" else None})
+        rows[impl].update(_figures(impl, batch, statistics.median(wall[impl]), None),
+                          cpu_ms=1000 * statistics.median(cpu[impl]),
+                          all_ms=[round(1000 * t, 1) for t in wall[impl]])
         print(f"    {impl}: {rows[impl]['ms']:.1f} ms/step (cpu {rows[impl]['cpu_ms']:.0f} ms)",
               flush=True)
     return list(rows.values())
