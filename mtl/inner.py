@@ -26,6 +26,7 @@ backward grows with ``chunk_size`` rather than with B, at the cost of one extra 
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Mapping
 
@@ -36,6 +37,7 @@ from torch.func import functional_call, grad, vmap
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from mtl.errors import ConfigError, InnerLoopError, TaskBatchError
+from mtl.norms import exact_norms, quiet, updates_running_stats
 
 __all__ = ["adapt", "maml_loss", "maml_outputs", "adapt_batch", "map_tasks", "STRATEGIES",
            "resolve_strategy"]
@@ -136,7 +138,7 @@ def _task_outputs(model: nn.Module, params: Params, lr: LR, fixed: Params, steps
 # ----------------------------------------------------------------------------- many tasks
 
 def map_tasks(fn: Callable[..., object], shared: object, batched: tuple[Tensor, ...], *,
-              strategy: str, chunk_size: int | None = None) -> object:
+              strategy: str, chunk_size: int | None = None, model: nn.Module | None = None) -> object:
     """Apply ``fn(shared, *task_args)`` to every task of ``batched`` and stack the results.
 
     Args:
@@ -147,6 +149,8 @@ def map_tasks(fn: Callable[..., object], shared: object, batched: tuple[Tensor, 
         strategy: "vmap" or "loop" (resolve "auto" with ``resolve_strategy`` first).
         chunk_size: process this many tasks at a time; if autograd is recording, each chunk is
             recomputed during the backward pass instead of keeping its activations.
+        model: the module ``fn`` calls; under "vmap" its batch/instance norm layers run through
+            ``mtl.norms`` (exact second derivatives, no in-place update of running statistics).
 
     Returns:
         ``fn``'s output structure with a leading dimension B on every tensor.
@@ -157,7 +161,14 @@ def map_tasks(fn: Callable[..., object], shared: object, batched: tuple[Tensor, 
 
     def run(shared_: object, *args: Tensor) -> object:
         if strategy == "vmap":
-            return vmap(fn, in_dims=(None,) + (0,) * len(args), randomness="different")(shared_, *args)
+            with exact_norms(model) if model is not None else contextlib.nullcontext():
+                try:
+                    return vmap(fn, in_dims=(None,) + (0,) * len(args),
+                                randomness="different")(shared_, *args)
+                except RuntimeError as error:
+                    if "in-place" not in str(error):
+                        raise
+                    raise ConfigError(_in_place_message(model, error)) from error
         return _stack([fn(shared_, *(a[b] for a in args)) for b in range(args[0].shape[0])])
 
     batch = batched[0].shape[0]
@@ -170,6 +181,17 @@ def map_tasks(fn: Callable[..., object], shared: object, batched: tuple[Tensor, 
         args = tuple(a[start:start + chunk_size] for a in batched)
         pieces.append(_recomputed(run, shared, args) if torch.is_grad_enabled() else run(shared, *args))
     return _cat(pieces)
+
+
+def _in_place_message(model: nn.Module | None, error: RuntimeError) -> str:
+    """Why a model cannot run under vmap: some layer writes to a tensor it does not own."""
+    holders = [] if model is None else sorted(
+        {type(m).__name__ for m in model.modules() if any(True for _ in m.buffers(recurse=False))})
+    layers = f" (layers with buffers: {', '.join(holders)})" if holders else ""
+    first_line = str(error).splitlines()[0]
+    return (f"strategy='vmap' cannot run this model: a layer changes a tensor in place inside the "
+            f"batched inner loop{layers}: {first_line}. Use strategy='loop' (or 'auto', which "
+            "falls back to it), or make the layer write to a new tensor instead.")
 
 
 def _recomputed(run: Callable[..., object], shared: object, args: tuple[Tensor, ...]) -> object:
@@ -259,7 +281,7 @@ def maml_outputs(model: nn.Module, params: Mapping[str, Tensor], support_x: Tens
     shared = _shared(model, params, lr)
     losses, outputs, inner_losses = map_tasks(one_task, shared,
                                               (support_x, support_y, query_x, query_y),
-                                              strategy=strategy, chunk_size=chunk_size)
+                                              strategy=strategy, chunk_size=chunk_size, model=model)
     _check_finite(inner_losses, losses, steps, lr)
     return losses, outputs
 
@@ -312,7 +334,7 @@ def adapt_batch(model: nn.Module, params: Mapping[str, Tensor], x: Tensor, y: Te
         raise TaskBatchError(f"x {tuple(x.shape)}, y {tuple(y.shape)} and query_x disagree in the "
                              "leading dimensions [B, n]; pass one target per example of each task")
     if strategy == "auto":  # no query loss to time here: the usual winner per device
-        strategy = "vmap" if x.device.type == "cuda" else "loop"
+        strategy = "vmap" if x.device.type == "cuda" and not updates_running_stats(model) else "loop"
     _check_strategy(strategy)
 
     def one_task(shared: dict, tx: Tensor, ty: Tensor, *rest: Tensor) -> tuple:
@@ -324,7 +346,8 @@ def adapt_batch(model: nn.Module, params: Mapping[str, Tensor], x: Tensor, y: Te
 
     batched = (x, y) if query_x is None else (x, y, query_x)
     adapted, inner_losses, *outputs = map_tasks(one_task, _shared(model, params, lr), batched,
-                                                strategy=strategy, chunk_size=chunk_size)
+                                                strategy=strategy, chunk_size=chunk_size,
+                                                model=model)
     _check_finite(inner_losses, None, steps, lr)
     return adapted, (outputs[0] if outputs else None)
 
@@ -397,46 +420,85 @@ def _check_finite(inner_losses: Tensor, query_losses: Tensor | None, steps: int,
 def resolve_strategy(strategy: str, model: nn.Module, params: Params, support_x: Tensor,
                      support_y: Tensor, query_x: Tensor, query_y: Tensor, *, steps: int, lr: LR,
                      loss_fn: LossFn, first_order: bool, chunk_size: int | None) -> str:
-    """"vmap"/"loop" unchanged; "auto": the faster of the two here, timed once per setting (with one inner step)."""
+    """"vmap"/"loop" unchanged; "auto": the faster of the two here, timed once per setting.
+
+    "auto" keeps the loop, untimed, for a model whose norm layers would update running
+    statistics (only the loop updates them as plain PyTorch does), and chooses "vmap" only if its
+    meta-gradient on the timed trial agrees with the loop's (a guard against layers whose
+    derivatives are wrong under ``vmap``; ``AUTO_REJECTED`` records such settings).
+    """
     _check_strategy(strategy)
     if strategy != "auto":
         return strategy
+    if updates_running_stats(model):
+        return "loop"
     timed_steps = min(steps, 1)  # per-step work is the same at any step count: time one step
-    key = (str(support_x.device), type(model).__name__, tuple(support_x.shape),
+    key = (str(support_x.device), type(model).__name__, model.training, tuple(support_x.shape),
            tuple(query_x.shape), support_x.dtype, timed_steps, first_order, chunk_size,
            isinstance(lr, Mapping), len(params), sum(p.numel() for p in params.values()))
     if key not in AUTO_DECISIONS:
-        AUTO_DECISIONS[key] = _measure(model, params, support_x, support_y, query_x, query_y,
+        AUTO_DECISIONS[key] = _measure(key, model, params, support_x, support_y, query_x, query_y,
                                        steps=timed_steps, lr=lr, loss_fn=loss_fn,
                                        first_order=first_order, chunk_size=chunk_size)
     return AUTO_DECISIONS[key]
 
 
-def _measure(model: nn.Module, params: Params, support_x: Tensor, support_y: Tensor,
+#: settings for which "auto" found vmap's meta-gradient different from the loop's -> relative error.
+AUTO_REJECTED: dict[tuple, float] = {}
+
+
+def _measure(key: tuple, model: nn.Module, params: Params, support_x: Tensor, support_y: Tensor,
              query_x: Tensor, query_y: Tensor, **settings) -> str:
     """Time one meta-step (forward + backward) of each strategy on a detached copy of params."""
-    timings = {}
+    timings, grads = {}, {}
     for strategy in ("loop", "vmap"):
         try:
-            timings[strategy] = min(_time_once(strategy, model, params, support_x, support_y,
-                                               query_x, query_y, **settings) for _ in range(2))
+            with quiet():
+                runs = [_time_once(strategy, model, params, support_x, support_y, query_x,
+                                   query_y, **settings) for _ in range(2)]
+            timings[strategy] = min(t for t, _ in runs)
+            grads[strategy] = runs[-1][1]
         except Exception:  # noqa: BLE001 - a strategy that cannot run here is simply not chosen
             timings[strategy] = float("inf")
+    if timings["vmap"] < timings["loop"] and not _random(model):
+        error = _relative_error(grads["vmap"], grads["loop"])
+        if error > (1e-8 if support_x.dtype == torch.float64 else 1e-3):
+            AUTO_REJECTED[key] = error
+            return "loop"
     return min(timings, key=timings.get)
 
 
+def _random(model: nn.Module) -> bool:
+    """True if a forward draws random numbers (dropout in training mode): strategies then differ."""
+    return any(isinstance(m, nn.modules.dropout._DropoutNd) and m.training and m.p > 0
+               for m in model.modules())
+
+
+def _relative_error(a: list[Tensor], b: list[Tensor]) -> float:
+    if not a:
+        return 0.0
+    diff = torch.sqrt(sum(((x - y).double() ** 2).sum() for x, y in zip(a, b)))
+    size = torch.sqrt(sum((y.double() ** 2).sum() for y in b))
+    return float(diff / size.clamp_min(1e-30))
+
+
 def _time_once(strategy: str, model: nn.Module, params: Params, support_x: Tensor,
-               support_y: Tensor, query_x: Tensor, query_y: Tensor, **settings) -> float:
+               support_y: Tensor, query_x: Tensor, query_y: Tensor,
+               **settings) -> tuple[float, list[Tensor]]:
+    """Seconds of one meta-step and its meta-gradient (empty without a backward)."""
     trial = {n: p.detach().clone().requires_grad_(p.requires_grad) for n, p in params.items()}
     backward = torch.is_grad_enabled() and any(p.requires_grad for p in trial.values())
     _sync(support_x.device)
     start = time.perf_counter()
     losses, _ = maml_outputs(model, trial, support_x, support_y, query_x, query_y,
                              strategy=strategy, **settings)
+    grads: list[Tensor] = []
     if backward:  # autograd.grad, not backward: leave every .grad untouched
-        torch.autograd.grad(losses.mean(), [p for p in trial.values() if p.requires_grad])
+        grads = list(torch.autograd.grad(losses.mean(),
+                                         [p for p in trial.values() if p.requires_grad],
+                                         allow_unused=True, materialize_grads=True))
     _sync(support_x.device)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, grads
 
 
 def _sync(device: torch.device) -> None:

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mtl.norms import batch_norm
+
 __all__ = ["Conv4", "MLP", "ResNet12", "BatchNorm", "conv_block"]
 
 
@@ -26,12 +28,11 @@ class BatchNorm(nn.Module):
     """Batch norm over the current batch's statistics, then a learned per-channel scale and shift.
 
     ``[n, C, ...] -> [n, C, ...]``; the same numbers as ``nn.BatchNorm2d(C,
-    track_running_stats=False)`` and the same parameter names (``weight``, ``bias``). Under a
-    ``torch.func`` transform (``vmap``) the scale and shift are written out rather than passed to
-    the fused kernel, because there the fused affine kernel's *second* derivative comes out wrong
-    (torch 2.14; ``tests/test_models.py`` checks it) and second-order MAML needs exactly that
-    derivative. On plain tensors (the per-task loop) the fused kernel is used: it is right there,
-    and faster.
+    track_running_stats=False)`` and the same parameter names (``weight``, ``bias``), through
+    ``mtl.norms.batch_norm``: torch's fused kernel on plain tensors, and under a ``torch.func``
+    transform (``vmap``) the normalisation without affine and the scale and shift written out,
+    because there the fused affine kernel's second derivative comes out wrong (see ``mtl.norms``).
+    Standard ``nn.BatchNorm2d`` layers get the same treatment from ``mtl.norms.exact_norms``.
     """
 
     def __init__(self, channels: int, eps: float = 1e-5) -> None:
@@ -41,16 +42,7 @@ class BatchNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: Tensor) -> Tensor:
-        if not _is_functorch_tensor(x):
-            return F.batch_norm(x, None, None, self.weight, self.bias, training=True, eps=self.eps)
-        x = F.batch_norm(x, None, None, training=True, eps=self.eps)
-        shape = (1, -1) + (1,) * (x.dim() - 2)
-        return x * self.weight.view(shape) + self.bias.view(shape)
-
-
-def _is_functorch_tensor(x: Tensor) -> bool:
-    check = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
-    return True if check is None else bool(check(x))  # unknown torch: take the safe path
+        return batch_norm(x, None, None, self.weight, self.bias, training=True, eps=self.eps)
 
 
 def conv_block(in_channels: int, out_channels: int, *, pool: bool = True) -> nn.Sequential:
@@ -122,7 +114,7 @@ class MLP(nn.Module):
 
 
 def __getattr__(name: str):
-    # ResNet-12 lives in mtl/resnet.py (another room); import it only when asked for.
+    # ResNet-12 lives in mtl/resnet.py; imported only when asked for.
     if name == "ResNet12":
         from mtl.resnet import ResNet12
 

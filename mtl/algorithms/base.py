@@ -75,7 +75,8 @@ def embed_tasks(body: nn.Module, x: Tensor, strategy: str = "auto") -> Tensor:
     """
     if strategy == "auto":
         strategy = "vmap" if x.device.type == "cuda" else "loop"
-    return map_tasks(lambda _, task_x: body(task_x).flatten(1), None, (x,), strategy=strategy)
+    return map_tasks(lambda _, task_x: body(task_x).flatten(1), None, (x,), strategy=strategy,
+                     model=body)
 
 
 def metrics(loss: Tensor, outputs: Tensor, targets: Tensor) -> dict[str, float]:
