@@ -14,16 +14,18 @@ The ``cpu-*`` presets are small profiles sized for 2 CPU cores; ``RESULTS.md`` r
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from mtl.errors import MTLError
+from mtl.errors import ConfigError
 
 DATASETS = ("sinusoid", "omniglot", "mini-imagenet")
+MODELS = ("conv4", "resnet12", "mlp")
+STRATEGIES = ("auto", "vmap", "loop")
 
-
-class ConfigError(MTLError, ValueError):
-    """A config value that cannot work (unknown preset, dataset, impossible number)."""
+__all__ = ["TrainConfig", "ConfigError", "PRESETS", "preset", "DATASETS", "MODELS"]
 
 
 @dataclass
@@ -64,6 +66,9 @@ class TrainConfig:
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)  # forwarded to the algorithm's constructor
     preset: str | None = None          # the preset this config came from, for the record
+
+    def __post_init__(self) -> None:
+        _check(self)
 
     def resolved(self) -> "TrainConfig":
         """A copy with every ``None`` default filled in from the dataset, checked for sense."""
@@ -106,21 +111,71 @@ _DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
 
 
 def _check(config: TrainConfig) -> None:
+    """Every field checked for sense, so that a bad value stops a run before it touches a file."""
+    def fail(name: str, rule: str, flag: str | None = None) -> None:
+        flag = flag or "--" + name.replace("_", "-")
+        raise ConfigError(f"{name} {rule}, got {getattr(config, name)!r} (set it with {flag})")
+
     if config.dataset not in DATASETS:
         raise ConfigError(f"unknown dataset {config.dataset!r}; choose one of {', '.join(DATASETS)}")
-    positive = ("ways", "shots", "queries", "meta_batch", "iterations", "val_every", "val_episodes",
-                "log_every", "eval_batch")
-    for name in positive:
-        if getattr(config, name) < 1:
-            raise ConfigError(f"{name} must be >= 1, got {getattr(config, name)}")
-    if config.inner_steps < 0:
-        raise ConfigError(f"inner_steps must be >= 0, got {config.inner_steps}")
-    if config.optimizer not in ("adam", "sgd"):
-        raise ConfigError(f"optimizer must be 'adam' or 'sgd', got {config.optimizer!r}")
-    if config.lr_schedule not in ("constant", "linear", "step"):
-        raise ConfigError(f"lr_schedule must be constant, linear or step, got {config.lr_schedule!r}")
+    _check_algorithm(config.algorithm)
+    integers = ("ways", "shots", "queries", "meta_batch", "inner_steps", "iterations", "lr_step",
+                "val_every", "val_episodes", "log_every", "eval_batch", "eval_seed", "test_episodes",
+                "seed", "test_inner_steps", "test_ways", "test_queries", "hidden", "image_size",
+                "checkpoint_every")
+    for name in integers:
+        value = getattr(config, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            fail(name, "must be a whole number")
+    at_least_one = ("ways", "shots", "queries", "meta_batch", "iterations", "val_every",
+                    "val_episodes", "log_every", "eval_batch", "lr_step", "test_queries", "hidden",
+                    "image_size", "checkpoint_every")
+    for name in at_least_one:
+        value = getattr(config, name)
+        if value is not None and value < 1:
+            fail(name, "must be >= 1")
+    for name in ("inner_steps", "test_inner_steps", "test_episodes", "seed", "eval_seed"):
+        value = getattr(config, name)
+        if value is not None and value < 0:
+            fail(name, "must be >= 0")
+    for name in ("ways", "test_ways"):
+        value = getattr(config, name)
+        if value is not None and config.dataset != "sinusoid" and value < 2:
+            fail(name, "must be >= 2 (a classification task needs two classes)")
+    for name in ("inner_lr", "meta_lr"):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            fail(name, "must be a finite number")
+    if config.inner_lr < 0:
+        fail("inner_lr", "must be >= 0 (a negative step climbs the loss)")
     if not config.meta_lr > 0:
-        raise ConfigError(f"meta_lr must be > 0, got {config.meta_lr}")
+        fail("meta_lr", "must be > 0")
+    if config.time_budget_s is not None and not (
+            isinstance(config.time_budget_s, (int, float)) and config.time_budget_s > 0
+            and math.isfinite(config.time_budget_s)):
+        fail("time_budget_s", "must be a positive number of seconds", "--time-budget")
+    if config.strategy not in STRATEGIES:
+        fail("strategy", f"must be one of {', '.join(STRATEGIES)}")
+    if config.optimizer not in ("adam", "sgd"):
+        fail("optimizer", "must be 'adam' or 'sgd'")
+    if config.lr_schedule not in ("constant", "linear", "step"):
+        fail("lr_schedule", "must be constant, linear or step")
+    if config.model is not None and config.model not in MODELS:
+        fail("model", f"must be one of {', '.join(MODELS)}")
+    images = config.dataset != "sinusoid"
+    if config.model == "mlp" and images or config.model in ("conv4", "resnet12") and not images:
+        raise ConfigError(f"model {config.model!r} does not fit dataset {config.dataset!r}: use "
+                          + ("conv4 or resnet12 for images" if images else "mlp for sinusoid"))
+    if not isinstance(config.device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", config.device):
+        fail("device", "must be auto, cpu, cuda or cuda:N")
+    if not isinstance(config.extra, dict):
+        raise ConfigError(f"extra must be a dict of algorithm settings, got {type(config.extra).__name__}")
+
+
+def _check_algorithm(name: str) -> None:
+    from mtl.algorithms import algorithm_class  # the registry (imported when a config is made)
+
+    algorithm_class(name)
 
 
 # --- presets -------------------------------------------------------------------------------------

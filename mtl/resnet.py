@@ -4,9 +4,18 @@ Four residual blocks; each is three 3x3 convolutions (batch norm, LeakyReLU 0.1)
 convolution + batch norm on the shortcut, then a 2x2 max-pool. Global average pooling gives the
 feature vector ``[B, channels[-1]]``; a linear ``classifier`` maps it to logits.
 
-``channels`` sets the width: ``(64, 160, 320, 640)`` is MetaOptNet's (and the common "ResNet-12" of
-the few-shot literature; the MTL paper's TensorFlow code used 64-128-256-512); a narrow
-``(16, 32, 64, 128)`` trains on two CPU cores in the course's CPU profile.
+``channels`` sets the four block widths, a tuple or one of the named configurations of ``WIDTHS``:
+
+- ``"metaoptnet"`` ``(64, 160, 320, 640)``: MetaOptNet (Lee et al. 2019), the common "ResNet-12"
+  of the few-shot literature, and the default here;
+- ``"mtl-tensorflow"`` ``(64, 128, 256, 512)``: the MTL paper's TensorFlow release (the same four
+  blocks of three 3x3 convolutions with a 1x1 shortcut; it scales and shifts the three convolutions
+  of each block and leaves the shortcut as pre-trained).
+
+The MTL PyTorch release is not a ResNet-12: it is a ResNet-25 (a 3x3 stem of 80 filters, then three
+stages of four basic blocks of widths 160-320-640) and scales every convolution, shifting only those
+with a bias. It is not built here. A narrow ``(16, 40, 80, 160)`` (``hidden=16``) trains on two CPU
+cores in the course's CPU profile.
 
 Batch norm is ordinary batch norm with running statistics (unlike ``mtl.models``, whose batch norm
 always uses the current batch): the network is pre-trained as a plain classifier, and then *frozen*
@@ -23,8 +32,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+#: Named block widths, by source (see the module docstring).
+WIDTHS: dict[str, tuple[int, int, int, int]] = {
+    "metaoptnet": (64, 160, 320, 640),
+    "mtl-tensorflow": (64, 128, 256, 512),
+}
 #: The widths used by MetaOptNet and most ResNet-12 few-shot papers.
-DEFAULT_CHANNELS = (64, 160, 320, 640)
+DEFAULT_CHANNELS = WIDTHS["metaoptnet"]
 
 
 def widths_for(hidden: int) -> tuple[int, int, int, int]:
@@ -66,7 +80,8 @@ class ResNet12(nn.Module):
     Args:
         in_channels: image channels (3 for mini-ImageNet, 1 for Omniglot).
         num_classes: outputs of ``classifier`` (64 base classes of mini-ImageNet); 0 for none.
-        channels: the four block widths (default ``(64, 160, 320, 640)``).
+        channels: the four block widths, or a name in ``WIDTHS`` (default ``"metaoptnet"``,
+            ``(64, 160, 320, 640)``).
         hidden: instead of ``channels``, the first width; the others follow MetaOptNet's ratios
             (``widths_for(hidden)``: 16 -> ``(16, 40, 80, 160)``).
         image_size: ignored (accepted so ResNet12 is built like ``Conv4``).
@@ -78,10 +93,15 @@ class ResNet12(nn.Module):
     """
 
     def __init__(self, in_channels: int = 3, num_classes: int = 64,
-                 channels: tuple[int, ...] | None = None, *, hidden: int | None = None,
+                 channels: tuple[int, ...] | str | None = None, *, hidden: int | None = None,
                  image_size: int | None = None):
         super().__init__()
         del image_size  # global average pooling: any input size works (accepted like Conv4's)
+        if isinstance(channels, str):
+            if channels not in WIDTHS:
+                raise ValueError(f"unknown ResNet-12 widths {channels!r}; choose one of "
+                                 f"{', '.join(WIDTHS)} or give four numbers")
+            channels = WIDTHS[channels]
         if channels is None:
             channels = DEFAULT_CHANNELS if hidden is None else widths_for(hidden)
         channels = tuple(int(c) for c in channels)

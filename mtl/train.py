@@ -72,9 +72,6 @@ RUN_FILES = ("config.json", "last.pt", "best.pt", "metrics.jsonl", "metrics.csv"
 RESUMABLE_CHANGES = ("iterations", "device", "time_budget_s", "test_episodes")
 _CSV_COLUMNS = ("kind", "step", "loss", "accuracy", "ci95", "lr", "elapsed_s")
 
-_EXTRA_ALGORITHMS: dict[str, type] = {}
-
-
 class RunFolderError(MTLError):
     """The output folder cannot be used as asked (exists, missing, unwritable)."""
 
@@ -107,21 +104,15 @@ class RunSummary:
 # --- building blocks (also used by mtl.evaluate) -------------------------------------------------
 def register_algorithm(name: str, cls: type) -> None:
     """Make ``name`` usable as ``--algorithm name`` without editing ``mtl.algorithms``."""
-    _EXTRA_ALGORITHMS[name] = cls
+    from mtl.algorithms import register_algorithm as register
+
+    register(name, cls)
 
 
 def algorithm_class(name: str) -> type:
-    registry = _registry()
-    if name not in registry:
-        raise ConfigError(f"unknown algorithm {name!r}; choose one of: {', '.join(sorted(registry))}")
-    return registry[name]
+    from mtl.algorithms import algorithm_class as lookup
 
-
-def _registry() -> dict[str, type]:
-    import mtl.algorithms
-    from mtl.baselines import BASELINES
-
-    return {**BASELINES, **getattr(mtl.algorithms, "ALGORITHMS", {}), **_EXTRA_ALGORITHMS}
+    return lookup(name)
 
 
 def build_model(config: TrainConfig) -> nn.Module:

@@ -59,7 +59,10 @@ def test_pretrained_baselines_and_meta_transfer_counts():
     mtl = MetaTransfer(net, ways=5)
     convs = [m for m in net.encoder.modules() if isinstance(m, torch.nn.Conv2d)]
     head_init = sum(p.numel() for n, p in mtl.named_parameters() if n.startswith("head_"))  # learn_head_init
-    assert compare.meta_parameters(mtl) == 2 * sum(c.out_channels for c in convs) + head_init
+    # the paper's Scaling: one scalar per (output, input) kernel slice; Shifting: one per output channel
+    scaling = sum(c.out_channels * c.in_channels for c in convs)
+    assert compare.meta_parameters(mtl) == scaling + sum(c.out_channels for c in convs) + head_init
+    assert compare.meta_parameters(mtl) == mtl.meta_parameter_count()["total"]
     assert compare.per_task_parameters(mtl, 5) == 5 * 8 + 5
 
 

@@ -192,3 +192,46 @@ def test_pretrained_checkpoint_must_match_the_architecture(tmp_path):
         MetaTransfer(ResNet12(1, 5, hidden=2), ways=5, inner_steps=1, inner_lr=0.1,
                      pretrained=str(tmp_path / "missing.pt"))
     assert issubclass(CheckpointError, MTLError)
+
+
+def test_scaling_is_one_scalar_per_kernel_slice_as_in_the_paper():
+    model = _backbone()
+    algo = MetaTransfer(model, ways=5, inner_steps=1, inner_lr=0.1)
+    for name in algo.conv_names:
+        conv = algo.encoder.get_submodule(name)
+        key = name.replace(".", "_")
+        assert algo.scale[key].shape == (conv.out_channels, conv.in_channels, 1, 1)
+        assert algo.shift[key].shape == (conv.out_channels,)
+    counts = algo.meta_parameter_count()
+    convs = [algo.encoder.get_submodule(n) for n in algo.conv_names]
+    assert counts["scale"] == sum(c.out_channels * c.in_channels for c in convs)
+    assert counts["shift"] == sum(c.out_channels for c in convs)
+    assert counts["total"] == sum(p.numel() for p in algo.parameters())
+    # one kernel slice scaled: only that (out, in) slice of the effective weight changes
+    name = algo.conv_names[1]
+    key = name.replace(".", "_")
+    with torch.no_grad():
+        algo.scale[key][1, 1] = 3.0
+    frozen = algo.encoder.get_submodule(name).weight
+    effective = algo.scaled_weights()[f"{name}.weight"]
+    others = torch.ones(effective.shape[:2], dtype=torch.bool)
+    others[1, 1] = False
+    torch.testing.assert_close(effective[others], frozen[others])
+    torch.testing.assert_close(effective[1, 1], 3.0 * frozen[1, 1])
+    assert frozen[1, 1].abs().sum() > 0
+
+
+def test_per_channel_variant_and_old_per_channel_checkpoints_load():
+    model = _backbone()
+    channel = MetaTransfer(model, ways=5, inner_steps=1, inner_lr=0.1, scaling="channel")
+    assert all(s.shape[1:] == (1, 1, 1) for s in channel.scale.values())
+    with pytest.raises(ScalingShiftingError, match="scaling=kernel"):
+        MetaTransfer(model, ways=5, inner_steps=1, inner_lr=0.1, scaling="filter")
+    # a checkpoint of the older per-channel form ([C_out] scales) loads into the paper's form
+    old_state = {k: (v.view(-1) * 0 + torch.arange(v.shape[0]) if k.startswith("scale.") else v)
+                 for k, v in channel.state_dict().items()}
+    kernel = MetaTransfer(model, ways=5, inner_steps=1, inner_lr=0.1)
+    kernel.load_state_dict(old_state)
+    x = torch.rand(1, 3, 1, 8, 8)
+    channel.load_state_dict(old_state)
+    torch.testing.assert_close(kernel.features(x), channel.features(x))

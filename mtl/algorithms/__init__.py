@@ -23,11 +23,28 @@ ALGORITHMS: dict[str, type[MetaLearner]] = {
     "metasgd": MetaSGD,
     "protonet": ProtoNet,
 }
-# Meta-transfer learning (issue 5): pre-training, Scaling & Shifting, baselines on the pre-trained net.
+# Meta-transfer learning: pre-training, Scaling & Shifting, baselines on the pre-trained net;
+# the sinusoid paper's joint-training baseline.
 from mtl.algorithms.meta_transfer import MetaTransfer  # noqa: E402
 from mtl.algorithms.finetune import BASELINES as _PRETRAINED_BASELINES  # noqa: E402
 from mtl.pretrain import Pretrain  # noqa: E402
 
-ALGORITHMS.update({"pretrain": Pretrain, "mtl": MetaTransfer, **_PRETRAINED_BASELINES})
+from mtl.baselines import BASELINES as _JOINT  # noqa: E402
 
-__all__ = ["ALGORITHMS", "MetaLearner", "MAML", "FOMAML", "Reptile", "ANIL", "MetaSGD", "ProtoNet"]
+ALGORITHMS.update({"pretrain": Pretrain, "mtl": MetaTransfer, **_PRETRAINED_BASELINES, **_JOINT})
+
+
+def register_algorithm(name: str, cls: type) -> None:
+    """Make ``name`` usable as ``--algorithm name`` (and in a ``TrainConfig``) without editing mtl."""
+    ALGORITHMS[name] = cls
+
+
+def algorithm_class(name: str) -> type:
+    """The class registered as ``name``; ``ConfigError`` naming the choices otherwise."""
+    from mtl.errors import ConfigError
+
+    if name not in ALGORITHMS:
+        raise ConfigError(f"unknown algorithm {name!r}; choose one of: {', '.join(sorted(ALGORITHMS))}")
+    return ALGORITHMS[name]
+
+__all__ = ["ALGORITHMS", "register_algorithm", "algorithm_class", "MetaLearner", "MAML", "FOMAML", "Reptile", "ANIL", "MetaSGD", "ProtoNet"]

@@ -1,9 +1,13 @@
 """Meta-transfer learning (Sun, Liu, Chua, Schiele, CVPR 2019): Scaling & Shifting + hard tasks.
 
 A pre-trained network (``mtl.pretrain``) is frozen. For every convolution ``conv(x; W, b)`` of it,
-meta-learning owns a per-output-channel scale ``s`` (init 1) and shift ``t`` (init 0), and the
-network computes ``conv(x; W * s, b + t)`` instead (applied with ``torch.func.functional_call``;
-at initialisation this is exactly the pre-trained network). The task learner is a linear
+with ``W`` of shape ``[C_out, C_in, k, k]``, meta-learning owns a Scaling ``s`` (init 1) and a
+Shifting ``t`` (init 0), and the network computes ``conv(x; W * s, b + t)`` instead (applied with
+``torch.func.functional_call``; at initialisation this is exactly the pre-trained network). As in
+the paper and its official code, ``s`` has one scalar per k x k kernel slice, shape
+``[C_out, C_in, 1, 1]`` broadcast over the slice, and ``t`` one value per output channel
+``[C_out]``. ``scaling="channel"`` is the lighter variant with one scale per output channel
+``[C_out, 1, 1, 1]`` (FiLM-like); it can only rescale a whole filter. The task learner is a linear
 classifier on the features, adapted by ``inner_steps`` gradient steps on the support set from a
 initialisation of 0 (meta-learned too with ``learn_head_init=True``, as in the paper). The
 meta-parameters are ``scale``/``shift`` of every conv (and that initialisation); the frozen weights are buffers of ``self.encoder``, never parameters, so no
@@ -33,6 +37,9 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from mtl.errors import EpisodeError, MTLError
+
+
+SCALINGS = ("kernel", "channel")
 
 
 class ScalingShiftingError(MTLError, ValueError):
@@ -188,15 +195,23 @@ class MetaTransfer(nn.Module):
             with the noise of the meta-gradient (CPU profile, 40 meta-steps, 100 test episodes:
             62.4% with a learned initialisation, 64.1% with 0).
 
-    Meta-parameters (``self.parameters()``): ``scale.*``/``shift.*`` ``[C_out]`` per conv, and with
-    ``learn_head_init`` the head's ``head_weight [N, D]`` and ``head_bias [N]`` (initialised to 0).
+        scaling: ``"kernel"`` (the paper's: one scale per kernel slice, ``[C_out, C_in, 1, 1]``)
+            or ``"channel"`` (one per output channel, ``[C_out, 1, 1, 1]``).
+
+    Meta-parameters (``self.parameters()``): ``scale.*`` (shape per ``scaling``) and ``shift.*``
+    ``[C_out]`` per conv, and with ``learn_head_init`` the head's ``head_weight [N, D]`` and
+    ``head_bias [N]`` (initialised to 0).
     """
 
     def __init__(self, model: nn.Module, *, inner_steps: int = 20, inner_lr: float = 0.01,
                  first_order: bool = False, strategy: str = "auto", ways: int | None = None,
                  pretrained: str | None = None, hard_tasks: int | bool = 0, sampler=None, seed: int = 0,
-                 learn_head_init: bool = False):
+                 learn_head_init: bool = False, scaling: str = "kernel"):
         super().__init__()
+        if scaling not in SCALINGS:
+            raise ScalingShiftingError(f"scaling must be one of {', '.join(SCALINGS)}, got {scaling!r} "
+                                       "(set it with --set scaling=kernel)")
+        self.scaling = scaling
         if pretrained is not None:
             model = _load_into(model, pretrained)
         self.encoder = freeze_to_buffers(encoder_of(model))
@@ -213,10 +228,11 @@ class MetaTransfer(nn.Module):
         self.hard_tasks = hard_tasks
         self.scale, self.shift = nn.ParameterDict(), nn.ParameterDict()
         for name in self.conv_names:
-            out_channels = self.encoder.get_submodule(name).out_channels
+            conv = self.encoder.get_submodule(name)
+            in_per_group = conv.in_channels // conv.groups if scaling == "kernel" else 1
             key = name.replace(".", "_")
-            self.scale[key] = nn.Parameter(torch.ones(out_channels))
-            self.shift[key] = nn.Parameter(torch.zeros(out_channels))
+            self.scale[key] = nn.Parameter(torch.ones(conv.out_channels, in_per_group, 1, 1))
+            self.shift[key] = nn.Parameter(torch.zeros(conv.out_channels))
         dim = _feature_dim(model)
         if learn_head_init:
             self.head_weight = nn.Parameter(torch.zeros(self.ways, dim))
@@ -250,7 +266,7 @@ class MetaTransfer(nn.Module):
         for name in self.conv_names:
             conv = self.encoder.get_submodule(name)
             key = name.replace(".", "_")
-            params[f"{name}.weight"] = conv.weight * self.scale[key].view(-1, 1, 1, 1)
+            params[f"{name}.weight"] = conv.weight * self.scale[key]  # [C_out, C_in | 1, 1, 1]
             shift = self.shift[key]
             params[f"{name}.bias"] = shift if conv.bias is None else conv.bias + shift
         return params
@@ -271,6 +287,25 @@ class MetaTransfer(nn.Module):
         weight, bias = adapt_linear_head(support, batch.support_y, weight, bias, steps=steps,
                                          lr=self.inner_lr, create_graph=create_graph)
         return linear_logits(query, weight, bias)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints of older mtl versions hold per-channel scales [C_out]: the same function as
+        # a per-channel scale [C_out, 1, 1, 1], or as one broadcast over every kernel slice.
+        for key, scale in self.scale.items():
+            name = f"{prefix}scale.{key}"
+            old = state_dict.get(name)
+            if old is not None and old.dim() == 1 and old.shape[0] == scale.shape[0]:
+                state_dict[name] = old.view(-1, 1, 1, 1).expand_as(scale).clone()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def meta_parameter_count(self) -> dict[str, int]:
+        """How many numbers meta-learning owns: ``{"scale", "shift", "head_init", "total"}``."""
+        counts = {"scale": sum(p.numel() for p in self.scale.values()),
+                  "shift": sum(p.numel() for p in self.shift.values()),
+                  "head_init": sum(p.numel() for p in (self.head_weight, self.head_bias)
+                                   if isinstance(p, nn.Parameter))}
+        counts["total"] = sum(counts.values())
+        return counts
 
     # --- the common algorithm interface ----------------------------------------------------
     def attach_sampler(self, sampler):
