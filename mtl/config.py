@@ -45,6 +45,7 @@ class TrainConfig:
     test_inner_steps: int | None = None  # inner steps at validation/test (None: inner_steps)
     test_ways: int | None = None       # ways at validation/test (None: ways; ProtoNet trains wider)
     test_queries: int | None = None    # queries per class at validation/test (None: queries)
+    test_shots: int | None = None      # shots at validation/test (None: shots; Reptile trains with more)
     first_order: bool = False
     strategy: str = "auto"             # "vmap" | "loop" | "auto": how tasks are batched
     optimizer: str = "adam"            # "adam" | "sgd" (Reptile: SGD on its pseudo-gradient)
@@ -84,6 +85,8 @@ class TrainConfig:
             out.test_ways = out.ways
         if out.test_queries is None:
             out.test_queries = out.queries
+        if out.test_shots is None:
+            out.test_shots = out.shots
         if out.checkpoint_every is None:
             out.checkpoint_every = out.val_every
         return out
@@ -121,14 +124,14 @@ def _check(config: TrainConfig) -> None:
     _check_algorithm(config.algorithm)
     integers = ("ways", "shots", "queries", "meta_batch", "inner_steps", "iterations", "lr_step",
                 "val_every", "val_episodes", "log_every", "eval_batch", "eval_seed", "test_episodes",
-                "seed", "test_inner_steps", "test_ways", "test_queries", "hidden", "image_size",
+                "seed", "test_inner_steps", "test_ways", "test_queries", "test_shots", "hidden", "image_size",
                 "checkpoint_every")
     for name in integers:
         value = getattr(config, name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             fail(name, "must be a whole number")
     at_least_one = ("ways", "shots", "queries", "meta_batch", "iterations", "val_every",
-                    "val_episodes", "log_every", "eval_batch", "lr_step", "test_queries", "hidden",
+                    "val_episodes", "log_every", "eval_batch", "lr_step", "test_queries", "test_shots", "hidden",
                     "image_size", "checkpoint_every")
     for name in at_least_one:
         value = getattr(config, name)
@@ -202,14 +205,24 @@ PRESETS: dict[str, dict[str, Any]] = {
     "fomaml-omniglot-5w1s": dict(_OMNIGLOT_5W, algorithm="fomaml", shots=1, first_order=True),
     "fomaml-miniimagenet-5w1s": dict(_MINI, algorithm="fomaml", shots=1, meta_batch=4, first_order=True),
     "fomaml-miniimagenet-5w5s": dict(_MINI, algorithm="fomaml", shots=5, meta_batch=2, first_order=True),
-    # Reptile, Nichol et al. 2018 (openai/supervised-reptile, transductive Omniglot 5w1s command):
-    # 5 inner steps of lr 1e-3 on batches of 10, meta-batch 5, outer step 1 annealed to 0, 100k steps,
-    # 50 inner steps at test. NOT YET RUN: the paper's inner optimiser is Adam, mtl's Reptile takes
-    # plain SGD steps, for which lr 1e-3 is likely far too small; tune inner_lr before trusting it.
-    "reptile-omniglot-5w1s": dict(dataset="omniglot", algorithm="reptile", ways=5, shots=1, queries=15,
-                                  meta_batch=5, inner_steps=5, inner_lr=1e-3, test_inner_steps=50,
-                                  optimizer="sgd", meta_lr=1.0, lr_schedule="linear",
-                                  iterations=100_000, val_every=2000, val_episodes=200),
+    # Reptile, Nichol et al. 2018, as the openai/supervised-reptile README's commands run it: inner
+    # Adam (beta1 = 0) on mini-batches drawn from the task's training shots (more shots per class
+    # at training than at test: "train-shots"), outer step size 1 annealed linearly to 0 (SGD on the
+    # pseudo-gradient), more inner iterations at test. Transductive 1-shot 5-way commands (batch
+    # norm on each task's own statistics, as every Conv4 here). Adam's state starts afresh for each
+    # task (the reference code carries it across tasks).
+    "reptile-omniglot-5w1s": dict(dataset="omniglot", algorithm="reptile", ways=5, shots=15,
+                                  test_shots=1, queries=5, meta_batch=10, inner_steps=3,
+                                  inner_lr=1e-3, test_inner_steps=5, optimizer="sgd", meta_lr=1.0,
+                                  lr_schedule="linear", iterations=100_000, val_every=2000,
+                                  val_episodes=200,
+                                  extra={"inner_optimizer": "adam", "inner_batch": 25}),
+    "reptile-miniimagenet-5w1s": dict(dataset="mini-imagenet", algorithm="reptile", ways=5, shots=15,
+                                      test_shots=1, queries=15, meta_batch=10, inner_steps=15,
+                                      inner_lr=1e-3, test_inner_steps=10, optimizer="sgd",
+                                      meta_lr=1.0, lr_schedule="linear", iterations=100_000,
+                                      val_every=2000, val_episodes=200, eval_batch=8,
+                                      extra={"inner_optimizer": "adam", "inner_batch": 5}),
     # ProtoNets, Snell et al. 2017: Conv4-64, 30-way (1-shot) / 20-way (5-shot) training episodes,
     # 15 queries, Adam 1e-3 halved every 2000 episodes; tested 5-way. One task per step.
     "protonet-miniimagenet-5w1s": dict(dataset="mini-imagenet", algorithm="protonet", ways=30,

@@ -83,7 +83,7 @@ def confidence_interval(scores: Iterable[float] | torch.Tensor) -> tuple[float, 
 class EpisodeSet:
     """A re-iterable fixed episode set: every ``iter()`` yields the same `TaskBatch`-es.
 
-    ``config`` gives the dataset and the episode shape (``test_ways``-way ``shots``-shot,
+    ``config`` gives the dataset and the episode shape (``test_ways``-way ``test_shots``-shot,
     ``queries`` queries per class). Episodes are drawn ``DRAW_BATCH`` at a time, so the set depends
     only on the dataset split, the episode shape, ``n`` and ``seed``; they are handed out in batches
     of ``config.eval_batch`` tasks (a memory knob that never changes the episodes).
@@ -111,9 +111,9 @@ class EpisodeSet:
         seed = self.seed
         if self.dataset is None:  # one task family for every split: keep validation tasks apart
             seed = self.seed + _SINUSOID_SPLIT_OFFSET.get(self.split, 0)
-            source = data.SinusoidTasks(shots=c.shots, queries=c.test_queries, device=self.device, seed=seed)
+            source = data.SinusoidTasks(shots=c.test_shots, queries=c.test_queries, device=self.device, seed=seed)
         else:
-            source = data.EpisodeSampler(self.dataset, ways=c.test_ways, shots=c.shots, queries=c.test_queries,
+            source = data.EpisodeSampler(self.dataset, ways=c.test_ways, shots=c.test_shots, queries=c.test_queries,
                                          device=self.device, seed=self.seed)
         # Drawn DRAW_BATCH at a time (so the set depends on the seed only), computed eval_batch at a time.
         for drawn in source.episodes(self.n, DRAW_BATCH, seed):
@@ -201,9 +201,9 @@ def _scores(learner: nn.Module, episodes: EpisodeSet, steps: int, regression: bo
 def _protocol(config: TrainConfig, learner: nn.Module) -> dict[str, Any]:
     info: dict[str, Any] = {"algorithm": config.algorithm, "dataset": config.dataset}
     if config.dataset == "sinusoid":
-        info.update(points=config.shots, query_points=config.test_queries)
+        info.update(points=config.test_shots, query_points=config.test_queries)
     else:
-        info.update(ways=config.test_ways, shots=config.shots, queries=config.test_queries,
+        info.update(ways=config.test_ways, shots=config.test_shots, queries=config.test_queries,
                     batch_norm=batch_norm_mode(learner))
     return info
 

@@ -522,6 +522,7 @@ _OPTIONS: tuple[tuple[str, type, str], ...] = (
     ("test-inner-steps", int, "inner steps at validation/test"),
     ("test-ways", int, "ways at validation/test"),
     ("test-queries", int, "queries per class at validation/test"),
+    ("test-shots", int, "shots at validation/test (default: shots)"),
     ("strategy", str, "vmap, loop or auto: how tasks are batched"),
     ("optimizer", str, "adam or sgd"),
     ("lr-schedule", str, "constant, linear or step"),
