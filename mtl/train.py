@@ -68,6 +68,8 @@ from mtl.errors import CheckpointError, InnerLoopError, MTLError
 
 #: files a run writes into its folder (``--overwrite`` removes exactly these)
 RUN_FILES = ("config.json", "last.pt", "best.pt", "metrics.jsonl", "metrics.csv", "summary.json")
+#: where --overwrite keeps the old run until the new one has written its first checkpoint
+REPLACED = ".replaced-run"
 #: config fields that may change when a run is resumed
 RESUMABLE_CHANGES = ("iterations", "device", "time_budget_s", "test_episodes")
 _CSV_COLUMNS = ("kind", "step", "loss", "accuracy", "ci95", "lr", "elapsed_s")
@@ -203,9 +205,25 @@ def train(config: TrainConfig | dict | str, *, out: str | os.PathLike | None = N
     Raises `RunFolderError`, `CheckpointError` (before any training), `TrainingDiverged`.
     """
     config = _as_config(config)
+    if not resume:  # validate, then act: nothing is created, moved or deleted for a bad config
+        resolve_device(config.resolved().device)
     info = distributed.setup()  # [distributed] join torchrun's process group (no-op otherwise)
-    run_dir = (_prepare_run_dir(out, resume=resume, overwrite=overwrite) if info.rank == 0
-               else Path(out) if out is not None else None)  # [distributed] rank 0 prepares
+    run_dir, aside, created = (_prepare_run_dir(out, resume=resume, overwrite=overwrite)
+                               if info.rank == 0 else
+                               (Path(out) if out is not None else None, None, False))
+    try:
+        return _train(config, info, run_dir, resume, progress)
+    except BaseException:
+        if info.rank == 0 and run_dir is not None:
+            _undo_start(run_dir, aside, created)
+        raise
+    finally:
+        if aside is not None and aside.exists() and (run_dir / "last.pt").exists():
+            shutil.rmtree(aside)  # the new run has its first checkpoint: the old one may go
+
+
+def _train(config: TrainConfig, info, run_dir: Path | None, resume: bool,
+           progress: bool | None) -> RunSummary:
     distributed.barrier()  # [distributed]
     checkpoint = None
     if resume:
@@ -420,12 +438,16 @@ class _MetricsLog:
 
 
 # --- run folder, config and seeds ---------------------------------------------------------------
-def _prepare_run_dir(out: str | os.PathLike | None, *, resume: bool, overwrite: bool) -> Path | None:
-    """Check (before any training) that the run folder can be used as asked; create it."""
+def _prepare_run_dir(out: str | os.PathLike | None, *, resume: bool,
+                     overwrite: bool) -> tuple[Path | None, Path | None, bool]:
+    """Check (before any training) that the run folder can be used as asked; create it.
+
+    Returns ``(run folder, where an overwritten run was moved aside or None, folder created)``.
+    """
     if out is None:
         if resume:
             raise RunFolderError("resume=True needs the run folder: pass out=DIR (--out DIR)")
-        return None
+        return None, None, False
     if resume and overwrite:
         raise RunFolderError("--resume continues a run, --overwrite replaces it: pass only one")
     run_dir = Path(out)
@@ -445,15 +467,14 @@ def _prepare_run_dir(out: str | os.PathLike | None, *, resume: bool, overwrite: 
                 f"{', ...' if len(existing) > 5 else ''}): pass --resume to continue that run, "
                 "--overwrite to replace it, or choose another --out"
             )
-        foreign = [n for n in existing if n not in RUN_FILES and not n.startswith((".last.pt.", ".best.pt.", "eval-"))]
+        foreign = [n for n in existing if n not in RUN_FILES and n != REPLACED
+                   and not n.startswith((".last.pt.", ".best.pt.", "eval-"))]
         if foreign:
             raise RunFolderError(
                 f"{run_dir} holds files that are not from an mtl run ({', '.join(foreign[:5])}); "
                 "--overwrite only replaces run folders: choose another --out"
             )
-        for name in existing:
-            target = run_dir / name
-            shutil.rmtree(target) if target.is_dir() else target.unlink()
+    created = not run_dir.exists()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / f".write-test-{os.getpid()}"
@@ -461,7 +482,39 @@ def _prepare_run_dir(out: str | os.PathLike | None, *, resume: bool, overwrite: 
         probe.unlink()
     except OSError as exc:
         raise RunFolderError(f"cannot write to {run_dir} ({exc.strerror or exc}): choose a writable --out") from exc
-    return run_dir
+    aside = None
+    if existing and not resume:
+        aside = run_dir / REPLACED
+        if aside.exists() and not (run_dir / "last.pt").exists():
+            _restore(run_dir, aside)  # an earlier replacement was killed before its first checkpoint
+            existing = sorted(p.name for p in run_dir.iterdir())
+        if aside.exists():
+            shutil.rmtree(aside)
+        aside.mkdir()
+        for name in existing:
+            if name != REPLACED:
+                (run_dir / name).rename(aside / name)
+    return run_dir, aside, created
+
+
+def _restore(run_dir: Path, aside: Path) -> None:
+    """Put the run moved aside by --overwrite back in place of what the new run wrote."""
+    for path in run_dir.iterdir():
+        if path != aside:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    for path in aside.iterdir():
+        path.rename(run_dir / path.name)
+    aside.rmdir()
+
+
+def _undo_start(run_dir: Path, aside: Path | None, created: bool) -> None:
+    """A run that failed before its first checkpoint leaves the folder as it found it."""
+    if (run_dir / "last.pt").exists():
+        return  # the new run exists (and can be resumed); the old one was replaced
+    if aside is not None and aside.exists():
+        _restore(run_dir, aside)
+    elif created and run_dir.is_dir():
+        shutil.rmtree(run_dir)
 
 
 def _as_config(config: TrainConfig | dict | str) -> TrainConfig:
@@ -509,7 +562,7 @@ def _make_optimizer(learner: nn.Module, config: TrainConfig) -> torch.optim.Opti
 
 # --- CLI -----------------------------------------------------------------------------------------
 _OPTIONS: tuple[tuple[str, type, str], ...] = (
-    ("algorithm", str, "maml, fomaml, reptile, anil, metasgd, protonet, joint, ... (registry)"),
+    ("algorithm", str, "the algorithm (every name of mtl.algorithms.ALGORITHMS)"),
     ("dataset", str, "sinusoid, omniglot or mini-imagenet"),
     ("ways", int, "N classes per task"),
     ("shots", int, "K support examples per class (sinusoid: K points)"),
@@ -543,7 +596,11 @@ _OPTIONS: tuple[tuple[str, type, str], ...] = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", help=f"start from a named protocol: {', '.join(PRESETS)}")
+    from mtl.algorithms import ALGORITHMS
+
     for name, kind, help_text in _OPTIONS:
+        if name == "algorithm":
+            help_text = ", ".join(sorted(ALGORITHMS))
         parser.add_argument(f"--{name}", type=kind, default=None, help=help_text)
     parser.add_argument("--first-order", action="store_true", default=None, help="drop second-order terms")
     parser.add_argument("--no-rotations", dest="rotations", action="store_false", default=None,
@@ -608,6 +665,9 @@ def run(args: argparse.Namespace) -> int:
         config = config_from_args(args, base)
         summary = train(config, out=args.out, resume=args.resume, overwrite=args.overwrite,
                         progress=False if args.no_progress else None)
+    except ConfigError as exc:  # a usage error: exit code 2, as argparse's
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except MTLError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -189,3 +189,55 @@ def test_presets_resolve_and_name_the_paper_protocols():
     assert preset("maml-omniglot-20w1s").resolved().meta_batch == 16
     with pytest.raises(Exception, match="unknown preset"):
         preset("maml-imagenet")
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("bad", [["--ways", "0"], ["--algorithm", "mamll"], ["--device", "mps"],
+                                 ["--inner-lr", "-0.1"], ["--time-budget", "-5"],
+                                 ["--checkpoint-every", "0"], ["--test-inner-steps", "-1"]])
+def test_a_refused_overwrite_leaves_the_old_run_byte_for_byte(tmp_path, capsys, bad):
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--iterations", "4", "--val-every", "4", "--out", str(run)]) == 0
+    before = _snapshot(run)
+    code = main(["train", *TINY, "--iterations", "4", "--out", str(run), "--overwrite", *bad])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    assert _snapshot(run) == before
+
+
+def test_no_gpu_refused_before_any_file_is_touched(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--iterations", "4", "--val-every", "4", "--out", str(run)]) == 0
+    before = _snapshot(run)
+    assert main(["train", *TINY, "--out", str(run), "--overwrite", "--device", "cuda"]) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err and _snapshot(run) == before
+    fresh = tmp_path / "fresh"
+    assert main(["train", *TINY, "--out", str(fresh), "--device", "cuda"]) == 2
+    assert not fresh.exists(), "a refused start leaves no empty folder"
+
+
+def test_an_overwrite_that_fails_before_its_first_checkpoint_restores_the_old_run(tmp_path):
+    run = tmp_path / "run"
+    train(_tiny(iterations=4, val_every=4), out=run, progress=False)
+    before = _snapshot(run)
+
+    class Boom(nn.Module):
+        def __init__(self, model, **_):
+            super().__init__()
+            self.model = model
+
+        def meta_gradient(self, batch):
+            raise RuntimeError("failed at the first step")
+
+    register_algorithm("boom", Boom)
+    with pytest.raises(RuntimeError, match="first step"):
+        train(_tiny(algorithm="boom", iterations=4, val_every=4), out=run, overwrite=True,
+              progress=False)
+    assert _snapshot(run) == before
+    train(_tiny(iterations=4, val_every=2), out=run, overwrite=True, progress=False)
+    assert not (run / ".replaced-run").exists() and _snapshot(run) != before
