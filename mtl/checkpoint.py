@@ -52,8 +52,18 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         data = torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError,
             OSError, AttributeError, TypeError, KeyError) as exc:
+        text = str(exc)
+        if isinstance(exc, pickle.UnpicklingError) and "Unsupported global" in text:
+            raise CheckpointError(
+                f"{path} holds pickled Python objects beyond tensors and plain values, and mtl "
+                "never runs code from a checkpoint (torch.load with weights_only=True): it was not "
+                "written by mtl, or was altered. Use a checkpoint written by `python -m mtl train`."
+            ) from None
+        detail = _first_line(exc)
+        if "WeightsUnpickler error:" in text:  # torch's own hint (weights_only=False) is left out
+            detail = text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()[0]
         raise CheckpointError(
-            f"{path} is corrupt or not a torch checkpoint ({type(exc).__name__}: {_first_line(exc)}). "
+            f"{path} is corrupt or not a torch checkpoint ({type(exc).__name__}: {detail}). "
             "Delete it and train again, or point to an intact checkpoint (e.g. best.pt beside it)."
         ) from exc
     if not isinstance(data, dict) or data.get("format") != FORMAT:

@@ -65,6 +65,7 @@ class TrainConfig:
     time_budget_s: float | None = None  # stop early after this much wall time in the training loop
     device: str = "auto"               # "auto" (cuda when present) | "cpu" | "cuda" | "cuda:1" ...
     seed: int = 0
+    init: str | None = None            # start from the learner weights of this checkpoint (another run's)
     extra: dict[str, Any] = field(default_factory=dict)  # forwarded to the algorithm's constructor
     preset: str | None = None          # the preset this config came from, for the record
 
@@ -121,7 +122,7 @@ def _check(config: TrainConfig) -> None:
 
     if config.dataset not in DATASETS:
         raise ConfigError(f"unknown dataset {config.dataset!r}; choose one of {', '.join(DATASETS)}")
-    _check_algorithm(config.algorithm)
+    _check_algorithm(config.algorithm, config.extra)
     integers = ("ways", "shots", "queries", "meta_batch", "inner_steps", "iterations", "lr_step",
                 "val_every", "val_episodes", "log_every", "eval_batch", "eval_seed", "test_episodes",
                 "seed", "test_inner_steps", "test_ways", "test_queries", "test_shots", "hidden", "image_size",
@@ -157,6 +158,8 @@ def _check(config: TrainConfig) -> None:
             isinstance(config.time_budget_s, (int, float)) and config.time_budget_s > 0
             and math.isfinite(config.time_budget_s)):
         fail("time_budget_s", "must be a positive number of seconds", "--time-budget")
+    if config.init is not None and not isinstance(config.init, str):
+        fail("init", "must be the path of a checkpoint")
     if config.strategy not in STRATEGIES:
         fail("strategy", f"must be one of {', '.join(STRATEGIES)}")
     if config.optimizer not in ("adam", "sgd"):
@@ -171,14 +174,48 @@ def _check(config: TrainConfig) -> None:
                           + ("conv4 or resnet12 for images" if images else "mlp for sinusoid"))
     if not isinstance(config.device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", config.device):
         fail("device", "must be auto, cpu, cuda or cuda:N")
-    if not isinstance(config.extra, dict):
-        raise ConfigError(f"extra must be a dict of algorithm settings, got {type(config.extra).__name__}")
 
 
-def _check_algorithm(name: str) -> None:
+def _check_algorithm(name: str, extra: dict[str, Any]) -> None:
     from mtl.algorithms import algorithm_class  # the registry (imported when a config is made)
 
-    algorithm_class(name)
+    if not isinstance(extra, dict):
+        raise ConfigError(f"extra must be a dict of algorithm settings, got {type(extra).__name__}")
+    cls = algorithm_class(name)
+    allowed = _constructor_settings(cls)
+    if allowed is None:
+        return  # the class takes any keyword
+    unknown = sorted(set(extra) - allowed)
+    if unknown:
+        raise ConfigError(f"--set {unknown[0]}=... is not a setting of --algorithm {name}; its "
+                          f"settings: {', '.join(sorted(allowed)) or 'none'}")
+
+
+#: set by the engine for every algorithm (fields of TrainConfig), never through ``extra``
+_ENGINE_SETTINGS = {"self", "model", "inner_steps", "inner_lr", "first_order", "strategy",
+                    "loss_fn"}
+
+
+def _constructor_settings(cls: type) -> set[str] | None:
+    """The keywords ``cls`` accepts beyond the engine's own (None: it accepts any keyword)."""
+    import inspect
+
+    import torch.nn
+
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if klass in (torch.nn.Module, object) or "__init__" not in vars(klass):
+            continue
+        params = inspect.signature(klass.__init__).parameters.values()
+        names |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            break
+    else:
+        if not names:
+            return None
+    if hasattr(cls, "from_config"):
+        names |= set(getattr(cls, "CONFIG_SETTINGS", ("pretrained",)))
+    return names - _ENGINE_SETTINGS
 
 
 # --- presets -------------------------------------------------------------------------------------

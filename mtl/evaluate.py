@@ -131,6 +131,7 @@ def evaluate(learner: nn.Module, config: TrainConfig, *, split: str = "test", ep
     """
     from mtl.train import progress_enabled, resolve_device
 
+    _check_request(episodes if episode_set is None else 1, inner_steps)
     config = config.resolved()
     steps = config.test_inner_steps if inner_steps is None else inner_steps
     device = resolve_device(device or config.device) if device is None or isinstance(device, str) else device
@@ -151,6 +152,9 @@ def evaluate_checkpoint(path: str | Path, *, split: str = "test", episodes: int 
     from mtl.checkpoint import load_checkpoint
     from mtl.train import build_learner, load_learner_state, resolve_device
 
+    _check_request(episodes, inner_steps)
+    if device is not None:
+        resolve_device(device)
     path = checkpoint_path(path)
     data = load_checkpoint(path)
     config = TrainConfig.from_dict(data["config"]).resolved()
@@ -162,6 +166,14 @@ def evaluate_checkpoint(path: str | Path, *, split: str = "test", episodes: int 
     result.protocol["checkpoint"] = str(path)
     result.protocol["checkpoint_step"] = int(data["step"])
     return result
+
+
+def _check_request(episodes: int, inner_steps: int | None) -> None:
+    if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
+        raise ConfigError(f"episodes must be a whole number >= 1, got {episodes!r} (--episodes)")
+    if inner_steps is not None and (isinstance(inner_steps, bool) or not isinstance(inner_steps, int)
+                                    or inner_steps < 0):
+        raise ConfigError(f"inner steps must be a whole number >= 0, got {inner_steps!r} (--inner-steps)")
 
 
 def checkpoint_path(path: str | Path) -> Path:

@@ -27,6 +27,7 @@ backward grows with ``chunk_size`` rather than with B, at the cost of one extra 
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Callable, Mapping
 
@@ -118,9 +119,16 @@ def adapt(model: nn.Module, params: Mapping[str, Tensor], x: Tensor, y: Tensor, 
     Raises:
         InnerLoopError: an inner loss that is NaN or Inf (names the step).
     """
-    adapted, inner_losses = _adapt(model, dict(params), x, y, steps, lr, loss_fn, first_order,
-                                   functional=False)
+    _check_settings(steps, lr)
+    _check_inputs(model, params, {"x": x}, {"y": y}, loss_fn, leading=1)
+    with _label_errors(model):
+        adapted, inner_losses = _adapt(model, dict(params), x, y, steps, lr, loss_fn, first_order,
+                                       functional=False)
     _check_finite(inner_losses[None], None, steps, lr)
+    if steps and not bool(torch.stack([torch.isfinite(p.detach()).all() for p in adapted.values()]).all()):
+        lr_text = "the per-parameter learning rates" if isinstance(lr, Mapping) else f"lr={lr:g}"
+        raise InnerLoopError(f"the adapted parameters are NaN/Inf after step {steps} of {steps}: the "
+                             f"last update diverged; lower the inner learning rate ({lr_text})")
     return adapted
 
 
@@ -268,6 +276,9 @@ def maml_outputs(model: nn.Module, params: Mapping[str, Tensor], support_x: Tens
         adaptation and its query logits (or predictions), differentiable w.r.t. ``params``.
     """
     params = dict(params)
+    _check_settings(steps, lr)
+    _check_inputs(model, params, {"support_x": support_x, "query_x": query_x},
+                  {"support_y": support_y, "query_y": query_y}, loss_fn, leading=2)
     _check_batch(support_x, support_y, query_x, query_y, loss_fn)
     strategy = resolve_strategy(strategy, model, params, support_x, support_y, query_x, query_y,
                                 steps=steps, lr=lr, loss_fn=loss_fn, first_order=first_order,
@@ -279,9 +290,11 @@ def maml_outputs(model: nn.Module, params: Mapping[str, Tensor], support_x: Tens
                              steps, loss_fn, first_order, sx, sy, qx, qy, strategy == "vmap")
 
     shared = _shared(model, params, lr)
-    losses, outputs, inner_losses = map_tasks(one_task, shared,
-                                              (support_x, support_y, query_x, query_y),
-                                              strategy=strategy, chunk_size=chunk_size, model=model)
+    with _label_errors(model):
+        losses, outputs, inner_losses = map_tasks(one_task, shared,
+                                                  (support_x, support_y, query_x, query_y),
+                                                  strategy=strategy, chunk_size=chunk_size,
+                                                  model=model)
     _check_finite(inner_losses, losses, steps, lr)
     return losses, outputs
 
@@ -330,6 +343,9 @@ def adapt_batch(model: nn.Module, params: Mapping[str, Tensor], x: Tensor, y: Te
         ``(adapted, query_outputs)``: dict name -> ``[B, *shape]`` and ``[B, n_q, ...]`` (or None).
     """
     params = dict(params)
+    _check_settings(steps, lr)
+    _check_inputs(model, params, {"x": x} if query_x is None else {"x": x, "query_x": query_x},
+                  {"y": y}, loss_fn, leading=2)
     if x.shape[:2] != y.shape[:2] or (query_x is not None and query_x.shape[0] != x.shape[0]):
         raise TaskBatchError(f"x {tuple(x.shape)}, y {tuple(y.shape)} and query_x disagree in the "
                              "leading dimensions [B, n]; pass one target per example of each task")
@@ -363,6 +379,79 @@ def _shared_lr(shared: dict, lr: LR) -> LR:
 
 
 # ----------------------------------------------------------------------------- checks
+
+def _check_settings(steps: int, lr: LR) -> None:
+    """A whole number of steps >= 0 and a finite learning rate >= 0 (or a dict of tensors)."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ConfigError(f"steps must be a whole number >= 0, got {steps!r}")
+    if isinstance(lr, Mapping):
+        return
+    if isinstance(lr, Tensor) and lr.numel() == 1:
+        lr = float(lr)
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr < 0:
+        raise ConfigError(f"lr must be a finite number >= 0, got {lr!r} (a negative step climbs "
+                          "the loss; per-parameter rates go in a dict name -> tensor)")
+
+
+def _check_inputs(model: nn.Module, params: Mapping[str, Tensor], inputs: dict[str, Tensor],
+                  targets: dict[str, Tensor], loss_fn: LossFn, *, leading: int) -> None:
+    """Types, devices, sizes and label kinds of the inputs of ``adapt``/``maml_loss``.
+
+    ``leading``: 1 for one task ``[n, ...]``, 2 for a batch of tasks ``[B, n, ...]``.
+    """
+    every = {**inputs, **targets}
+    for name, t in every.items():
+        if not isinstance(t, Tensor):
+            raise TaskBatchError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() < leading:
+            raise TaskBatchError(f"{name} needs the leading dimensions "
+                                 f"{'[n]' if leading == 1 else '[B, n]'}, got shape {tuple(t.shape)}")
+        empty = [d for d, size in zip(("B", "n") if leading == 2 else ("n",), t.shape) if size == 0]
+        if empty:
+            raise TaskBatchError(f"{name} has shape {tuple(t.shape)}: {empty[0]} is 0 (an empty "
+                                 f"{'batch of tasks' if empty[0] == 'B' else 'set of examples'}); "
+                                 "every task needs at least one support and one query example")
+    for name, t in inputs.items():
+        if not t.dtype.is_floating_point:
+            raise TaskBatchError(f"{name} has dtype {t.dtype}; inputs must be floating point "
+                                 "(images stored as uint8: x.float() / 255)")
+    if leading == 1:
+        x, y = inputs["x"], targets["y"]
+        if x.shape[0] != y.shape[0]:
+            raise TaskBatchError(f"x has {x.shape[0]} examples but y has {y.shape[0]}: pass one "
+                                 "target per example")
+    if loss_fn is F.cross_entropy:
+        for name, t in targets.items():
+            if t.dtype.is_floating_point or t.dtype == torch.bool:
+                raise TaskBatchError(f"{name} has dtype {t.dtype}, but cross-entropy needs class ids "
+                                     f"(torch.long, 0..N-1): pass {name}.long(), or loss_fn="
+                                     "F.mse_loss for regression targets")
+            if leading == 1 and t.numel() and int(t.min()) < 0:  # batches: in _check_batch
+                raise TaskBatchError(f"{name} holds a negative label; labels are 0..N-1 within "
+                                     "each task")
+    devices = {t.device for t in every.values()} | {p.device for p in params.values()}
+    devices |= {p.device for p in model.parameters()}
+    if len(devices) > 1:
+        raise TaskBatchError(f"the model's parameters and the data are on different devices "
+                             f"({', '.join(sorted(map(str, devices)))}): move both to one, e.g. "
+                             "model.to(device) and x.to(device)")
+
+
+@contextlib.contextmanager
+def _label_errors(model: nn.Module):
+    """Turn torch's "target out of bounds" into a TaskBatchError naming the model's outputs."""
+    try:
+        yield
+    except (IndexError, RuntimeError) as error:
+        text = str(error)
+        if "out of bounds" not in text and "Target" not in text:
+            raise
+        outputs = [m.out_features for m in model.modules() if isinstance(m, nn.Linear)]
+        size = f" ({outputs[-1]} outputs)" if outputs else ""
+        raise TaskBatchError(f"a label is larger than the model's head can predict{size}: labels "
+                             "must be 0..N-1 for an N-way head; build the model with num_classes=N "
+                             f"for N-way tasks ({text.splitlines()[0]})") from error
+
 
 def _check_strategy(strategy: str) -> None:
     if strategy not in STRATEGIES:

@@ -27,7 +27,8 @@ from typing import Any
 
 import torch
 
-from mtl.errors import MTLError
+from mtl.config import TrainConfig
+from mtl.errors import ConfigError, MTLError
 
 _COMMON = dict(rotations=False, val_episodes=100, log_every=10, eval_batch=20, seed=0)
 
@@ -61,6 +62,20 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 PROFILES["gpu-miniimagenet-5w5s"] = copy.deepcopy(PROFILES["gpu-miniimagenet-5w1s"])
 PROFILES["gpu-miniimagenet-5w5s"]["meta"].update(shots=5)
+
+
+def _check_settings(settings: dict, budget_s: float | None) -> None:
+    """Every setting checked before the first stage trains (a bad one would fail after training)."""
+    from mtl.train import resolve_device
+
+    episodes = settings["episodes"]
+    if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
+        raise ConfigError(f"episodes must be a whole number >= 1, got {episodes!r} (--episodes)")
+    if budget_s is not None and not budget_s > 0:
+        raise ConfigError(f"the budget must be a positive number of seconds, got {budget_s} (--budget)")
+    resolve_device(settings["device"])
+    TrainConfig.from_dict(dict(settings["pretrain"], algorithm="pretrain"))  # checks every field
+    TrainConfig.from_dict(dict(settings["meta"], algorithm="mtl"))
 
 
 def _stage_done(folder: Path) -> bool:
@@ -102,6 +117,7 @@ def run_pipeline(profile: str = "cpu", *, out: str | Path = "runs/mtl-pipeline",
             settings[key].update(value)
         else:
             settings[key] = value
+    _check_settings(settings, budget_s)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     device = settings["device"]
@@ -200,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         results = run_pipeline(args.profile, out=args.out, budget_s=args.budget,
                                progress=False if args.no_progress else None, **overrides)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except MTLError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

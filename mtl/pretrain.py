@@ -360,6 +360,9 @@ class Pretrain(torch.nn.Module):
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
 
+    #: ``--set`` keys that ``from_config`` reads (beyond the constructor's keywords)
+    CONFIG_SETTINGS = ("channels", "hidden")
+
     @classmethod
     def from_config(cls, config, device) -> "Pretrain":
         from mtl.data import load_dataset

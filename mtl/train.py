@@ -49,6 +49,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import sys
 import time
@@ -145,21 +146,39 @@ def build_learner(config: TrainConfig, device: torch.device) -> nn.Module:
 
 
 def load_learner_state(learner: nn.Module, state: dict[str, Any], path: Path | str) -> None:
+    """Load a checkpoint's learner state; a mismatch names the tensors that do not fit."""
+    own = learner.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k} {tuple(state[k].shape)} in the file, {tuple(own[k].shape)} in the model"
+              for k in own if k in state and hasattr(state[k], "shape")
+              and tuple(state[k].shape) != tuple(own[k].shape)]
+    problems = ([f"shape of {s}" for s in shapes[:3]] + [f"missing {k}" for k in missing[:3]]
+                + [f"unexpected {k}" for k in unexpected[:3]])
     try:
         learner.load_state_dict(state)
     except (RuntimeError, KeyError, ValueError) as exc:
+        detail = "; ".join(problems) or str(exc).splitlines()[0][:200]
         raise CheckpointError(
-            f"{path} does not fit the model its config describes ({str(exc).splitlines()[0][:200]}): "
-            "was it written by another mtl version? Retrain, or use the version that wrote it."
+            f"{path} does not fit the model its config describes ({detail}). The config and the "
+            "weights disagree: the file was edited, or written by an mtl whose models differ; "
+            "retrain, or evaluate it with the mtl version that wrote it."
         ) from exc
 
 
 def resolve_device(name: str | torch.device) -> torch.device:
+    """``auto`` (cuda when present), ``cpu``, ``cuda`` or ``cuda:N``, checked against this machine."""
     if str(name) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", str(name)):
+        raise ConfigError(f"device {str(name)!r} is not supported: use auto, cpu, cuda or cuda:N "
+                          "(mtl runs on CPUs and CUDA GPUs)")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} asked for, but torch sees no CUDA GPU: use --device cpu")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {name!r} asked for, but torch sees {torch.cuda.device_count()} "
+                          f"GPU(s) (cuda:0 to cuda:{torch.cuda.device_count() - 1})")
     return device
 
 
@@ -242,6 +261,9 @@ def _train(config: TrainConfig, info, run_dir: Path | None, resume: bool,
     val_set = EpisodeSet(config, "val", n=config.val_episodes, seed=config.eval_seed, device=device,
                          progress=show)
     state = _State()
+    if checkpoint is None and config.init is not None:
+        start = load_checkpoint(config.init)
+        load_learner_state(learner, start["learner"], config.init)
     if checkpoint is not None:
         load_learner_state(learner, checkpoint["learner"], run_dir / "last.pt")
         optimizer.load_state_dict(checkpoint["optimizer"])
@@ -280,6 +302,11 @@ class _State:
     best_score: float | None = None
     best_val: dict[str, Any] | None = None
     last_val: dict[str, Any] | None = None
+    first_loss: float | None = None    # the first meta-step's loss: the scale of an explosion
+
+
+#: a training loss this many times the first meta-step's is taken as divergence
+EXPLODED = 1e4
 
 
 class _Loop:
@@ -344,16 +371,26 @@ class _Loop:
         if not math.isfinite(loss) or not _grads_finite(self.params):
             what = f"meta-loss {loss}" if not math.isfinite(loss) else "a NaN/Inf meta-gradient"
             raise TrainingDiverged(self._diverged_message(what))
+        if s.first_loss is None:
+            s.first_loss = loss
+        elif loss > EXPLODED * max(s.first_loss, 1e-3):
+            raise TrainingDiverged(self._diverged_message(
+                f"the meta-loss exploded to {loss:.3g} ({EXPLODED:.0e} times the first step's "
+                f"{s.first_loss:.3g})"))
         self.optimizer.step()
         return loss, accuracy, lr
 
     def _diverged_message(self, what: str) -> str:
         step = self.state.step + 1
+        lower = (f"a lower learning rate (--inner-lr below {self.config.inner_lr:g} or --meta-lr "
+                 f"below {self.config.meta_lr:g})")
         if self.last_good is not None:
-            kept = (f"the last good checkpoint (step {self.last_good}) is kept in {self.run_dir / 'last.pt'}; "
-                    f"continue from it with --resume and a lower --meta-lr or --inner-lr")
+            kept = (f"The last checkpoint with a finite validation score (step {self.last_good}) is "
+                    f"kept in {self.run_dir / 'last.pt'}: start a new run from its weights with "
+                    f"--init {self.run_dir / 'last.pt'} --out NEW_FOLDER and {lower}")
         else:
-            kept = "no checkpoint was written yet; start again with a lower --meta-lr or --inner-lr"
+            kept = (f"No checkpoint was written yet (the run folder is left as it was): run the "
+                    f"same command again with {lower}")
         return f"training stopped at meta-step {step}: {what}. {kept}."
 
     def _train_row(self, lr: float) -> dict[str, Any]:
@@ -372,6 +409,9 @@ class _Loop:
 
         s = self.state
         result = evaluate(self.learner, self.config, episode_set=self.val_set, progress=False)
+        if not math.isfinite(result.mean):
+            raise TrainingDiverged(self._diverged_message(f"the validation {result.metric} is "
+                                                          f"{result.mean}"))
         key = "accuracy" if result.metric == "accuracy" else "loss"
         row = {"kind": "val", "step": s.step, key: result.mean, "ci95": result.ci95,
                "elapsed_s": round(s.elapsed_s, 3)}
@@ -579,6 +619,7 @@ _OPTIONS: tuple[tuple[str, type, str], ...] = (
     ("strategy", str, "vmap, loop or auto: how tasks are batched"),
     ("optimizer", str, "adam or sgd"),
     ("lr-schedule", str, "constant, linear or step"),
+    ("lr-step", int, "with --lr-schedule step: halve the meta-lr every this many meta-steps"),
     ("model", str, "conv4, resnet12 or mlp"),
     ("hidden", int, "conv filters / MLP width"),
     ("image-size", int, "image side in pixels"),
@@ -591,6 +632,7 @@ _OPTIONS: tuple[tuple[str, type, str], ...] = (
     ("time-budget", float, "stop after this many seconds of training (checkpoint kept)"),
     ("device", str, "auto, cpu, cuda, cuda:1, ..."),
     ("seed", int, "seed of model init and training episodes"),
+    ("init", str, "start from the weights of this checkpoint (e.g. a diverged run's last.pt)"),
 )
 
 

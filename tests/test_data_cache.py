@@ -61,3 +61,36 @@ def test_locations_follow_arguments_then_environment(tmp_path, monkeypatch):
     monkeypatch.delenv("MTL_DATA")
     assert cache.data_root() is None
     assert cache.cache_dir() == Path(cache.__file__).resolve().parents[2] / "data" / "cache"
+
+
+def test_a_killed_write_leaves_nothing_behind_on_the_next_run(tmp_path):
+    import os
+    import time
+
+    from mtl.data.cache import atomic_save
+
+    old = tmp_path / ".x.pt.abc123.tmp"
+    old.write_bytes(b"half a file")
+    stale = time.time() - 3600
+    os.utime(old, (stale, stale))
+    fresh = tmp_path / ".x.pt.def456.tmp"  # a writer still at work: left alone
+    fresh.write_bytes(b"")
+    atomic_save({"a": 1}, tmp_path / "x.pt")
+    assert not old.exists() and fresh.exists()
+
+
+def test_bad_image_size_and_unwritable_cache_are_refused_before_decoding(tmp_path):
+    import pytest
+
+    from mtl.data import cache, omniglot
+    from mtl.errors import ConfigError, DataError
+
+    for size in (0, -3, 2.5):
+        with pytest.raises(ConfigError, match="image size"):
+            omniglot.prepare(cache_dir=tmp_path, image_size=size, download=False)
+    blocker = tmp_path / "a-file"  # a folder that cannot exist, even for root
+    blocker.write_text("")
+    with pytest.raises(DataError, match="MTL_CACHE"):
+        cache.ensure_writable(blocker / "cache" / "omniglot.pt")
+    with pytest.raises(DataError, match="cannot write the cache"):
+        omniglot.prepare(cache_dir=blocker / "cache", download=False)

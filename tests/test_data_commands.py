@@ -47,10 +47,19 @@ def test_prepare_without_data_fails_with_the_fix(tmp_path, capsys):
     code = main(["data", "prepare", "--dataset", "mini-imagenet", "--root", str(tmp_path), "--cache-dir",
                  str(tmp_path / "c")])
     assert code == 1
-    assert "mini-imagenet/" in capsys.readouterr().out
+    assert "mini-imagenet/" in capsys.readouterr().err
 
 
 def test_module_entry_point_runs(tmp_path):
     result = subprocess.run([sys.executable, "-m", "mtl", "data", "info", "--root", str(tmp_path / "none"),
                              "--cache-dir", str(tmp_path / "c")], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "omniglot: not available" in result.stdout
+
+
+@pytest.mark.parametrize("size", ["0", "-3"])
+def test_prepare_refuses_a_bad_image_size_as_a_usage_error(tmp_path, capsys, size):
+    code = main(["data", "prepare", "--dataset", "omniglot", "--image-size", size, "--no-download",
+                 "--root", str(tmp_path), "--cache-dir", str(tmp_path / "c")])
+    err = capsys.readouterr().err
+    assert code == 2 and "image size" in err and "Traceback" not in err
+    assert not (tmp_path / "c").exists()

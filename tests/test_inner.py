@@ -242,3 +242,57 @@ def test_diverging_inner_loop_names_the_step_and_suggests_a_lower_lr(strategy):
     with pytest.raises(InnerLoopError, match="inner step 1 of 2"):
         mtl.adapt(model, {"weight": w}, sx[0] * float("nan"), sy[0], steps=2, lr=0.1,
                   loss_fn=F.mse_loss)
+
+
+def _conv_tasks(b=2, n_s=3, n_q=3):
+    g = torch.Generator().manual_seed(0)
+    return (torch.rand(b, n_s, 1, 16, 16, generator=g), torch.arange(n_s).remainder(3).repeat(b, 1),
+            torch.rand(b, n_q, 1, 16, 16, generator=g), torch.arange(n_q).remainder(3).repeat(b, 1))
+
+
+@pytest.mark.parametrize("case, match", [
+    ("zero tasks", "B is 0"), ("zero queries", "n is 0"), ("uint8 images", "x.float"),
+    ("float labels", "cross-entropy needs class ids"), ("label beyond head", "larger than the model's head"),
+    ("negative lr", "lr must be"), ("nan lr", "lr must be"), ("negative steps", "steps must be"),
+    ("float steps", "steps must be"),
+])
+def test_maml_loss_refuses_bad_inputs_with_a_clear_error(case, match):
+    model = Conv4(1, 3, hidden=4, image_size=16)
+    params = dict(model.named_parameters())
+    sx, sy, qx, qy = _conv_tasks()
+    kwargs = dict(steps=1, lr=0.1)
+    if case == "zero tasks":
+        sx, sy, qx, qy = (t[:0] for t in (sx, sy, qx, qy))
+    elif case == "zero queries":
+        qx, qy = qx[:, :0], qy[:, :0]
+    elif case == "uint8 images":
+        sx, qx = (sx * 255).to(torch.uint8), (qx * 255).to(torch.uint8)
+    elif case == "float labels":
+        sy, qy = sy.float(), qy.float()
+    elif case == "label beyond head":
+        sy, qy = sy + 3, qy + 3
+    elif case == "negative lr":
+        kwargs["lr"] = -0.1
+    elif case == "nan lr":
+        kwargs["lr"] = float("nan")
+    elif case == "negative steps":
+        kwargs["steps"] = -1
+    elif case == "float steps":
+        kwargs["steps"] = 1.5
+    with pytest.raises(mtl.errors.MTLError, match=match):
+        mtl.maml_loss(model, params, sx, sy, qx, qy, strategy="loop", **kwargs)
+
+
+def test_adapt_refuses_bad_inputs_and_catches_a_nan_last_update():
+    model = Conv4(1, 3, hidden=4, image_size=16)
+    params = dict(model.named_parameters())
+    sx, sy, _, _ = _conv_tasks()
+    with pytest.raises(TaskBatchError, match="3 examples but y has 2"):
+        mtl.adapt(model, params, sx[0], sy[0, :2], steps=1, lr=0.1)
+    with pytest.raises(TaskBatchError, match="negative label"):
+        mtl.adapt(model, params, sx[0], sy[0] - 1, steps=1, lr=0.1)
+    with pytest.raises(ConfigError, match="lr must be"):
+        mtl.adapt(model, params, sx[0], sy[0], steps=1, lr=float("nan"))
+    # the only inner loss is finite; the one update overflows float32 (the last step's check)
+    with pytest.raises(InnerLoopError, match="adapted parameters are NaN/Inf"):
+        mtl.adapt(model, params, sx[0], sy[0], steps=1, lr=1e300)

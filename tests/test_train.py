@@ -132,7 +132,7 @@ class _Explodes(nn.Module):
 def test_nan_meta_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     register_algorithm("explodes", _Explodes)
     run = tmp_path / "run"
-    with pytest.raises(TrainingDiverged, match=r"meta-step 7: meta-loss nan.*step 6.*--resume") as info:
+    with pytest.raises(TrainingDiverged, match=r"meta-step 7: meta-loss nan.*step 6.*--init") as info:
         train(_tiny(algorithm="explodes", iterations=20, val_every=3, checkpoint_every=3), out=run,
               progress=False)
     checkpoint = load_checkpoint(run / "last.pt")
@@ -140,6 +140,32 @@ def test_nan_meta_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     good_weights = checkpoint["learner"]
     assert all(torch.isfinite(t).all() for t in good_weights.values())
     assert str(run / "last.pt") in str(info.value)
+    # the advice works: a new run starts from those weights with a lower learning rate
+    fresh = train(_tiny(iterations=2, val_every=2, meta_lr=1e-4, init=str(run / "last.pt")),
+                  out=tmp_path / "again", progress=False)
+    assert fresh.steps == 2
+    start = {k: v for k, v in good_weights.items()}
+    assert load_checkpoint(tmp_path / "again" / "last.pt")["config"]["init"] == str(run / "last.pt")
+    assert set(start) == set(fresh.learner.state_dict())
+
+
+class _Grows(_Explodes):
+    def meta_gradient(self, batch):
+        self.calls += 1
+        loss = nn.functional.mse_loss(self.model(batch.query_x), batch.query_y) * 10.0 ** (2 * self.calls)
+        loss.backward()
+        return {"loss": loss.item()}
+
+
+def test_an_exploding_loss_is_divergence_and_a_failed_first_step_leaves_no_folder(tmp_path):
+    register_algorithm("grows", _Grows)
+    run = tmp_path / "run"
+    with pytest.raises(TrainingDiverged, match="exploded"):
+        train(_tiny(algorithm="grows", iterations=20, val_every=10), out=run, progress=False)
+    assert not run.exists(), "no checkpoint was written: the same command can simply be run again"
+    with pytest.raises(TrainingDiverged, match="No checkpoint was written yet"):
+        train(_tiny(algorithm="explodes", iterations=20, val_every=10), out=run, progress=False)
+    assert not run.exists()
 
 
 def _spawn(run: Path, *extra: str) -> subprocess.Popen:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from mtl.errors import DataError
+from mtl.errors import ConfigError, DataError
 
 #: bump when the content of cache files changes; older files are rebuilt.
 CACHE_VERSION = 1
@@ -39,10 +40,50 @@ def cache_dir(path: str | os.PathLike | None = None) -> Path:
     return Path.home() / ".cache" / "mtl"
 
 
+def image_size(size: int | None, default: int) -> int:
+    """The image side to build: ``size`` checked (a whole number >= 4), else ``default``."""
+    if size is None:
+        return default
+    if isinstance(size, bool) or not isinstance(size, int) or size < 4:
+        raise ConfigError(f"image size must be a whole number of pixels >= 4, got {size!r} "
+                          f"(--image-size; the default is {default})")
+    return size
+
+
+def ensure_writable(path: str | os.PathLike) -> Path:
+    """Check, before any slow decoding, that the cache file ``path`` can be written."""
+    folder = Path(path).parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise DataError(f"cannot write the cache in {folder} ({exc.strerror or exc}): point MTL_CACHE "
+                        "(or --cache-dir) at a writable folder") from exc
+    return Path(path)
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, name: str, *, older_than_s: float = 600) -> None:
+    """Delete what a killed ``atomic_save`` of ``name`` left in ``folder`` (``.name.*.tmp``).
+
+    Only files untouched for ``older_than_s``: a temporary file lives for the seconds its write
+    takes, so a younger one may belong to a writer still at work.
+    """
+    now = time.time()
+    for leftover in Path(folder).glob(f".{name}.*.tmp"):
+        try:
+            if now - leftover.stat().st_mtime > older_than_s:
+                leftover.unlink()
+        except OSError:
+            pass  # gone already, or not ours to remove
+
+
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save(obj)`` to ``path`` through a temporary file in the same folder + ``os.replace``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path.parent, path.name)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:

@@ -4,7 +4,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from mtl.errors import MTLError
+import sys
+
+from mtl.errors import ConfigError, MTLError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,8 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         return _prepare(args) if args.action == "prepare" else _info(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except MTLError as exc:
-        print(f"error: {exc}")
+        print(f"error: {exc}", file=sys.stderr)
         return 1
 
 

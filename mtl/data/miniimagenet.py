@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 
 import torch
 
-from mtl.data import _decode
+from mtl.data import _decode, cache
 from mtl.data._sources import find_source
 from mtl.data.archives import iter_files
 from mtl.data.cache import CACHE_VERSION, atomic_save, cache_dir as _cache_dir, data_root, load_cache
@@ -133,10 +133,11 @@ def prepare(split: str, *, root=None, cache_dir=None, image_size: int | None = N
             force: bool = False) -> dict:
     """The cache dict of ``split`` (memory-mapped), building it first if absent (or ``force``)."""
     _check_split(split)
-    size = image_size or DEFAULT_SIZE
+    size = cache.image_size(image_size, DEFAULT_SIZE)
     path = cache_path(split, cache_dir, size)
     content = None if force else load_cache(path)
     if content is None:
+        cache.ensure_writable(path)
         atomic_save(build(split, find_source_for(split, root), size=size, progress=progress), path)
         content = load_cache(path)
     return content

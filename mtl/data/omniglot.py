@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from mtl.data import _decode
+from mtl.data import _decode, cache
 from mtl.data.archives import download as _download
 from mtl.data.archives import iter_files, list_names
 from mtl.data._sources import find_source
@@ -140,11 +140,13 @@ def cache_path(cache=None, size: int = DEFAULT_SIZE) -> Path:
 def prepare(*, root=None, cache_dir=None, image_size: int | None = None, download: bool = True,
             progress: bool = True, force: bool = False) -> dict:
     """The cache dict (memory-mapped), building and writing it first if absent (or ``force``)."""
-    path = cache_path(cache_dir, image_size or DEFAULT_SIZE)
+    size = cache.image_size(image_size, DEFAULT_SIZE)
+    path = cache_path(cache_dir, size)
     content = None if force else load_cache(path)
     if content is None:
+        cache.ensure_writable(path)
         sources = find_sources(root, cache_dir, download=download, progress=progress)
-        atomic_save(build(sources, size=image_size or DEFAULT_SIZE, progress=progress), path)
+        atomic_save(build(sources, size=size, progress=progress), path)
         content = load_cache(path)
     return content
 
