@@ -172,8 +172,41 @@ def _check(config: TrainConfig) -> None:
     if config.model == "mlp" and images or config.model in ("conv4", "resnet12") and not images:
         raise ConfigError(f"model {config.model!r} does not fit dataset {config.dataset!r}: use "
                           + ("conv4 or resnet12 for images" if images else "mlp for sinusoid"))
+    _check_episodes(config)
     if not isinstance(config.device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", config.device):
         fail("device", "must be auto, cpu, cuda or cuda:N")
+
+
+def _check_episodes(config: TrainConfig) -> None:
+    """Each split the run samples from has enough classes and images for its episodes."""
+    if config.dataset == "sinusoid":
+        return
+    from mtl.data import miniimagenet, omniglot
+
+    classes, per_class = ((dict(omniglot.MAML_SPLIT), 20) if config.dataset == "omniglot"
+                          else (dict(miniimagenet.SPLITS), 600))
+    rotations = config.dataset == "omniglot" and config.rotations
+    if rotations:
+        classes["train"] *= 4
+    test = lambda v, d: d if v is None else v  # noqa: E731 - the resolved value
+    phases = [("train", "ways", config.ways, "shots", config.shots, "queries", config.queries)]
+    evaluation = ("test-ways", test(config.test_ways, config.ways), "test-shots",
+                  test(config.test_shots, config.shots), "test-queries",
+                  test(config.test_queries, config.queries))
+    phases.append(("val", *evaluation))
+    if config.test_episodes:
+        phases.append(("test", *evaluation))
+    for split, ways_flag, ways, shots_flag, shots, queries_flag, queries in phases:
+        where = f"{config.dataset} {split!r}"
+        if ways > classes[split]:
+            hint = ("; or keep the 90-degree rotations as classes (drop --no-rotations)"
+                    if split == "train" and config.dataset == "omniglot" and not rotations else "")
+            raise ConfigError(f"{ways}-way tasks need {ways} classes but {where} has {classes[split]}: "
+                              f"use --{ways_flag} {classes[split]} or fewer{hint}")
+        if shots + queries > per_class:
+            raise ConfigError(f"--{shots_flag} {shots} + --{queries_flag} {queries} = {shots + queries} "
+                              f"images per class, but {where} has {per_class} per class: lower them "
+                              f"so that they add up to at most {per_class}")
 
 
 def _check_algorithm(name: str, extra: dict[str, Any]) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import tempfile
 import sys
 import time
 from pathlib import Path
@@ -109,6 +110,7 @@ def execute_lesson(path: Path, *, timeout: int = 1800, progress: bool = True, ke
     Raises ``LessonError`` naming the failing cell when a cell raises unexpectedly.
     """
     import nbformat
+    from jupyter_client.manager import KernelManager
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
     from tqdm.auto import tqdm
@@ -117,9 +119,13 @@ def execute_lesson(path: Path, *, timeout: int = 1800, progress: bool = True, ke
     tagged = _allow_marked_errors(nb)
     n_code = sum(1 for c in nb.cells if c.cell_type == "code")
     bar = tqdm(total=n_code, desc=path.stem, unit="cell", disable=not progress, leave=True)
+    sockets = tempfile.TemporaryDirectory(prefix="mtl-kernel-")
+    # IPC sockets in a private folder: a local kernel needs no TCP port (nor its warning)
+    manager = KernelManager(kernel_name=kernel_name, transport="ipc",
+                            ip=str(Path(sockets.name) / "kernel"))
     client = NotebookClient(
-        nb, timeout=timeout, kernel_name=kernel_name, record_timing=False, store_widget_state=False,
-        resources={"metadata": {"path": str(path.parent)}},
+        nb, km=manager, timeout=timeout, kernel_name=kernel_name, record_timing=False,
+        store_widget_state=False, resources={"metadata": {"path": str(path.parent)}},
         on_cell_executed=lambda **_: bar.update(1),
     )
     try:
@@ -129,6 +135,9 @@ def execute_lesson(path: Path, *, timeout: int = 1800, progress: bool = True, ke
                           f"`python -m mtl course run --lessons {path.name[:2]}`.") from None
     finally:
         bar.close()
+        if manager.has_kernel:
+            manager.shutdown_kernel(now=True)
+        sockets.cleanup()
     for cell in tagged:
         cell.metadata["tags"].remove("raises-exception")
         if not cell.metadata["tags"]:

@@ -133,7 +133,9 @@ def _check_episode(dataset: FewShotDataset, ways: int, shots: int, queries: int)
     if ways > dataset.num_classes:
         raise EpisodeError(
             f"{ways}-way tasks need {ways} classes but {where} has {dataset.num_classes}: use ways <= "
-            f"{dataset.num_classes} (or a split with more classes, e.g. rotations=True for Omniglot)."
+            f"{dataset.num_classes}"
+            + (" (or rotations=True, which adds the rotated characters as classes)."
+               if dataset.name == "omniglot" and dataset.split == "train" else ".")
         )
     if shots + queries > dataset.per_class:
         raise EpisodeError(
