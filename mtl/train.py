@@ -707,6 +707,8 @@ def run(args: argparse.Namespace) -> int:
         config = config_from_args(args, base)
         summary = train(config, out=args.out, resume=args.resume, overwrite=args.overwrite,
                         progress=False if args.no_progress else None)
+        if distributed.is_main_process():  # [distributed]
+            _print_summary(summary)
     except ConfigError as exc:  # a usage error: exit code 2, as argparse's
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -716,8 +718,9 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"\ninterrupted: the last checkpoint is in {args.out}; continue with --resume", file=sys.stderr)
         return 130
-    if distributed.is_main_process():  # [distributed]
-        _print_summary(summary)
+    finally:
+        # [distributed] leave the process group before exit (Gloo's threads must not outlive it)
+        distributed.teardown()
     return 0
 
 
