@@ -13,7 +13,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["adapt", "maml_loss", "TaskBatch", "__version__"]
+__all__ = ["adapt", "maml_loss", "TaskBatch", "FewShotClassifier", "__version__"]
 
 
 def __getattr__(name: str):
@@ -26,4 +26,8 @@ def __getattr__(name: str):
         from mtl.data.episodes import TaskBatch
 
         return TaskBatch
+    if name == "FewShotClassifier":
+        from mtl.classifier import FewShotClassifier
+
+        return FewShotClassifier
     raise AttributeError(f"module 'mtl' has no attribute {name!r}")

@@ -14,6 +14,7 @@ import sys
 COMMANDS = {
     "data": ("mtl.data.commands", "prepare and inspect the datasets (Omniglot, mini-ImageNet)"),
     "train": ("mtl.train", "meta-train (or pre-train) a model; writes checkpoints and metrics"),
+    "adapt": ("mtl.classifier", "adapt a trained model to new classes of your own from a few images"),
     "evaluate": ("mtl.evaluate", "accuracy +- 95% CI of a checkpoint on fixed, seeded episodes"),
     "bench": ("mtl.bench", "time the inner/outer loops and the episode sampler"),
     "course": ("mtl.course", "run every lesson top to bottom (executed copies + HTML)"),

@@ -53,7 +53,8 @@ class TrainConfig:
     lr_step: int = 2000                # for lr_schedule="step"
     model: str | None = None           # "conv4" | "resnet12" | "mlp" (None: from the dataset)
     hidden: int | None = None          # conv filters / MLP width (None: 64 Omniglot, 32 mini-ImageNet, 40 MLP)
-    image_size: int | None = None      # None: 28 Omniglot, 84 mini-ImageNet
+    image_size: int | None = None      # None: 28 Omniglot, 84 mini-ImageNet and folders
+    channels: int | None = None        # image channels (None: 1 Omniglot, 3 otherwise; folders: 1 or 3)
     rotations: bool = True             # Omniglot: 90-degree rotations as new training classes (MAML)
     val_every: int = 500               # validate (and checkpoint) every this many meta-steps
     val_episodes: int = 100            # size of the fixed validation episode set
@@ -75,7 +76,7 @@ class TrainConfig:
     def resolved(self) -> "TrainConfig":
         """A copy with every ``None`` default filled in from the dataset, checked for sense."""
         _check(self)
-        defaults = _DATASET_DEFAULTS[self.dataset]
+        defaults = _DATASET_DEFAULTS[dataset_kind(self.dataset)]
         out = dataclasses.replace(self, extra=dict(self.extra))
         for name, value in defaults.items():
             if getattr(out, name) is None:
@@ -91,6 +92,10 @@ class TrainConfig:
         if out.checkpoint_every is None:
             out.checkpoint_every = out.val_every
         return out
+
+    def dataset_options(self) -> dict[str, Any]:
+        """What ``mtl.data.load_dataset`` needs beyond the name (a folder dataset's channels)."""
+        return {"channels": self.channels} if dataset_kind(self.dataset) == "folder" else {}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -108,10 +113,16 @@ class TrainConfig:
 
 
 _DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
-    "sinusoid": {"model": "mlp", "hidden": 40, "image_size": None},
-    "omniglot": {"model": "conv4", "hidden": 64, "image_size": 28},
-    "mini-imagenet": {"model": "conv4", "hidden": 32, "image_size": 84},
+    "sinusoid": {"model": "mlp", "hidden": 40, "image_size": None, "channels": None},
+    "omniglot": {"model": "conv4", "hidden": 64, "image_size": 28, "channels": 1},
+    "mini-imagenet": {"model": "conv4", "hidden": 32, "image_size": 84, "channels": 3},
+    "folder": {"model": "conv4", "hidden": 32, "image_size": 84, "channels": 3},
 }
+
+
+def dataset_kind(dataset: str) -> str:
+    """``"folder"`` for ``"folder:PATH"``, else the dataset name itself."""
+    return "folder" if isinstance(dataset, str) and dataset.startswith("folder:") else dataset
 
 
 def _check(config: TrainConfig) -> None:
@@ -120,12 +131,16 @@ def _check(config: TrainConfig) -> None:
         flag = flag or "--" + name.replace("_", "-")
         raise ConfigError(f"{name} {rule}, got {getattr(config, name)!r} (set it with {flag})")
 
-    if config.dataset not in DATASETS:
-        raise ConfigError(f"unknown dataset {config.dataset!r}; choose one of {', '.join(DATASETS)}")
+    kind = dataset_kind(config.dataset)
+    if kind not in DATASETS + ("folder",):
+        raise ConfigError(f"unknown dataset {config.dataset!r}; choose one of {', '.join(DATASETS)}, "
+                          "or folder:PATH for your own images (one sub-folder per class)")
+    if kind == "folder":
+        _check_folder(config)
     _check_algorithm(config.algorithm, config.extra)
     integers = ("ways", "shots", "queries", "meta_batch", "inner_steps", "iterations", "lr_step",
                 "val_every", "val_episodes", "log_every", "eval_batch", "eval_seed", "test_episodes",
-                "seed", "test_inner_steps", "test_ways", "test_queries", "test_shots", "hidden", "image_size",
+                "seed", "test_inner_steps", "test_ways", "test_queries", "test_shots", "hidden", "channels", "image_size",
                 "checkpoint_every")
     for name in integers:
         value = getattr(config, name)
@@ -168,6 +183,11 @@ def _check(config: TrainConfig) -> None:
         fail("lr_schedule", "must be constant, linear or step")
     if config.model is not None and config.model not in MODELS:
         fail("model", f"must be one of {', '.join(MODELS)}")
+    if config.channels is not None and config.channels not in (1, 3):
+        fail("channels", "must be 1 (grayscale) or 3 (RGB)")
+    if config.channels is not None and kind in ("omniglot", "mini-imagenet") and \
+            config.channels != _DATASET_DEFAULTS[kind]["channels"]:
+        fail("channels", f"must be {_DATASET_DEFAULTS[kind]['channels']} for {kind}")
     images = config.dataset != "sinusoid"
     if config.model == "mlp" and images or config.model in ("conv4", "resnet12") and not images:
         raise ConfigError(f"model {config.model!r} does not fit dataset {config.dataset!r}: use "
@@ -177,10 +197,21 @@ def _check(config: TrainConfig) -> None:
         fail("device", "must be auto, cpu, cuda or cuda:N")
 
 
+def _check_folder(config: TrainConfig) -> None:
+    """A folder dataset's folder exists and is laid out as one sub-folder per class."""
+    from mtl.data import folder
+    from mtl.errors import DataError
+
+    try:
+        folder.scan(config.dataset[len("folder:"):])
+    except DataError as error:
+        raise ConfigError(f"--dataset {config.dataset}: {error}") from None
+
+
 def _check_episodes(config: TrainConfig) -> None:
     """Each split the run samples from has enough classes and images for its episodes."""
-    if config.dataset == "sinusoid":
-        return
+    if config.dataset == "sinusoid" or dataset_kind(config.dataset) == "folder":
+        return  # a folder's splits are checked when it is loaded
     from mtl.data import miniimagenet, omniglot
 
     classes, per_class = ((dict(omniglot.MAML_SPLIT), 20) if config.dataset == "omniglot"

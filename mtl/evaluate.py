@@ -98,6 +98,7 @@ class EpisodeSet:
             self.dataset = None
         else:
             self.dataset = data.load_dataset(config.dataset, split, image_size=config.image_size,
+                                             **config.dataset_options(),
                                              progress=progress).to(device)
 
     def __len__(self) -> int:

@@ -124,7 +124,7 @@ def build_model(config: TrainConfig) -> nn.Module:
 
     if config.model == "mlp":
         return models.MLP(hidden=config.hidden)
-    channels = 1 if config.dataset == "omniglot" else 3
+    channels = config.channels or (1 if config.dataset == "omniglot" else 3)
     if config.model == "conv4":
         return models.Conv4(channels, config.ways, hidden=config.hidden, image_size=config.image_size)
     if config.model == "resnet12":
@@ -198,7 +198,8 @@ def train_sampler(config: TrainConfig, learner: nn.Module, device: torch.device)
                                      seed=config.seed)
     else:
         dataset = data.load_dataset(config.dataset, "train", image_size=config.image_size,
-                                    rotations=config.rotations and config.dataset == "omniglot")
+                                    rotations=config.rotations and config.dataset == "omniglot",
+                                    **config.dataset_options())
         sampler = data.EpisodeSampler(dataset.to(device), ways=config.ways, shots=config.shots,
                                       queries=config.queries, device=device, seed=config.seed)
     hook = getattr(learner, "attach_sampler", None)
@@ -603,7 +604,7 @@ def _make_optimizer(learner: nn.Module, config: TrainConfig) -> torch.optim.Opti
 # --- CLI -----------------------------------------------------------------------------------------
 _OPTIONS: tuple[tuple[str, type, str], ...] = (
     ("algorithm", str, "the algorithm (every name of mtl.algorithms.ALGORITHMS)"),
-    ("dataset", str, "sinusoid, omniglot or mini-imagenet"),
+    ("dataset", str, "sinusoid, omniglot, mini-imagenet, or folder:PATH (one sub-folder per class)"),
     ("ways", int, "N classes per task"),
     ("shots", int, "K support examples per class (sinusoid: K points)"),
     ("queries", int, "query examples per class"),
@@ -623,6 +624,7 @@ _OPTIONS: tuple[tuple[str, type, str], ...] = (
     ("model", str, "conv4, resnet12 or mlp"),
     ("hidden", int, "conv filters / MLP width"),
     ("image-size", int, "image side in pixels"),
+    ("channels", int, "image channels of a folder dataset: 1 (grayscale) or 3 (RGB, default)"),
     ("val-every", int, "validate every this many meta-steps"),
     ("val-episodes", int, "size of the fixed validation episode set"),
     ("checkpoint-every", int, "write last.pt every this many meta-steps (default: val-every)"),

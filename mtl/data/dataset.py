@@ -13,14 +13,17 @@ class FewShotDataset:
     Attributes:
         images: uint8 ``[num_classes, per_class, C, H, W]`` (0-255).
         class_names: one name per class (row of ``images``).
-        name: ``"omniglot"`` or ``"mini-imagenet"``.
+        name: ``"omniglot"``, ``"mini-imagenet"`` or ``"folder"``.
         split: the split it holds (e.g. ``"train"``).
+        counts: int64 ``[num_classes]``, the real images of each row when classes differ in size
+            (the rest of the row is padding, never sampled); None: every row is full.
     """
 
     images: torch.Tensor
     class_names: list[str]
     name: str
     split: str
+    counts: torch.Tensor | None = None
 
     @property
     def num_classes(self) -> int:
@@ -28,8 +31,8 @@ class FewShotDataset:
 
     @property
     def per_class(self) -> int:
-        """Images per class."""
-        return self.images.shape[1]
+        """Images per class (the smallest class's count when classes differ)."""
+        return int(self.counts.min()) if self.counts is not None else self.images.shape[1]
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

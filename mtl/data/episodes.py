@@ -50,6 +50,7 @@ class EpisodeSampler:
         self.dataset = dataset.to(device)
         self.images = self.dataset.images
         self._flat = self.images.reshape(-1, *self.images.shape[2:])  # [classes * per_class, C, H, W]
+        self._counts = None if dataset.counts is None else dataset.counts.cpu()
         self.device = self.images.device
         self.ways, self.shots, self.queries = ways, shots, queries
         self.seed = seed
@@ -86,6 +87,8 @@ class EpisodeSampler:
             classes = _check_classes(classes, batch_size, self.ways, num_classes)
         # K + Q distinct images per (task, class): the first K + Q of a random permutation.
         keys = torch.rand(batch_size, self.ways, per_class, generator=generator, dtype=torch.float64)
+        if self._counts is not None:  # classes of different sizes: padding sorts last, never drawn
+            keys = keys.masked_fill(torch.arange(per_class) >= self._counts[classes][:, :, None], 2.0)
         rows = classes[:, :, None] * per_class + keys.argsort(dim=2)[:, :, : self.shots + self.queries]
         rows = torch.cat([rows[:, :, : self.shots].flatten(), rows[:, :, self.shots:].flatten()])
         support_rows, query_rows = rows.to(self.device).split([batch_size * self.ways * self.shots,

@@ -1,0 +1,199 @@
+"""Your own images: folder datasets, training and evaluation on them, and adapting a trained model
+to new classes through the CLI (`python -m mtl adapt`) and the Python API (FewShotClassifier)."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from mtl.classifier import FewShotClassifier
+from mtl.cli import main
+from mtl.data import EpisodeSampler, load_dataset
+from mtl.data import folder as folder_data
+from mtl.errors import DataError, EpisodeError, MTLError
+
+
+def _draw(path: Path, cls: int, k: int, size: int = 20, mode: str = "L") -> None:
+    """Class ``cls``: a bar at an angle of its own; drawer ``k`` shifts and thickens it a little."""
+    image = Image.new(mode, (size, size), "white")
+    draw = ImageDraw.Draw(image)
+    angle = cls * 3.14159 / 20
+    cx, cy = size / 2 + (k % 3) - 1, size / 2 + (k % 2)
+    dx, dy = 7 * torch.tensor(angle).cos().item(), 7 * torch.tensor(angle).sin().item()
+    draw.line([(cx - dx, cy - dy), (cx + dx, cy + dy)], fill="black", width=2 + k % 2)
+    draw.ellipse([cx + dx - 2, cy + dy - 2, cx + dx + 2, cy + dy + 2], fill="black")
+    image.save(path)
+
+
+def make_folder(root: Path, classes: int = 8, per_class=(6, 9), mode: str = "L") -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for c in range(classes):
+        folder = root / f"class_{c:02d}"
+        folder.mkdir()
+        n = per_class[0] + (c % (per_class[1] - per_class[0] + 1))
+        for k in range(n):
+            _draw(folder / f"{k}.png", c, k, mode=mode)
+    return root
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _own_cache(tmp_path_factory):
+    """Caches of this module's folders go to a temporary folder, not the repository's."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MTL_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
+@pytest.fixture(scope="module")
+def symbols(tmp_path_factory) -> Path:
+    return make_folder(tmp_path_factory.mktemp("symbols") / "symbols", classes=20)
+
+
+def test_folder_dataset_splits_counts_and_cache(symbols, tmp_path):
+    cache = tmp_path / "cache"
+    splits = {s: load_dataset(f"folder:{symbols}", s, cache_dir=cache, image_size=16, channels=1,
+                              progress=False) for s in ("train", "val", "test", "all")}
+    names = {s: set(d.class_names) for s, d in splits.items()}
+    assert names["train"] | names["val"] | names["test"] == names["all"]
+    assert not names["train"] & names["val"] and not names["train"] & names["test"]
+    assert splits["all"].images.shape[2:] == (1, 16, 16) and splits["all"].images.dtype == torch.uint8
+    assert splits["all"].counts.tolist() == [6 + c % 4 for c in range(20)]
+    assert splits["all"].per_class == 6
+    again = load_dataset(f"folder:{symbols}", "train", cache_dir=cache, image_size=16, channels=1,
+                         progress=False)
+    assert again.class_names == splits["train"].class_names  # seeded, reproducible
+    assert len(list((cache / "folder").glob("*.pt"))) == 1
+    # a new image changes the listing: a new cache is built and holds it
+    extra = symbols / "class_00" / "extra.png"
+    _draw(extra, 0, 7)
+    try:
+        grown = load_dataset(f"folder:{symbols}", "all", cache_dir=cache, image_size=16, channels=1,
+                             progress=False)
+        assert grown.counts[0] == 7 and len(list((cache / "folder").glob("*.pt"))) == 2
+    finally:
+        extra.unlink()
+    given = load_dataset("folder", "val", root=symbols, cache_dir=cache, image_size=16, channels=1,
+                         progress=False, classes={"train": ["class_00", "class_01"],
+                                                  "val": ["class_02", "class_03", "class_04"]})
+    assert given.class_names == ["class_02", "class_03", "class_04"]
+
+
+def test_episodes_never_draw_padding(symbols, tmp_path):
+    ds = load_dataset(f"folder:{symbols}", "all", cache_dir=tmp_path, image_size=16, channels=1,
+                      progress=False)
+    sampler = EpisodeSampler(ds, ways=5, shots=2, queries=4, seed=0)
+    for _ in range(20):
+        batch = sampler.sample(8)
+        for x in (batch.support_x, batch.query_x):
+            assert (x.flatten(2).amax(-1) > 0).all(), "a padding (all-black) image was drawn"
+    with pytest.raises(EpisodeError, match="6 per class"):
+        EpisodeSampler(ds, ways=5, shots=2, queries=5)
+
+
+def test_bad_folders_are_refused_with_the_culprit_named(tmp_path):
+    one = make_folder(tmp_path / "one", classes=1)
+    with pytest.raises(DataError, match="at least 2"):
+        folder_data.scan(one)
+    empty = make_folder(tmp_path / "empty", classes=2)
+    (empty / "class_02").mkdir()
+    with pytest.raises(DataError, match="class_02 holds no images"):
+        folder_data.scan(empty)
+    bad = make_folder(tmp_path / "bad", classes=2)
+    (bad / "class_01" / "notes.txt").write_text("not an image")
+    with pytest.raises(DataError, match="notes.txt is not an image"):
+        load_dataset(f"folder:{bad}", "all", cache_dir=tmp_path / "c", image_size=16, progress=False)
+    linked = make_folder(tmp_path / "linked", classes=2)
+    outside = tmp_path / "outside.png"
+    _draw(outside, 0, 0)
+    os.symlink(outside, linked / "class_00" / "link.png")
+    with pytest.raises(DataError, match="outside"):
+        folder_data.scan(linked)
+    loose = make_folder(tmp_path / "loose", classes=2)
+    _draw(loose / "stray.png", 0, 0)
+    with pytest.raises(DataError, match="sub-folder named after its class"):
+        folder_data.scan(loose)
+
+
+def test_mixed_sizes_and_modes_are_converted_and_counted(tmp_path):
+    root = make_folder(tmp_path / "mixed", classes=3, per_class=(4, 4))
+    Image.new("RGB", (31, 17), "red").save(root / "class_01" / "odd.png")
+    content = folder_data.build(root, size=20, mode="L", progress=False)
+    assert content["converted"] == 1 and content["counts"].tolist() == [4, 5, 4]
+
+
+def _train(folder: Path, out: Path, algorithm: str, ways: int = 4) -> Path:
+    code = main(["train", "--dataset", f"folder:{folder}", "--algorithm", algorithm, "--ways",
+                 str(ways), "--shots", "1", "--queries", "2", "--meta-batch", "2", "--iterations", "3",
+                 "--val-every", "3", "--val-episodes", "4", "--eval-batch", "4", "--hidden", "8",
+                 "--image-size", "16", "--channels", "1", "--inner-lr", "0.1", "--device", "cpu",
+                 "--no-progress", "--out", str(out)])
+    assert code == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(symbols, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("runs")
+    return {name: _train(symbols, root / name, name) for name in ("maml", "protonet")}
+
+
+def test_train_and_evaluate_on_a_folder(trained, capsys):
+    assert main(["evaluate", "--checkpoint", str(trained["maml"]), "--episodes", "8",
+                 "--no-progress"]) == 0
+    assert "accuracy" in capsys.readouterr().out
+
+
+def test_adapt_cli_prints_predictions_and_accuracy(trained, symbols, tmp_path, capsys):
+    support, query = tmp_path / "support", tmp_path / "query"
+    for c in (0, 3, 5, 7):
+        (support / f"new{c}").mkdir(parents=True)
+        (query / f"new{c}").mkdir(parents=True)
+        _draw(support / f"new{c}" / "a.png", c, 0)
+        for k in (1, 2):
+            _draw(query / f"new{c}" / f"{k}.png", c, k)
+    out = tmp_path / "pred.json"
+    assert main(["adapt", "--checkpoint", str(trained["maml"]), "--support", str(support),
+                 "--query", str(query), "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "accuracy:" in printed and "4-way" in printed
+    result = json.loads(out.read_text())
+    assert len(result["predictions"]) == 8 and set(result["classes"]) == {"new0", "new3", "new5", "new7"}
+    assert all(0 <= r["probability"] <= 1 for r in result["predictions"])
+    # loose query files, no labels
+    files = [str(query / "new0" / "1.png"), str(query / "new5" / "2.png")]
+    assert main(["adapt", "--checkpoint", str(trained["protonet"]), "--support", str(support),
+                 "--query", *files]) == 0
+    assert "accuracy" not in capsys.readouterr().out
+
+
+def test_few_shot_classifier_python_api(trained, tmp_path):
+    paths, labels = [], []
+    for c in (1, 2, 6):
+        for k in range(2):
+            path = tmp_path / f"{c}-{k}.png"
+            _draw(path, c, k)
+            paths.append(path)
+            labels.append(f"shape {c}")
+    proto = FewShotClassifier.from_checkpoint(trained["protonet"]).fit(paths, labels)
+    probabilities = proto.predict_proba(paths)
+    assert probabilities.shape == (6, 3)
+    torch.testing.assert_close(probabilities.sum(-1), torch.ones(6))
+    assert set(proto.predict(paths)) <= set(labels)
+    maml = FewShotClassifier.from_checkpoint(trained["maml"])
+    with pytest.raises(MTLError, match="predicts 4 classes.*--ways 3"):
+        maml.fit(paths, labels)  # a 4-way head, 3 classes
+    with pytest.raises(MTLError, match=r"does not fit this checkpoint, which takes \(1, 16, 16\)"):
+        proto.predict_proba(torch.rand(2, 3, 16, 16))
+    with pytest.raises(MTLError, match="one label per image"):
+        proto.fit(paths, labels[:-1])
+
+
+def test_config_refuses_a_missing_folder(tmp_path, capsys):
+    code = main(["train", "--dataset", f"folder:{tmp_path / 'nothing'}", "--out",
+                 str(tmp_path / "r"), "--no-progress"])
+    assert code == 2 and "is not a folder" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
