@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import NamedTuple
 from pathlib import Path
@@ -226,6 +227,11 @@ def pretrain(dataset, *, model: ResNet12 | None = None, channels=DEFAULT_CHANNEL
         ``train_accuracy``, ``holdout_accuracy``, ``lr``, ``images_per_s``, ``seconds``.
     """
     images = dataset.images if hasattr(dataset, "images") else dataset
+    counts = getattr(dataset, "counts", None)
+    if counts is not None and int(counts.min()) < images.shape[1]:
+        warnings.warn(f"classes hold {int(counts.min())} to {int(counts.max())} images; pre-training "
+                      f"uses the first {int(counts.min())} of each (every class the same count)")
+        images = images[:, : int(counts.min())]
     if images.dtype != torch.uint8 or images.dim() != 5:
         raise MTLError("pretrain needs uint8 images [classes, per_class, C, H, W] (a FewShotDataset); "
                        f"got {images.dtype} {tuple(images.shape)}")

@@ -197,3 +197,17 @@ def test_config_refuses_a_missing_folder(tmp_path, capsys):
                  str(tmp_path / "r"), "--no-progress"])
     assert code == 2 and "is not a folder" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_the_generated_alphabet_is_a_folder_dataset_and_reproducible(tmp_path):
+    from mtl.alphabet import CHARACTERS, write_alphabet
+
+    a = write_alphabet(tmp_path / "a", characters=CHARACTERS[:6], drawers=4, size=40, seed=3)
+    b = write_alphabet(tmp_path / "b", characters=CHARACTERS[:6], drawers=4, size=40, seed=3)
+    files = sorted(p.relative_to(a) for p in a.rglob("*.png"))
+    assert len(files) == 24 and files == sorted(p.relative_to(b) for p in b.rglob("*.png"))
+    assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
+    ds = load_dataset(f"folder:{a}", "all", image_size=28, channels=1, invert=True, progress=False)
+    assert ds.images.shape == (6, 4, 1, 28, 28)
+    ink = ds.images.float().mean((1, 2, 3, 4))
+    assert (ink > 5).all() and (ink < 128).all(), "inverted: bright strokes on a dark background"
