@@ -123,6 +123,8 @@ def test_mixed_sizes_and_modes_are_converted_and_counted(tmp_path):
     Image.new("RGB", (31, 17), "red").save(root / "class_01" / "odd.png")
     content = folder_data.build(root, size=20, mode="L", progress=False)
     assert content["converted"] == 1 and content["counts"].tolist() == [4, 5, 4]
+    with pytest.warns(UserWarning, match="1 of 13 images .* were converted"):
+        folder_data.prepare(root, cache_dir=tmp_path / "c", image_size=20, channels=1, progress=False)
 
 
 def _train(folder: Path, out: Path, algorithm: str, ways: int = 4) -> Path:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -150,7 +151,12 @@ def prepare(root, *, cache_dir=None, image_size: int | None = None, channels: in
     content = cache.load_cache(path)
     if content is None:
         cache.ensure_writable(path)
-        cache.atomic_save(build(root, size=size, mode=mode, invert=invert, progress=progress), path)
+        built = build(root, size=size, mode=mode, invert=invert, progress=progress)
+        if built["converted"]:
+            warnings.warn(f"{built['converted']} of {int(built['counts'].sum())} images of {root} "
+                          f"were not {size} x {size} {mode}: they were converted (resized to a "
+                          "square, aspect ratio not kept)", stacklevel=2)
+        cache.atomic_save(built, path)
         content = cache.load_cache(path)
     return content
 
