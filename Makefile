@@ -24,9 +24,10 @@ course: setup
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks/
 
-# The whole test suite: unit tests, strict nbval on every lesson, the browser widget test.
+# The whole test suite: lint (ruff), unit tests, strict nbval on every lesson, the browser widget test.
 # Two pytest workers on two cores: one torch thread each (oversubscribed OpenMP threads crawl).
 test: setup
+	$(VENV)/bin/ruff check mtl tests benchmarks
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadscope tests notebooks --nbval --nbval-sanitize-with notebooks/sanitize.cfg
 
 clean-venv:

@@ -1,4 +1,4 @@
-"""Core benchmark (issue 3): meta-steps per second and peak memory of the inner/outer loops.
+"""Core benchmark: meta-steps per second and peak memory of the inner/outer loops.
 
     python benchmarks/bench_core.py --device cuda                 # the full table, < 5 min on an H100
     python benchmarks/bench_core.py --device cpu --interleave \\

@@ -25,7 +25,7 @@ from PIL import Image
 from mtl.classifier import FewShotClassifier
 from mtl.config import TrainConfig
 from mtl.data import folder
-from mtl.train import build_learner
+from mtl.build import build_learner
 
 
 def write_folder(root: Path, images: int, size: int, classes: int = 200) -> None:

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mtl.algorithms.finetune import BASELINES  # noqa: E402
 from mtl.algorithms.meta_transfer import MetaTransfer  # noqa: E402
 from mtl.data import EpisodeSampler, FewShotDataset  # noqa: E402
-from mtl.pretrain import LabelledBatches, Pretrain  # noqa: E402
+from mtl.pretrain import Pretrain  # noqa: E402
 from mtl.resnet import ResNet12  # noqa: E402
 
 
@@ -88,7 +88,8 @@ def main(argv=None) -> int:
     size = args.image_size
     record = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
               "torch": torch.__version__, "threads": torch.get_num_threads(), "channels": channels,
-              "image_size": size, "batch_size": args.batch_size, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+              "image_size": size, "batch_size": args.batch_size,
+              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "pretrain_images_per_s": {}, "seconds": {}}
 
     def save():
@@ -119,8 +120,8 @@ def main(argv=None) -> int:
                                 hard_tasks=hard).to(device)
             draw = algo.attach_sampler(sampler)
             key = f"mtl_meta_step_5w{shots}s_batch1{'+1hard' if hard else ''}"
-            record["seconds"][key] = round(_timed(lambda: algo.meta_gradient(draw.sample(1)), device,
-                                                  warmup=2, repeat=args.repeat), 4)
+            step = lambda algo=algo, draw=draw: algo.meta_gradient(draw.sample(1))  # noqa: E731
+            record["seconds"][key] = round(_timed(step, device, warmup=2, repeat=args.repeat), 4)
             print(f"{key:40s} {record['seconds'][key]:.4f} s", flush=True)
             save()
         episode = sampler.sample(1)
@@ -129,8 +130,8 @@ def main(argv=None) -> int:
         for name, learner in learners.items():
             key = f"episode_{name}_5w{shots}s"
             repeat = 2 if name == "finetune-all" else args.repeat
-            record["seconds"][key] = round(_timed(lambda: learner.predict(episode), device, warmup=1,
-                                                  repeat=repeat), 4)
+            adapt = lambda learner=learner, episode=episode: learner.predict(episode)  # noqa: E731
+            record["seconds"][key] = round(_timed(adapt, device, warmup=1, repeat=repeat), 4)
             print(f"{key:40s} {record['seconds'][key]:.4f} s", flush=True)
             save()
     return 0

@@ -65,7 +65,7 @@ def main() -> None:
         return time.perf_counter() - start
 
     times: dict[str, list[float]] = {name: [] for name in models}
-    for name, model in models.items():
+    for model in models.values():
         step(model)  # warm-up
     for _ in range(args.rounds):
         for name, model in models.items():

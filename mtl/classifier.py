@@ -61,7 +61,7 @@ class FewShotClassifier:
         from mtl.checkpoint import load_checkpoint
         from mtl.config import TrainConfig
         from mtl.evaluate import checkpoint_path
-        from mtl.train import build_learner, load_learner_state, resolve_device
+        from mtl.build import build_learner, load_learner_state, resolve_device
 
         path = checkpoint_path(path)
         data = load_checkpoint(path)

@@ -236,7 +236,7 @@ def record(run_dir: str | Path, *, method: str, command: str, out: str | Path | 
     from datetime import datetime, timezone
 
     from mtl.config import TrainConfig
-    from mtl.train import build_learner
+    from mtl.build import build_learner
 
     run_dir = Path(run_dir)
     try:

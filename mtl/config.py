@@ -140,7 +140,8 @@ def _check(config: TrainConfig) -> None:
     _check_algorithm(config.algorithm, config.extra)
     integers = ("ways", "shots", "queries", "meta_batch", "inner_steps", "iterations", "lr_step",
                 "val_every", "val_episodes", "log_every", "eval_batch", "eval_seed", "test_episodes",
-                "seed", "test_inner_steps", "test_ways", "test_queries", "test_shots", "hidden", "channels", "image_size",
+                "seed", "test_inner_steps", "test_ways", "test_queries", "test_shots", "hidden", "channels",
+                "image_size",
                 "checkpoint_every")
     for name in integers:
         value = getattr(config, name)

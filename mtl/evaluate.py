@@ -130,7 +130,7 @@ def evaluate(learner: nn.Module, config: TrainConfig, *, split: str = "test", ep
     ``config`` (resolved) fixes the dataset and the episode shape; ``inner_steps`` defaults to
     ``config.test_inner_steps``; ``episode_set`` reuses already loaded episodes (validation).
     """
-    from mtl.train import progress_enabled, resolve_device
+    from mtl.build import progress_enabled, resolve_device
 
     _check_request(episodes if episode_set is None else 1, inner_steps)
     config = config.resolved()
@@ -151,7 +151,7 @@ def evaluate_checkpoint(path: str | Path, *, split: str = "test", episodes: int 
                         progress: bool | None = None) -> Evaluation:
     """Load a checkpoint (a file, or a run folder: its best.pt, else last.pt) and `evaluate` it."""
     from mtl.checkpoint import load_checkpoint
-    from mtl.train import build_learner, load_learner_state, resolve_device
+    from mtl.build import build_learner, load_learner_state, resolve_device
 
     _check_request(episodes, inner_steps)
     if device is not None:
@@ -241,13 +241,16 @@ def batch_norm_mode(learner: nn.Module) -> str:
 
 # --- CLI -----------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="a checkpoint file, or a run folder (best.pt, else last.pt)")
+    parser.add_argument("--checkpoint", required=True,
+                        help="a checkpoint file, or a run folder (best.pt, else last.pt)")
     parser.add_argument("--episodes", type=int, default=600, help="number of test episodes (default 600)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the fixed episode set (default 0)")
-    parser.add_argument("--inner-steps", type=int, default=None, help="inner steps at test (default: the run's test_inner_steps)")
+    parser.add_argument("--inner-steps", type=int, default=None,
+                        help="inner steps at test (default: the run's test_inner_steps)")
     parser.add_argument("--split", default="test", help="dataset split (default test)")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: the run's device, auto)")
-    parser.add_argument("--json", default=None, metavar="FILE", help="write the result here (default: beside the checkpoint; '-' prints it)")
+    parser.add_argument("--json", default=None, metavar="FILE",
+                        help="write the result here (default: beside the checkpoint; '-' prints it)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (also MTL_PROGRESS=0)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
 

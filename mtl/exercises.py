@@ -137,7 +137,7 @@ def check_ci95(fn: Callable) -> None:
 
 def check_task_meta_loss(fn: Callable) -> None:
     """Check ``fn(model, params, sx, sy, qx, qy, *, steps, lr) -> scalar``: query loss after adapting on support."""
-    from mtl import adapt
+    from mtl.inner import adapt
 
     model, sx, sy = _tiny_regression(0)
     _, qx, qy = _tiny_regression(1)
@@ -164,7 +164,8 @@ def check_task_meta_loss(fn: Callable) -> None:
         _fail(f"loss {got.item():.5f}, expected {want.item():.5f}.",
               "adapt on the support set with mtl.adapt(..., loss_fn=F.mse_loss), then the query loss.")
     if not got.requires_grad:
-        _fail("your loss is detached: nothing to back-propagate to the initialisation.", "do not detach or use no_grad.")
+        _fail("your loss is detached: nothing to back-propagate to the initialisation.",
+              "do not detach or use no_grad.")
     g_got = torch.autograd.grad(got, list(params.values()))
     g_want = torch.autograd.grad(want, list(params.values()))
     if not all(torch.allclose(a, b, atol=1e-6) for a, b in zip(g_got, g_want)):
@@ -191,7 +192,8 @@ def check_reptile_update(fn: Callable) -> None:
         return
     candidates = {
         "it moves away from the adapted weights (sign)": {k: theta[k] - eps * (mean[k] - theta[k]) for k in theta},
-        "it sums over tasks instead of averaging": {k: theta[k] + eps * len(phis) * (mean[k] - theta[k]) for k in theta},
+        "it sums over tasks instead of averaging":
+            {k: theta[k] + eps * len(phis) * (mean[k] - theta[k]) for k in theta},
         "it ignores outer_lr (jumps all the way to mean(phi))": mean,
         "it uses only the last task": {k: theta[k] + eps * (phis[-1][k] - theta[k]) for k in theta},
     }
@@ -247,7 +249,8 @@ def check_nearest_centroid(fn: Callable) -> None:
             logits(normalise(support, dim=-1), query),
         "these are plus distances: the nearest class must get the *largest* logit (use minus)":
             -reference,
-        "these are distances, not squared distances": logits(normalise(support, dim=-1), normalise(query, dim=-1), power=1),
+        "these are distances, not squared distances":
+            logits(normalise(support, dim=-1), normalise(query, dim=-1), power=1),
         "the class centroids are sums, not means (divide by the number of shots)":
             logits(normalise(support, dim=-1), normalise(query, dim=-1), reduce="sum"),
     }

@@ -334,6 +334,9 @@ def adapt_batch(model: nn.Module, params: Mapping[str, Tensor], x: Tensor, y: Te
                 chunk_size: int | None = None) -> tuple[Params, Tensor | None]:
     """``adapt`` for each of B tasks, keeping the adapted parameters (Reptile needs them).
 
+    Unlike ``adapt`` (second order by default), ``first_order`` defaults to True here: its users
+    (Reptile, evaluation) never differentiate through the inner steps.
+
     Args:
         x: ``[B, n, ...]`` support inputs; y: ``[B, n]`` (or ``[B, n, 1]``) targets.
         query_x: optional ``[B, n_q, ...]``: also return the adapted models' outputs on it.

@@ -16,7 +16,6 @@ task's prediction for one query image depends on the other query images of that 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mtl.norms import batch_norm

@@ -11,8 +11,8 @@ Every stage goes through the engine (``mtl.train.train``: checkpoints, resume, m
 (seed 0). Stages: ``pretrain`` (``--algorithm pretrain``), ``mtl+ht`` (Scaling & Shifting with the
 hard-task meta-batch), ``mtl`` (without HT: the ablation, when the profile asks for it), then the
 baselines on the same pre-trained network. The results file is rewritten after every stage, so a
-run stopped by its time budget keeps its partial progress (``out/results-<profile>.json``). A stage whose run folder is complete is
-reused (the 5-shot profile reuses the 1-shot pre-training when given the same ``out``).
+run stopped by its time budget keeps its partial progress (``out/results-<profile>.json``). A stage
+whose run folder is complete is reused (the 5-shot profile reuses the 1-shot pre-training when given the same ``out``).
 """
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ PROFILES["gpu-miniimagenet-5w5s"]["meta"].update(shots=5)
 
 def _check_settings(settings: dict, budget_s: float | None) -> None:
     """Every setting checked before the first stage trains (a bad one would fail after training)."""
-    from mtl.train import resolve_device
+    from mtl.build import resolve_device
 
     episodes = settings["episodes"]
     if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
@@ -163,7 +163,7 @@ def run_pipeline(profile: str = "cpu", *, out: str | Path = "runs/mtl-pipeline",
 def _evaluate_all(settings, learners, out, results, save, progress) -> None:
     from mtl.config import TrainConfig
     from mtl.evaluate import EpisodeSet, evaluate, evaluate_checkpoint
-    from mtl.train import build_learner, resolve_device
+    from mtl.build import build_learner, resolve_device
 
     meta = dict(settings["meta"], algorithm="mtl", device=settings["device"])
     meta["extra"] = dict(meta.get("extra", {}), pretrained=str((out / "pretrain").resolve()))
@@ -193,7 +193,8 @@ def _brief(summary: dict) -> dict:
     brief = {k: summary.get(k) for k in keep}
     config = summary.get("config", {})
     if config.get("algorithm") == "pretrain" and summary.get("wall_time_s"):
-        brief["images_per_s_incl_validation"] = round(summary["steps"] * config["meta_batch"] / summary["wall_time_s"], 1)
+        images = summary["steps"] * config["meta_batch"]
+        brief["images_per_s_incl_validation"] = round(images / summary["wall_time_s"], 1)
     return brief
 
 

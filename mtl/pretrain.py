@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from mtl.data._progress import progress_enabled
 from mtl.errors import CheckpointError, MTLError
 from mtl.resnet import DEFAULT_CHANNELS, ResNet12
 
@@ -41,10 +42,6 @@ class PretrainResult:
 
     model: ResNet12
     history: list[dict] = field(default_factory=list)
-
-
-def _progress_enabled(progress: bool) -> bool:
-    return progress and os.environ.get("MTL_PROGRESS", "1") != "0"
 
 
 def augment(x: torch.Tensor, *, pad: int, flip: bool, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -230,7 +227,8 @@ def pretrain(dataset, *, model: ResNet12 | None = None, channels=DEFAULT_CHANNEL
     counts = getattr(dataset, "counts", None)
     if counts is not None and int(counts.min()) < images.shape[1]:
         warnings.warn(f"classes hold {int(counts.min())} to {int(counts.max())} images; pre-training "
-                      f"uses the first {int(counts.min())} of each (every class the same count)")
+                      f"uses the first {int(counts.min())} of each (every class the same count)",
+                      stacklevel=2)
         images = images[:, : int(counts.min())]
     if images.dtype != torch.uint8 or images.dim() != 5:
         raise MTLError("pretrain needs uint8 images [classes, per_class, C, H, W] (a FewShotDataset); "
@@ -273,7 +271,7 @@ def pretrain(dataset, *, model: ResNet12 | None = None, channels=DEFAULT_CHANNEL
         loss_sum, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
         epoch_start = time.perf_counter()
         bar = tqdm(range(steps_per_epoch), desc=f"pretrain {epoch + 1}/{epochs}", leave=False,
-                   disable=not _progress_enabled(progress))
+                   disable=not progress_enabled(progress))
         for step in bar:
             idx = order[step * batch_size: (step + 1) * batch_size]
             x = train_x[idx].float().div_(255)
@@ -348,11 +346,12 @@ class Pretrain(torch.nn.Module):
     ``meta_gradient(LabelledBatch)`` back-propagates the cross-entropy over all base classes;
     ``predict(TaskBatch)`` scores few-shot episodes by nearest centroid on the features (so the
     engine's validation tracks what pre-training is for), after re-estimating batch norm's running
-    statistics on 20 training batches (``recalibrate_batch_norm``) if it trained since the last time. ``config.meta_batch`` is the batch size,
-    ``config.meta_lr`` the SGD learning rate (with the engine's schedule), ``config.iterations`` the
-    number of batches. Extra settings (``--set key=value``): ``channels`` (list of 4 widths) or
-    ``hidden`` (first width), ``weight_decay`` (5e-4), ``momentum`` (0.9), ``augment`` (true),
-    ``bf16``, ``channels_last``. Use the run folder as ``--set pretrained=RUN`` of ``--algorithm mtl``.
+    statistics on 20 training batches (``recalibrate_batch_norm``) if it trained since the last
+    time. ``config.meta_batch`` is the batch size, ``config.meta_lr`` the SGD learning rate (with
+    the engine's schedule), ``config.iterations`` the number of batches. Extra settings
+    (``--set key=value``): ``channels`` (list of 4 widths) or ``hidden`` (first width),
+    ``weight_decay`` (5e-4), ``momentum`` (0.9), ``augment`` (true), ``bf16``, ``channels_last``.
+    Use the run folder as ``--set pretrained=RUN`` of ``--algorithm mtl``.
     """
 
     def __init__(self, model: ResNet12, *, inner_steps: int = 0, inner_lr: float = 0.0,

@@ -9,8 +9,8 @@ Python (what lessons call; the CLI calls the same function)::
 CLI: ``python -m mtl train --preset maml-omniglot-5w1s --out runs/maml [--resume | --overwrite]``.
 
 Each meta-step: ``optimizer.zero_grad()``, draw ``meta_batch`` tasks (``mtl.distributed.TaskStream``:
-task ``i`` of step ``t`` comes from a seed of ``(seed, t, i)``, so under torchrun each rank draws its
-share), ``learner.meta_gradient(batch)`` (fills ``.grad``; averaged over ranks), a NaN/Inf check,
+the meta-batch of step ``t`` is drawn from one seed of ``(seed, t)``, the same whatever the number of
+processes, and under torchrun each rank keeps its share), ``learner.meta_gradient(batch)`` (fills ``.grad``; averaged over ranks), a NaN/Inf check,
 ``optimizer.step()``. Every
 ``val_every`` steps the learner is scored on a fixed, seeded validation episode set; every
 ``checkpoint_every`` steps ``last.pt`` is written atomically (``best.pt`` on a new best validation
@@ -44,12 +44,10 @@ from __future__ import annotations
 
 import argparse
 import csv
-import inspect
 import json
 import math
 import os
 import random
-import re
 import shutil
 import sys
 import time
@@ -59,13 +57,14 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mtl import distributed
+from mtl.build import (algorithm_class, build_learner, build_model, load_learner_state,  # noqa: F401
+                       progress_enabled, register_algorithm, resolve_device)
 from mtl.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from mtl.config import PRESETS, ConfigError, TrainConfig, preset
-from mtl.errors import CheckpointError, InnerLoopError, MTLError
+from mtl.errors import InnerLoopError, MTLError
 
 #: files a run writes into its folder (``--overwrite`` removes exactly these)
 RUN_FILES = ("config.json", "last.pt", "best.pt", "metrics.jsonl", "metrics.csv", "summary.json")
@@ -104,91 +103,7 @@ class RunSummary:
                 "best_val": self.best_val, "test": self.test}
 
 
-# --- building blocks (also used by mtl.evaluate) -------------------------------------------------
-def register_algorithm(name: str, cls: type) -> None:
-    """Make ``name`` usable as ``--algorithm name`` without editing ``mtl.algorithms``."""
-    from mtl.algorithms import register_algorithm as register
-
-    register(name, cls)
-
-
-def algorithm_class(name: str) -> type:
-    from mtl.algorithms import algorithm_class as lookup
-
-    return lookup(name)
-
-
-def build_model(config: TrainConfig) -> nn.Module:
-    """The network named by ``config.model`` (resolved config), sized for the dataset."""
-    from mtl import models
-
-    if config.model == "mlp":
-        return models.MLP(hidden=config.hidden)
-    channels = config.channels or (1 if config.dataset == "omniglot" else 3)
-    if config.model == "conv4":
-        return models.Conv4(channels, config.ways, hidden=config.hidden, image_size=config.image_size)
-    if config.model == "resnet12":
-        return models.ResNet12(channels, config.ways)
-    raise ConfigError(f"unknown model {config.model!r}; choose conv4, resnet12 or mlp")
-
-
-def build_learner(config: TrainConfig, device: torch.device) -> nn.Module:
-    """The algorithm module (model inside) for a resolved config, on ``device``."""
-    cls = algorithm_class(config.algorithm)
-    if hasattr(cls, "from_config"):
-        return cls.from_config(config, device).to(device)
-    extra = dict(config.extra)
-    if config.dataset == "sinusoid" and "loss_fn" in inspect.signature(cls).parameters:
-        extra["loss_fn"] = F.mse_loss  # regression: algorithms default to cross-entropy
-    learner = cls(build_model(config), inner_steps=config.inner_steps, inner_lr=config.inner_lr,
-                  first_order=config.first_order, strategy=config.strategy, **extra)
-    return learner.to(device)
-
-
-def load_learner_state(learner: nn.Module, state: dict[str, Any], path: Path | str) -> None:
-    """Load a checkpoint's learner state; a mismatch names the tensors that do not fit."""
-    own = learner.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [f"{k} {tuple(state[k].shape)} in the file, {tuple(own[k].shape)} in the model"
-              for k in own if k in state and hasattr(state[k], "shape")
-              and tuple(state[k].shape) != tuple(own[k].shape)]
-    problems = ([f"shape of {s}" for s in shapes[:3]] + [f"missing {k}" for k in missing[:3]]
-                + [f"unexpected {k}" for k in unexpected[:3]])
-    try:
-        learner.load_state_dict(state)
-    except (RuntimeError, KeyError, ValueError) as exc:
-        detail = "; ".join(problems) or str(exc).splitlines()[0][:200]
-        raise CheckpointError(
-            f"{path} does not fit the model its config describes ({detail}). The config and the "
-            "weights disagree: the file was edited, or written by an mtl whose models differ; "
-            "retrain, or evaluate it with the mtl version that wrote it."
-        ) from exc
-
-
-def resolve_device(name: str | torch.device) -> torch.device:
-    """``auto`` (cuda when present), ``cpu``, ``cuda`` or ``cuda:N``, checked against this machine."""
-    if str(name) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if not re.fullmatch(r"cpu|cuda(:\d+)?", str(name)):
-        raise ConfigError(f"device {str(name)!r} is not supported: use auto, cpu, cuda or cuda:N "
-                          "(mtl runs on CPUs and CUDA GPUs)")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} asked for, but torch sees no CUDA GPU: use --device cpu")
-    if device.index is not None and device.index >= torch.cuda.device_count():
-        raise ConfigError(f"device {name!r} asked for, but torch sees {torch.cuda.device_count()} "
-                          f"GPU(s) (cuda:0 to cuda:{torch.cuda.device_count() - 1})")
-    return device
-
-
-def progress_enabled(progress: bool | None) -> bool:
-    """``progress`` if given, else on unless the environment says ``MTL_PROGRESS=0``."""
-    if progress is not None:
-        return progress
-    return os.environ.get("MTL_PROGRESS", "1") not in ("0", "false", "no", "off")
-
-
+# --- building blocks: mtl.build (shared with mtl.evaluate) -----------------------------------------
 def train_sampler(config: TrainConfig, learner: nn.Module, device: torch.device) -> Any:
     """The training task source: episodes of the train split (or the algorithm's own sampler)."""
     from mtl import data

@@ -24,8 +24,8 @@ from torch import Tensor
 
 from mtl import quadratic
 
-__all__ = ["quadratic_family", "meta_landscape", "gradient_arrows", "reptile_geometry", "fixed_point_paths", "episode_grid", "regression_fits",
-           "mean_with_band", "figure_png", "METHOD_STYLE"]
+__all__ = ["quadratic_family", "meta_landscape", "gradient_arrows", "reptile_geometry", "fixed_point_paths",
+           "episode_grid", "regression_fits", "mean_with_band", "figure_png", "METHOD_STYLE"]
 
 #: one colour and marker per method, the same in every lesson
 METHOD_STYLE = {

@@ -175,7 +175,8 @@ def test_quadratic_figures(tasks):
 
 
 def _tiny_dataset(classes=6, per_class=4):
-    images = torch.randint(0, 256, (classes, per_class, 1, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    images = torch.randint(0, 256, (classes, per_class, 1, 8, 8), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
     return FewShotDataset(images, [f"c{i}" for i in range(classes)], "omniglot", "train")
 
 
@@ -224,7 +225,8 @@ def test_find_lessons_orders_and_filters(tmp_path):
 
 def test_clean_and_blank():
     nb = new_notebook(cells=[new_code_cell("# SOLUTION\ndef f(x):\n    return 2 * x", execution_count=3,
-                                           outputs=[], metadata={"execution": {"iopub.status.busy": "2026"}, "tags": ["keep"]})])
+                                           outputs=[], metadata={"execution": {"iopub.status.busy": "2026"},
+                                                                 "tags": ["keep"]})])
     nb.metadata["widgets"] = {"state": {}}
     cleaned = course.clean_notebook(nb)
     assert "widgets" not in cleaned.metadata and "execution" not in cleaned.cells[0].metadata
@@ -238,7 +240,8 @@ def test_clean_and_blank():
 def test_course_run_executes_in_order_and_writes_html(tmp_path, monkeypatch):
     lessons, out = tmp_path / "notebooks", tmp_path / "out"
     lessons.mkdir()
-    _write_lessons(lessons, {"00_a.ipynb": [new_markdown_cell("# A"), new_code_cell("import os\nprint(os.environ['MTL_PROFILE'])"),
+    _write_lessons(lessons, {"00_a.ipynb": [new_markdown_cell("# A"),
+                                            new_code_cell("import os\nprint(os.environ['MTL_PROFILE'])"),
                                             new_code_cell("# NBVAL_RAISES_EXCEPTION\nraise ValueError('on purpose')"),
                                             new_code_cell("1 + 1")]})
     monkeypatch.setenv("MTL_PROFILE", "cpu")

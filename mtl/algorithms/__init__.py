@@ -47,4 +47,5 @@ def algorithm_class(name: str) -> type:
         raise ConfigError(f"unknown algorithm {name!r}; choose one of: {', '.join(sorted(ALGORITHMS))}")
     return ALGORITHMS[name]
 
-__all__ = ["ALGORITHMS", "register_algorithm", "algorithm_class", "MetaLearner", "MAML", "FOMAML", "Reptile", "ANIL", "MetaSGD", "ProtoNet"]
+__all__ = ["ALGORITHMS", "register_algorithm", "algorithm_class", "MetaLearner", "MAML", "FOMAML",
+           "Reptile", "ANIL", "MetaSGD", "ProtoNet"]

@@ -18,7 +18,10 @@ from mtl.inner import maml_outputs
 
 
 class MAML(MetaLearner):
-    """``MAML(model, inner_steps=5, inner_lr=0.4)``; ``meta_gradient(batch)`` fills ``.grad``."""
+    """``MAML(model, *, inner_steps=1, inner_lr=0.4, first_order=False, strategy="auto")``.
+
+    ``meta_gradient(batch)`` fills ``.grad``; ``predict(batch)`` adapts and returns query logits.
+    """
 
     def meta_gradient(self, batch) -> dict[str, float]:
         losses, outputs = maml_outputs(

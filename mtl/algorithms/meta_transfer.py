@@ -10,8 +10,8 @@ the paper and its official code, ``s`` has one scalar per k x k kernel slice, sh
 ``[C_out, 1, 1, 1]`` (FiLM-like); it can only rescale a whole filter. The task learner is a linear
 classifier on the features, adapted by ``inner_steps`` gradient steps on the support set from a
 initialisation of 0 (meta-learned too with ``learn_head_init=True``, as in the paper). The
-meta-parameters are ``scale``/``shift`` of every conv (and that initialisation); the frozen weights are buffers of ``self.encoder``, never parameters, so no
-optimizer can touch them.
+meta-parameters are ``scale``/``shift`` of every conv (and that initialisation); the frozen
+weights are buffers of ``self.encoder``, never parameters, so no optimizer can touch them.
 
 The frozen network runs in eval mode (batch norm with its pre-training running statistics): its
 features then do not depend on the other images of the batch, and a per-channel scale/shift is not

@@ -25,7 +25,6 @@ from tqdm.utils import CallbackIOWrapper
 from mtl.data._progress import progress_bar
 from mtl.errors import ChecksumError, DataError, UnsafeArchiveError
 
-ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 _CORRUPT = (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, OSError)
 _CHUNK = 1 << 20
 
@@ -47,11 +46,6 @@ def verify_checksum(path: str | os.PathLike, expected: str, algorithm: str = "sh
             f"{path}: {algorithm} is {actual}, expected {expected}. The file is corrupted or not the "
             "official one: delete it and download it again."
         )
-
-
-def is_archive(path: str | os.PathLike) -> bool:
-    """True for names ending in ``.tar.gz``, ``.tgz``, ``.tar`` or ``.zip``."""
-    return str(path).lower().endswith(ARCHIVE_SUFFIXES)
 
 
 def safe_member_name(name: str, archive: str | os.PathLike = "archive") -> str:
@@ -133,8 +127,9 @@ def iter_files(path: str | os.PathLike, keep: Callable[[str], bool] = _keep_all,
 
     Names are relative POSIX paths; a folder's names start with the folder's own name (the layout
     its archive would have). Members for which ``keep(name)`` is false are not read (``bytes`` is
-    None). ``progress`` shows a bar of the bytes read (tar archives). Raises :class:`UnsafeArchiveError` on an unsafe member and :class:`DataError` on a
-    truncated or corrupted archive.
+    None). ``progress`` shows a bar of the bytes read (tar archives). Raises
+    :class:`UnsafeArchiveError` on an unsafe member and :class:`DataError` on a truncated or
+    corrupted archive.
     """
     path = Path(path)
     if path.is_dir():

@@ -35,11 +35,6 @@ class FewShotDataset:
         return int(self.counts.min()) if self.counts is not None else self.images.shape[1]
 
     @property
-    def image_shape(self) -> tuple[int, int, int]:
-        """``(C, H, W)``."""
-        return tuple(self.images.shape[2:])
-
-    @property
     def device(self) -> torch.device:
         return self.images.device
 

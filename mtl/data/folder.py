@@ -75,7 +75,7 @@ def _inside(path: Path, real_root: Path) -> None:
 def fingerprint(classes: dict[str, list[Path]], root: Path) -> str:
     """A hash of the listing: relative path, size and modification time of every image."""
     digest = hashlib.sha256()
-    for name, files in classes.items():
+    for files in classes.values():
         for path in files:
             stat = path.stat()
             digest.update(f"{path.relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())

@@ -164,7 +164,8 @@ def describe(*, root=None, cache_dir=None) -> dict:
                 source = find_source_for(split, root)
                 csv_name = f"{split}.csv"
                 names, labels = [], _csv_beside(source, split)
-                for name, data in iter_files(source, keep=lambda n: PurePosixPath(n).name == csv_name):
+                wanted = lambda n, csv_name=csv_name: PurePosixPath(n).name == csv_name  # noqa: E731
+                for name, data in iter_files(source, keep=wanted):
                     names.append(name)
                     if data is not None:
                         labels = _read_csv(data)
