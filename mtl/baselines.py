@@ -3,7 +3,8 @@
 "A model pretrained on all tasks": one network trained to regress every sampled sinusoid at once
 (plain supervised learning on the union of the tasks, no inner loop), then fine-tuned on a new
 task's K points with the same gradient steps MAML takes. Because the tasks disagree (random
-amplitude and phase) it learns roughly their average, a near-flat curve, and a few gradient steps
+amplitude and phase) it learns roughly their average, the curve -(2/pi) E[a] cos x (phases in
+[0, pi] do not cancel), and a few gradient steps
 from there help little; MAML's initialisation instead adapts in one step.
 
 It plugs into the engine like any algorithm (``--algorithm joint``)::

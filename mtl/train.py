@@ -10,8 +10,8 @@ CLI: ``python -m mtl train --preset maml-omniglot-5w1s --out runs/maml [--resume
 
 Each meta-step: ``optimizer.zero_grad()``, draw ``meta_batch`` tasks (``mtl.distributed.TaskStream``:
 the meta-batch of step ``t`` is drawn from one seed of ``(seed, t)``, the same whatever the number of
-processes, and under torchrun each rank keeps its share), ``learner.meta_gradient(batch)`` (fills ``.grad``; averaged over ranks), a NaN/Inf check,
-``optimizer.step()``. Every
+processes, and under torchrun each rank keeps its share), ``learner.meta_gradient(batch)`` (fills
+``.grad``; averaged over ranks), a check for NaN/Inf and exploding losses, ``optimizer.step()``. Every
 ``val_every`` steps the learner is scored on a fixed, seeded validation episode set; every
 ``checkpoint_every`` steps ``last.pt`` is written atomically (``best.pt`` on a new best validation
 score). ``metrics.jsonl`` and ``metrics.csv`` grow as the run goes; ``config.json`` holds the resolved
