@@ -287,6 +287,10 @@ class _Loop:
         if not math.isfinite(loss) or not _grads_finite(self.params):
             what = f"meta-loss {loss}" if not math.isfinite(loss) else "a NaN/Inf meta-gradient"
             raise TrainingDiverged(self._diverged_message(what))
+        chance = math.log(max(c.ways, 2))  # cross-entropy of a uniform guess
+        if c.dataset != "sinusoid" and loss > 100 * chance:
+            raise TrainingDiverged(self._diverged_message(
+                f"the meta-loss is {loss:.3g}, over 100 times a uniform guess's {chance:.2f}"))
         if s.first_loss is None:
             s.first_loss = loss
         elif loss > EXPLODED * max(s.first_loss, 1e-3):

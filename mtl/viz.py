@@ -9,6 +9,7 @@ returns the figure; no function calls ``plt.show()``, so a lesson cell ends with
 - ``episode_grid``: a support/query grid of one N-way K-shot episode
 - ``regression_fits``: sinusoid fits after 0..k inner steps (MAML paper, Figure 2)
 - ``mean_with_band``: curves with a shaded 95% interval
+- ``learning_curves``: validation score of each training run against meta-steps and wall time
 - ``figure_png``: a figure as PNG bytes (what the widgets display)
 """
 from __future__ import annotations
@@ -25,7 +26,8 @@ from torch import Tensor
 from mtl import quadratic
 
 __all__ = ["quadratic_family", "meta_landscape", "gradient_arrows", "reptile_geometry", "fixed_point_paths",
-           "episode_grid", "regression_fits", "mean_with_band", "figure_png", "METHOD_STYLE"]
+           "episode_grid", "regression_fits", "mean_with_band", "learning_curves", "figure_png",
+           "METHOD_STYLE"]
 
 #: one colour and marker per method, the same in every lesson
 METHOD_STYLE = {
@@ -225,6 +227,42 @@ def mean_with_band(x: Sequence[float], curves: Mapping[str, tuple[Sequence[float
         ax.fill_between(x, mean - half, mean + half, color=f"C{i}", alpha=0.2)
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.legend(fontsize=8)
+    return fig
+
+
+def learning_curves(histories: Mapping[str, Sequence[Mapping]], *, axes=None, title: str = "",
+                    reference: float | None = None) -> Figure:
+    """Validation score of each run, against meta-steps (left) and training wall time (right).
+
+    ``histories``: name -> the engine's metrics rows (``RunSummary.history``, or the lines of a run's
+    ``metrics.jsonl``); the ``kind == "val"`` rows are drawn, with their 95% interval as a band.
+    ``reference``: a horizontal line (chance, or a published number).
+    """
+    if axes is None:
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4), sharey=True)
+    else:
+        fig = axes[0].figure
+    for i, (name, rows) in enumerate(histories.items()):
+        val = [r for r in rows if r.get("kind") == "val"]
+        if not val:
+            continue
+        key = "accuracy" if "accuracy" in val[0] else "loss"
+        scale = 100 if key == "accuracy" else 1
+        y = np.array([scale * r[key] for r in val])
+        band = np.array([scale * r.get("ci95", 0.0) for r in val])
+        for ax, x_key in zip(axes, ("step", "elapsed_s")):
+            x = np.array([r[x_key] for r in val], dtype=float)
+            ax.plot(x, y, "-o", ms=3, color=f"C{i}", label=name)
+            ax.fill_between(x, y - band, y + band, color=f"C{i}", alpha=0.15)
+    ylabel = "validation accuracy (%)" if any(
+        "accuracy" in r for rows in histories.values() for r in rows if r.get("kind") == "val") \
+        else "validation loss"
+    axes[0].set(xlabel="meta-steps", ylabel=ylabel, title=title)
+    axes[1].set(xlabel="training wall time (s, validation included)")
+    for ax in axes:
+        if reference is not None:
+            ax.axhline(reference, color="grey", lw=0.8, ls=":")
+    axes[0].legend(fontsize=8)
     return fig
 
 

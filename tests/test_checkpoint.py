@@ -131,3 +131,12 @@ def test_python_state_survives_pickle_free_encoding():
     restore_rng(state)
     assert random.random() == first
     pickle.dumps(state)  # plain values only
+
+
+def test_a_checkpoint_that_does_not_fit_names_the_tensors(tmp_path):
+    from mtl.build import load_learner_state
+    from mtl.models import Conv4
+
+    small, big = Conv4(1, 5, hidden=4, image_size=16), Conv4(1, 5, hidden=8, image_size=16)
+    with pytest.raises(CheckpointError, match=r"shape of features\.0\.0\.weight \(4, 1, 3, 3\) in the file"):
+        load_learner_state(big, small.state_dict(), tmp_path / "x.pt")

@@ -296,3 +296,10 @@ def test_adapt_refuses_bad_inputs_and_catches_a_nan_last_update():
     # the only inner loss is finite; the one update overflows float32 (the last step's check)
     with pytest.raises(InnerLoopError, match="adapted parameters are NaN/Inf"):
         mtl.adapt(model, params, sx[0], sy[0], steps=1, lr=1e300)
+
+
+def test_a_model_and_data_on_different_devices_are_refused():
+    model = Conv4(1, 3, hidden=4, image_size=16)
+    sx, sy, qx, qy = (t.to("meta") for t in _conv_tasks())
+    with pytest.raises(TaskBatchError, match="different devices"):
+        mtl.maml_loss(model, dict(model.named_parameters()), sx, sy, qx, qy, steps=1, lr=0.1)

@@ -268,3 +268,21 @@ def test_course_run_reports_a_failing_lesson(tmp_path, capsys):
     assert course.run(args) == 1
     err = capsys.readouterr().err
     assert "00_bad.ipynb failed" in err and "boom" in err and "--lessons 00" in err
+
+
+def test_learning_curves_draw_every_validation_row_against_steps_and_time():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from mtl import viz
+
+    rows = [{"kind": "train", "step": 1, "loss": 1.0}] + [
+        {"kind": "val", "step": s, "accuracy": a, "ci95": 0.02, "elapsed_s": 2.0 * s}
+        for s, a in [(10, 0.3), (20, 0.5), (30, 0.6)]]
+    fig = viz.learning_curves({"a": rows, "b": rows[:2]}, reference=20.0)
+    steps_axis, time_axis = fig.axes
+    lines = [line for line in steps_axis.lines if line.get_label() in ("a", "b")]
+    assert [list(line.get_xdata()) for line in lines] == [[10, 20, 30], [10]]
+    assert list(lines[0].get_ydata()) == [30.0, 50.0, 60.0]
+    assert list(time_axis.lines[0].get_xdata()) == [20.0, 40.0, 60.0]
+    assert "accuracy" in steps_axis.get_ylabel()
