@@ -231,12 +231,14 @@ def mean_with_band(x: Sequence[float], curves: Mapping[str, tuple[Sequence[float
 
 
 def learning_curves(histories: Mapping[str, Sequence[Mapping]], *, axes=None, title: str = "",
-                    reference: float | None = None) -> Figure:
+                    reference: float | None = None,
+                    time_label: str = "training wall time (s, validation included)") -> Figure:
     """Validation score of each run, against meta-steps (left) and training wall time (right).
 
     ``histories``: name -> the engine's metrics rows (``RunSummary.history``, or the lines of a run's
     ``metrics.jsonl``); the ``kind == "val"`` rows are drawn, with their 95% interval as a band.
-    ``reference``: a horizontal line (chance, or a published number).
+    ``reference``: a horizontal line (chance, or a published number); ``time_label``: what the
+    rows' ``elapsed_s`` measures (the engine's includes its validations).
     """
     if axes is None:
         fig, axes = plt.subplots(1, 2, figsize=(12, 4), sharey=True)
@@ -258,7 +260,7 @@ def learning_curves(histories: Mapping[str, Sequence[Mapping]], *, axes=None, ti
         "accuracy" in r for rows in histories.values() for r in rows if r.get("kind") == "val") \
         else "validation loss"
     axes[0].set(xlabel="meta-steps", ylabel=ylabel, title=title)
-    axes[1].set(xlabel="training wall time (s, validation included)")
+    axes[1].set(xlabel=time_label)
     for ax in axes:
         if reference is not None:
             ax.axhline(reference, color="grey", lw=0.8, ls=":")
