@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import shutil
 import tempfile
 import sys
 import time
@@ -145,10 +146,29 @@ def execute_lesson(path: Path, *, timeout: int = 1800, progress: bool = True, ke
     return clean_notebook(nb)
 
 
+#: MathJax 2 as shipped by the ``jupyter-server-mathjax`` package, copied beside the HTML copies
+MATHJAX_CONFIG = "TeX-AMS-MML_HTMLorMML-full,Safe"
+
+
+def _local_mathjax(folder: Path) -> str:
+    """Copy MathJax into ``folder/mathjax`` (once); the relative URL an HTML copy loads it from.
+
+    HTML copies are opened offline (a projector, a train): math must not come from a CDN.
+    """
+    import jupyter_server_mathjax
+
+    target = folder / "mathjax"
+    if not (target / "MathJax.js").is_file():
+        shutil.copytree(Path(jupyter_server_mathjax.__file__).parent / "static", target,
+                        dirs_exist_ok=True)
+    return f"mathjax/MathJax.js?config={MATHJAX_CONFIG}"
+
+
 def _export_html(nb, destination: Path) -> None:
     from nbconvert import HTMLExporter
 
-    body, _ = HTMLExporter().from_notebook_node(nb)
+    exporter = HTMLExporter(mathjax_url=_local_mathjax(destination.parent))
+    body, _ = exporter.from_notebook_node(nb)
     destination.write_text(body, encoding="utf-8")
 
 
