@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from mtl.data._progress import progress_enabled
 from mtl.errors import CheckpointError, MTLError
+from mtl.heads import prototype_logits
 from mtl.resnet import DEFAULT_CHANNELS, ResNet12
 
 FORMAT = "mtl-pretrain-1"
@@ -420,6 +421,4 @@ class Pretrain(torch.nn.Module):
         query = F.normalize(self.model.features(batch.query_x.flatten(0, 1)), dim=-1)
         self.model.train(was_training)
         support, query = support.unflatten(0, batch.support_x.shape[:2]), query.unflatten(0, batch.query_x.shape[:2])
-        one_hot = F.one_hot(batch.support_y).to(support.dtype)                       # [B, M, N]
-        centroids = one_hot.transpose(1, 2) @ support / one_hot.sum(1)[:, :, None]   # [B, N, D]
-        return -torch.cdist(query, centroids).pow(2)
+        return prototype_logits(support, batch.support_y, query, int(batch.support_y.max()) + 1)

@@ -135,7 +135,7 @@ def test_metasgd_learning_rates_receive_the_right_gradient():
 
 
 def test_prototype_logits_by_hand():
-    from mtl.algorithms.protonet import prototype_logits
+    from mtl.heads import prototype_logits
 
     support = torch.tensor([[[0.0, 0.0], [2.0, 0.0], [0.0, 4.0]]])  # classes 0, 0, 1
     support_y = torch.tensor([[0, 0, 1]])

@@ -11,7 +11,7 @@ MTL = Path(__file__).resolve().parents[1] / "mtl"
 #: same layer or one below
 LAYERS = {
     "mtl.errors": 0, "mtl.norms": 0, "mtl.data": 0,
-    "mtl.inner": 1, "mtl.models": 1, "mtl.resnet": 1,
+    "mtl.inner": 1, "mtl.heads": 1, "mtl.models": 1, "mtl.resnet": 1,
     "mtl.algorithms": 2, "mtl.baselines": 2, "mtl.pretrain": 2,
     "mtl.config": 3, "mtl.build": 3, "mtl.checkpoint": 3, "mtl.distributed": 3, "mtl.train": 3,
     "mtl.evaluate": 3, "mtl.classifier": 3,

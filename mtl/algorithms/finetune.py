@@ -22,10 +22,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from mtl.algorithms.meta_transfer import (_load_into, _ways_of, adapt_linear_head, encoder_of,
-                                          freeze_to_buffers, linear_logits,
+from mtl.algorithms.meta_transfer import (_load_into, _ways_of, encoder_of, freeze_to_buffers,
                                           pretrained_from_config)
 from mtl.errors import InnerLoopError, MTLError
+from mtl.heads import adapt_linear_head, linear_logits, prototype_logits
 
 
 class _PretrainedBaseline(nn.Module):
@@ -158,10 +158,7 @@ class NearestCentroid(_PretrainedBaseline):
     def predict(self, batch, *, inner_steps: int | None = None) -> Tensor:
         support = F.normalize(self._features(batch.support_x), dim=-1)
         query = F.normalize(self._features(batch.query_x), dim=-1)
-        ways = self._ways(batch)
-        one_hot = F.one_hot(batch.support_y, ways).to(support.dtype)            # [B, M, N]
-        centroids = one_hot.transpose(1, 2) @ support / one_hot.sum(1)[:, :, None]  # [B, N, D]
-        return -torch.cdist(query, centroids).pow(2)
+        return prototype_logits(support, batch.support_y, query, self._ways(batch))
 
 
 #: registry names -> baseline classes (same constructor and ``predict`` as every algorithm)

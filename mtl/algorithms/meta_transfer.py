@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from mtl.errors import EpisodeError, MTLError
+from mtl.heads import adapt_linear_head, linear_logits
 
 
 SCALINGS = ("kernel", "channel")
@@ -90,31 +91,6 @@ def freeze_to_buffers(module: nn.Module) -> nn.Module:
                 del sub._parameters[name]
                 sub.register_buffer(name, param.detach().clone())
     return frozen.eval()
-
-
-def adapt_linear_head(features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor, *, steps: int,
-                      lr: float, create_graph: bool) -> tuple[Tensor, Tensor]:
-    """Gradient steps on a per-task linear classifier, all tasks at once.
-
-    Args:
-        features: ``[B, M, D]`` support features; labels: ``[B, M]`` in 0..N-1.
-        weight, bias: initial head ``[B, N, D]``, ``[B, N]`` (e.g. an expanded meta-learned init).
-        create_graph: keep the graph of the steps (second-order meta-gradient).
-    Returns:
-        the adapted ``weight [B, N, D]``, ``bias [B, N]``.
-    """
-    m = features.shape[1]
-    for _ in range(steps):
-        logits = torch.einsum("bmd,bnd->bmn", features, weight) + bias[:, None, :]
-        loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="sum") / m
-        grad_w, grad_b = torch.autograd.grad(loss, (weight, bias), create_graph=create_graph)
-        weight, bias = weight - lr * grad_w, bias - lr * grad_b
-    return weight, bias
-
-
-def linear_logits(features: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-    """``[B, M, D]`` x head ``[B, N, D]``, ``[B, N]`` -> logits ``[B, M, N]``."""
-    return torch.einsum("bmd,bnd->bmn", features, weight) + bias[:, None, :]
 
 
 def hardest_classes(query_logits: Tensor, query_y: Tensor, classes: Tensor,

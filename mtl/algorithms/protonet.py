@@ -11,13 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mtl.algorithms.base import MetaLearner, embed_tasks, metrics
-
-
-def prototype_logits(support: Tensor, support_y: Tensor, query: Tensor, ways: int) -> Tensor:
-    """``support [B, n_s, D]``, ``support_y [B, n_s]``, ``query [B, n_q, D]`` -> ``[B, n_q, ways]``."""
-    one_hot = F.one_hot(support_y, ways).to(support.dtype)  # [B, n_s, N]
-    prototypes = one_hot.transpose(1, 2) @ support / one_hot.sum(1).unsqueeze(-1)  # [B, N, D]
-    return -torch.cdist(query, prototypes).pow(2)
+from mtl.heads import prototype_logits
 
 
 class ProtoNet(MetaLearner):
