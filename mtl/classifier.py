@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from mtl.errors import MTLError, TaskBatchError
+from mtl.errors import MTLError, TaskBatchError, report
 
 __all__ = ["FewShotClassifier", "IMAGE_SUFFIXES"]
 
@@ -228,9 +228,6 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     import json
-    import sys
-
-    from mtl.errors import ConfigError
 
     try:
         clf = FewShotClassifier.from_checkpoint(args.checkpoint, steps=args.steps, device=args.device)
@@ -239,12 +236,8 @@ def run(args) -> int:
         target = args.query[0] if len(args.query) == 1 else args.query
         queries, truth = query_images(target)
         probabilities = clf.predict_proba(queries)
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except MTLError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    except MTLError as error:  # usage errors exit 2, other failures 1
+        return report(error)
     rows = []
     for i, path in enumerate(queries):
         best = int(probabilities[i].argmax())

@@ -1,6 +1,8 @@
 """Errors a user can fix. Every message says what happened *and* what to do about it."""
 from __future__ import annotations
 
+import sys
+
 
 class MTLError(Exception):
     """Base class: a problem with the user's input, data or files (not a bug in mtl)."""
@@ -36,3 +38,10 @@ class TaskBatchError(MTLError, ValueError):
 
 class ConfigError(MTLError, ValueError):
     """An unknown or impossible option value (a strategy name, a chunk size, an algorithm name)."""
+
+
+def report(error: MTLError) -> int:
+    """Print ``error: <message>`` on stderr for a command; its exit code: 2 for a usage error
+    (``ConfigError``, as argparse's own), 1 for any other failure."""
+    print(f"error: {error}", file=sys.stderr)
+    return 2 if isinstance(error, ConfigError) else 1

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from mtl.config import TrainConfig
-from mtl.errors import ConfigError, MTLError
+from mtl.errors import ConfigError, MTLError, report
 
 DRAW_BATCH = 50  # episodes drawn per sampler call; part of the definition of a seeded episode set
 _SINUSOID_SPLIT_OFFSET = {"val": 1_000_003, "train": 2_000_003}
@@ -262,12 +262,8 @@ def run(args: argparse.Namespace) -> int:
         result = evaluate_checkpoint(args.checkpoint, split=args.split, episodes=args.episodes,
                                      seed=args.seed, inner_steps=args.inner_steps, device=args.device,
                                      progress=False if args.no_progress else None)
-    except ConfigError as exc:  # a usage error: exit code 2, as argparse's
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except MTLError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    except MTLError as exc:  # usage errors exit 2, other failures 1
+        return report(exc)
     print(result)
     text = json.dumps(result.to_dict(), indent=2)
     if args.json == "-":

@@ -20,7 +20,6 @@ import argparse
 import copy
 import json
 import platform
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from typing import Any
 import torch
 
 from mtl.config import TrainConfig
-from mtl.errors import ConfigError, MTLError
+from mtl.errors import ConfigError, MTLError, report
 
 _COMMON = dict(rotations=False, val_episodes=100, log_every=10, eval_batch=20, seed=0)
 
@@ -217,12 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         results = run_pipeline(args.profile, out=args.out, budget_s=args.budget,
                                progress=False if args.no_progress else None, **overrides)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except MTLError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    except MTLError as exc:  # usage errors exit 2, other failures 1
+        return report(exc)
     for name, row in results["test"].items():
         print(f"{name:18s} {100 * row['mean']:6.2f} +- {100 * row['ci95']:.2f} % ({row['n']} episodes)")
     print(f"wall time: {results['wall_s']}; results in {Path(args.out) / f'results-{args.profile}.json'}")

@@ -64,7 +64,7 @@ from mtl.build import (algorithm_class, build_learner, build_model, load_learner
                        progress_enabled, register_algorithm, resolve_device)
 from mtl.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from mtl.config import PRESETS, ConfigError, TrainConfig, preset
-from mtl.errors import InnerLoopError, MTLError
+from mtl.errors import InnerLoopError, MTLError, report
 
 #: files a run writes into its folder (``--overwrite`` removes exactly these)
 RUN_FILES = ("config.json", "last.pt", "best.pt", "metrics.jsonl", "metrics.csv", "summary.json")
@@ -630,12 +630,8 @@ def run(args: argparse.Namespace) -> int:
                         progress=False if args.no_progress else None)
         if distributed.is_main_process():  # [distributed]
             _print_summary(summary)
-    except ConfigError as exc:  # a usage error: exit code 2, as argparse's
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except MTLError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    except MTLError as exc:  # usage errors exit 2, other failures 1
+        return report(exc)
     except KeyboardInterrupt:
         print(f"\ninterrupted: the last checkpoint is in {args.out}; continue with --resume", file=sys.stderr)
         return 130

@@ -4,9 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 
-import sys
 
-from mtl.errors import ConfigError, MTLError
+from mtl.errors import MTLError, report
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,12 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         return _prepare(args) if args.action == "prepare" else _info(args)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except MTLError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    except MTLError as exc:  # usage errors exit 2, other failures 1
+        return report(exc)
 
 
 def _prepare(args) -> int:
