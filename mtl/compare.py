@@ -30,7 +30,7 @@ from torch import nn
 
 from mtl.errors import MTLError
 
-__all__ = ["Row", "backward_memory", "per_task_parameters", "meta_parameters", "hardware",
+__all__ = ["Row", "backward_memory", "per_task_parameters", "meta_parameters", "paired_difference", "hardware",
            "format_table", "load_results", "PlannedRun"]
 
 #: the repository's results folder (the package is installed editable, next to it)
@@ -125,6 +125,19 @@ def per_task_parameters(learner: nn.Module, ways: int) -> int:
 def _feature_dim(encoder: nn.Module) -> int:
     convs = [m for m in encoder.modules() if isinstance(m, nn.Conv2d)]
     return convs[-1].out_channels  # ResNet-12: global average pooling after the last block
+
+
+def paired_difference(scores_a, scores_b) -> tuple[float, float]:
+    """``(mean, 95% half-width)`` of ``a - b`` episode by episode, for two methods scored on the same
+    episodes. Its interval accounts for the shared episodes: tighter than the methods' own when an
+    episode's difficulty is shared by both, no tighter when their errors fall on different episodes."""
+    from mtl.evaluate import confidence_interval
+
+    a, b = list(scores_a), list(scores_b)
+    if len(a) != len(b) or not a:
+        raise MTLError(f"paired differences need the same episodes for both methods: got {len(a)} "
+                       f"and {len(b)} scores")
+    return confidence_interval([x - y for x, y in zip(a, b)])
 
 
 def hardware() -> str:

@@ -89,3 +89,20 @@ def test_table_shows_rows_and_unmeasured_runs():
     assert "maml-miniimagenet-5w1s" in text
     assert math.isnan(float("nan"))  # rows may carry nan accuracies: formatting must not fail
     compare.format_table([compare.Row("x", "y", float("nan"), 0.0, 0, 0.0, None, 0, 0)])
+
+
+def test_paired_difference_is_tighter_than_the_two_intervals():
+    import pytest
+
+    from mtl.errors import MTLError
+    from mtl.evaluate import confidence_interval
+
+    g = torch.Generator().manual_seed(0)
+    difficulty = torch.rand(200, generator=g)          # episodes vary a lot in difficulty
+    a = (difficulty + 0.05).tolist()
+    b = (difficulty + 0.02 * torch.randn(200, generator=g)).tolist()
+    mean, ci = compare.paired_difference(a, b)
+    assert mean == pytest.approx(0.05, abs=0.01)
+    assert ci < 0.2 * confidence_interval(a)[1]
+    with pytest.raises(MTLError, match="same episodes"):
+        compare.paired_difference(a, b[:-1])
