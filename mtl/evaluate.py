@@ -132,7 +132,7 @@ def evaluate(learner: nn.Module, config: TrainConfig, *, split: str = "test", ep
     """
     from mtl.build import progress_enabled, resolve_device
 
-    _check_request(episodes if episode_set is None else 1, inner_steps)
+    _check_request(None if episode_set is not None else episodes, inner_steps)  # a set: its own n
     config = config.resolved()
     steps = config.test_inner_steps if inner_steps is None else inner_steps
     device = resolve_device(device or config.device) if device is None or isinstance(device, str) else device
@@ -169,8 +169,10 @@ def evaluate_checkpoint(path: str | Path, *, split: str = "test", episodes: int 
     return result
 
 
-def _check_request(episodes: int, inner_steps: int | None) -> None:
-    if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
+def _check_request(episodes: int | None, inner_steps: int | None) -> None:
+    """``episodes`` (None: not asked for) a whole number >= 1; ``inner_steps`` None or >= 0."""
+    if episodes is not None and (isinstance(episodes, bool) or not isinstance(episodes, int)
+                                 or episodes < 1):
         raise ConfigError(f"episodes must be a whole number >= 1, got {episodes!r} (--episodes)")
     if inner_steps is not None and (isinstance(inner_steps, bool) or not isinstance(inner_steps, int)
                                     or inner_steps < 0):

@@ -157,8 +157,9 @@ def map_tasks(fn: Callable[..., object], shared: object, batched: tuple[Tensor, 
         strategy: "vmap" or "loop" (resolve "auto" with ``resolve_strategy`` first).
         chunk_size: process this many tasks at a time; if autograd is recording, each chunk is
             recomputed during the backward pass instead of keeping its activations.
-        model: the module ``fn`` calls; under "vmap" its batch/instance norm layers run through
-            ``mtl.norms`` (exact second derivatives, no in-place update of running statistics).
+        model: the module ``fn`` calls; under "vmap" its batch, instance and layer norm layers run
+            through ``mtl.norms`` (exact second derivatives, no in-place update of running
+            statistics).
 
     Returns:
         ``fn``'s output structure with a leading dimension B on every tensor.
@@ -463,13 +464,12 @@ def _check_strategy(strategy: str) -> None:
 
 def _check_batch(support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor,
                  loss_fn: LossFn) -> None:
-    """Shapes (and, for class labels, ranges) of one batch of tasks must agree."""
+    """Shapes (and, for class labels, ranges) of one batch of tasks must agree (after
+    ``_check_inputs``, which checks that each tensor has its ``[B, n]`` dimensions)."""
     b = support_x.shape[0]
     named = {"support_x": support_x, "support_y": support_y, "query_x": query_x,
              "query_y": query_y}
     shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in named.items())
-    if any(t.dim() < 2 for t in named.values()):
-        raise TaskBatchError(f"every tensor needs a leading task dimension [B, n, ...]; got {shapes}")
     if any(t.shape[0] != b for t in named.values()):
         raise TaskBatchError(f"the number of tasks (first dimension) differs: {shapes}")
     if support_x.shape[1] != support_y.shape[1] or query_x.shape[1] != query_y.shape[1]:

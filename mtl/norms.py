@@ -1,16 +1,16 @@
-"""Batch and instance norm that stay exact under ``torch.func`` transforms, for any model.
+"""Batch, instance and layer norm that stay exact under ``torch.func`` transforms, for any model.
 
-torch's fused batch-norm kernel with an affine ``weight`` gets the *second* derivative wrong when
-it runs under ``vmap`` (torch 2.14; ``docs/torch-batchnorm-vmap.md`` has the reproduction and
+torch's fused batch-norm and layer-norm kernels with an affine ``weight`` get the *second*
+derivative wrong when they run under ``vmap`` (torch 2.14; ``docs/torch-batchnorm-vmap.md`` has the reproduction and
 ``tests/test_norms.py`` reports when a release fixes it), and second-order MAML needs exactly that
 derivative. A layer that updates running statistics in place cannot run under ``grad`` at all.
 
-``exact_norms(model)`` makes every ``nn.BatchNorm1d/2d/3d`` and ``nn.InstanceNorm1d/2d/3d`` of
-``model`` (and ``mtl.models.BatchNorm``) compute through ``batch_norm`` / ``instance_norm`` below
-while the block runs. These are the same numbers as torch's layers, with the normalisation left to
-the fused kernel *without* affine (exact under ``vmap``) and the affine written out. On plain
-tensors (the per-task loop) they call torch's own kernel unchanged. ``GroupNorm`` and
-``LayerNorm`` are exact under ``vmap`` as they are and are left alone.
+``exact_norms(model)`` makes every ``nn.BatchNorm1d/2d/3d``, ``nn.InstanceNorm1d/2d/3d`` and
+``nn.LayerNorm`` of ``model`` compute through ``batch_norm`` / ``instance_norm`` / ``layer_norm``
+below while the block runs (``mtl.models.BatchNorm`` always does). These are the same numbers as
+torch's layers, with the normalisation left to the fused kernel *without* affine (exact under
+``vmap``) or written out, and the affine written out. On plain tensors (the per-task loop) they
+call torch's own kernel unchanged. ``GroupNorm`` is exact under ``vmap`` as it is and is left alone.
 
 Running statistics under ``vmap``: read (eval mode), never updated (training mode). The tasks of
 a meta-batch each have their own batch statistics, and a module has one buffer; the per-task loop
@@ -123,11 +123,10 @@ def _instance_norm_forward(self: _InstanceNorm, x: Tensor) -> Tensor:
     use_input = self.training or not self.track_running_stats
     if use_input and self.track_running_stats:
         _warn_frozen_stats(self)
-    if x.dim() == self._get_no_batch_dim():
-        return instance_norm(x[None], self.running_mean, self.running_var, self.weight, self.bias,
-                             use_input_stats=use_input, eps=self.eps)[0]
-    return instance_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                         use_input_stats=use_input, eps=self.eps)
+    unbatched = x.dim() == self._get_no_batch_dim()  # [C, ...]: one sample without a batch dim
+    out = instance_norm(x[None] if unbatched else x, self.running_mean, self.running_var,
+                        self.weight, self.bias, use_input_stats=use_input, eps=self.eps)
+    return out[0] if unbatched else out
 
 
 _FORWARDS = ((_BatchNorm, _batch_norm_forward), (_InstanceNorm, _instance_norm_forward),
@@ -159,7 +158,7 @@ def quiet() -> Iterator[None]:
 
 
 def norm_layers(model: nn.Module) -> list[nn.Module]:
-    """The batch/instance norm layers of ``model`` that ``exact_norms`` reroutes."""
+    """The batch, instance and layer norm layers of ``model`` that ``exact_norms`` reroutes."""
     return [m for m in model.modules() if isinstance(m, tuple(cls for cls, _ in _FORWARDS))]
 
 
@@ -171,7 +170,7 @@ def updates_running_stats(model: nn.Module) -> bool:
 
 @contextlib.contextmanager
 def exact_norms(model: nn.Module) -> Iterator[nn.Module]:
-    """Within the block, ``model``'s batch/instance norm layers are exact under transforms.
+    """Within the block, ``model``'s batch, instance and layer norm layers are exact under transforms.
 
     Re-entrant; the layers get their class's forward back on exit. Layers whose ``forward`` the
     user replaced on the instance are left as they are.

@@ -40,14 +40,19 @@ TRAIN_PROBES = [
 ]
 
 
-@pytest.mark.parametrize("flags, message", TRAIN_PROBES, ids=[" ".join(f) for f, _ in TRAIN_PROBES])
-def test_train_probes(run_folder, capsys, flags, message):
+def _refused(argv: list[str], message: str, run_folder: Path, capsys) -> None:
+    """``argv`` exits 2 with ``message`` on stderr, no traceback, and leaves the run folder as it was."""
     before = _files(run_folder)
-    code = main(["train", *TINY, "--out", str(run_folder), "--overwrite", *flags])
+    code = main(argv)
     err = capsys.readouterr().err
     assert code == 2, err
     assert message in err and "Traceback" not in err, err
     assert _files(run_folder) == before
+
+
+@pytest.mark.parametrize("flags, message", TRAIN_PROBES, ids=[" ".join(f) for f, _ in TRAIN_PROBES])
+def test_train_probes(run_folder, capsys, flags, message):
+    _refused(["train", *TINY, "--out", str(run_folder), "--overwrite", *flags], message, run_folder, capsys)
 
 
 def test_omniglot_episode_shapes_name_the_flag_that_sets_them(tmp_path, capsys):
@@ -69,11 +74,7 @@ EVALUATE_PROBES = [
 
 @pytest.mark.parametrize("flags, message", EVALUATE_PROBES, ids=[" ".join(f) for f, _ in EVALUATE_PROBES])
 def test_evaluate_probes(run_folder, capsys, flags, message):
-    before = _files(run_folder)
-    code = main(["evaluate", "--checkpoint", str(run_folder), "--no-progress", *flags])
-    err = capsys.readouterr().err
-    assert code == 2 and message in err and "Traceback" not in err, err
-    assert _files(run_folder) == before
+    _refused(["evaluate", "--checkpoint", str(run_folder), "--no-progress", *flags], message, run_folder, capsys)
 
 
 def test_pipeline_refuses_zero_episodes_before_training(tmp_path, capsys):

@@ -83,10 +83,13 @@ def fingerprint(classes: dict[str, list[Path]], root: Path) -> str:
 
 
 def build(root: str | os.PathLike, *, size: int, mode: str, invert: bool = False,
-          progress: bool = True) -> dict:
-    """Decode the folder: ``{"images": uint8 [C, max_n, ch, S, S], "counts": [C], "class_names", ...}``."""
+          progress: bool = True, classes: dict[str, list[Path]] | None = None) -> dict:
+    """Decode the folder: ``{"images": uint8 [C, max_n, ch, S, S], "counts": [C], "class_names", ...}``.
+
+    ``classes``: the folder's ``scan`` when the caller already has it (else it is scanned here).
+    """
     root = Path(root).expanduser()
-    classes = scan(root)
+    classes = scan(root) if classes is None else classes
     paths = [p for files in classes.values() for p in files]
     blobs = [p.read_bytes() for p in paths]
     converted = _converted(paths, size, mode)
@@ -151,7 +154,7 @@ def prepare(root, *, cache_dir=None, image_size: int | None = None, channels: in
     content = cache.load_cache(path)
     if content is None:
         cache.ensure_writable(path)
-        built = build(root, size=size, mode=mode, invert=invert, progress=progress)
+        built = build(root, size=size, mode=mode, invert=invert, progress=progress, classes=classes)
         if built["converted"]:
             warnings.warn(f"{built['converted']} of {int(built['counts'].sum())} images of {root} "
                           f"were not {size} x {size} {mode}: they were converted (resized to a "
