@@ -4,7 +4,7 @@
     python benchmarks/bench_core.py --device cpu --interleave \\
         --configs omniglot-5w1s --meta-batch 4 --impls loop auto higher
 
-The same as ``python -m mtl bench`` (see ``mtl/bench.py`` for every option), with the JSON
+The same as ``python -m mtl bench`` (see ``mtl/cli/bench.py`` for every option), with the JSON
 written to ``runs/bench/core-<device>-<UTC date>.json`` unless ``--json`` is given, and the
 Markdown table printed at the end (paste it into ``benchmarks/README.md`` with the card, torch
 version and date).

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from mtl import distributed as D
+from mtl.engine import distributed as D
 from mtl.data import EpisodeSampler, FewShotDataset
 from mtl.models import Conv4
 
@@ -139,7 +139,7 @@ def bench_gpu(steps: int) -> list[dict]:
 
 def pretrain_step(batch: int, steps: int, device: str) -> dict:
     """Time a data-parallel pre-training step of ResNet-12 (fp32, 84x84, 64 classes), one device."""
-    from mtl.resnet import ResNet12
+    from mtl.models.resnet import ResNet12
 
     torch.manual_seed(0)
     model = ResNet12(3, 64).to(device)
@@ -167,7 +167,7 @@ def pretrain_step(batch: int, steps: int, device: str) -> dict:
 
 def bench_paper() -> list[dict]:
     """Bytes each GPU sends per meta-step in a ring all-reduce of the fp32 meta-gradient."""
-    from mtl.resnet import ResNet12
+    from mtl.models.resnet import ResNet12
 
     models = {"conv4-omniglot (64 filters, 5-way)": Conv4(1, 5, hidden=64, image_size=28),
               "conv4-miniimagenet (32 filters, 5-way)": Conv4(3, 5, hidden=32, image_size=84),

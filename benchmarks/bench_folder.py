@@ -22,10 +22,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mtl.classifier import FewShotClassifier
-from mtl.config import TrainConfig
+from mtl.engine.classifier import FewShotClassifier
+from mtl.engine.config import TrainConfig
 from mtl.data import folder
-from mtl.build import build_learner
+from mtl.engine.build import build_learner
 
 
 def write_folder(root: Path, images: int, size: int, classes: int = 200) -> None:

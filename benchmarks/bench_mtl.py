@@ -23,11 +23,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mtl.algorithms.finetune import BASELINES  # noqa: E402
-from mtl.algorithms.meta_transfer import MetaTransfer  # noqa: E402
+from mtl.algorithms.transfer.finetune import BASELINES  # noqa: E402
+from mtl.algorithms.transfer.meta_transfer import MetaTransfer  # noqa: E402
 from mtl.data import EpisodeSampler, FewShotDataset  # noqa: E402
-from mtl.pretrain import Pretrain  # noqa: E402
-from mtl.resnet import ResNet12  # noqa: E402
+from mtl.algorithms.transfer.pretrain import Pretrain  # noqa: E402
+from mtl.models.resnet import ResNet12  # noqa: E402
 
 
 def _sync(device):

@@ -1,7 +1,7 @@
 """What exact batch norm costs under vmap: Conv4 of nn.BatchNorm2d vs Conv4 of mtl.models.BatchNorm.
 
 Both networks compute the same function (batch statistics, affine). Under ``strategy="vmap"`` the
-standard layers are rerouted through ``mtl.norms`` (fused kernel without affine, affine written
+standard layers are rerouted through ``mtl.core.norms`` (fused kernel without affine, affine written
 out) exactly as ``mtl.models.BatchNorm`` computes itself, so the ratio should be ~1. Rounds
 alternate between the two models (interleaved), and the median per model is reported.
 

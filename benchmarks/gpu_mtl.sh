@@ -21,6 +21,6 @@ export PYTHONUNBUFFERED=1 MTL_PROGRESS=${MTL_PROGRESS:-0}
 "$PY" -m mtl data prepare --dataset mini-imagenet 2>&1 | tail -3 || true   # build the cache once
 "$PY" benchmarks/bench_mtl.py --device cuda --json "$OUT/bench_mtl.json"
 # 1-shot: half of the budget pre-trains, the other half is shared by MTL+HT and MTL.
-"$PY" -m mtl.pipeline --profile gpu-miniimagenet-5w1s --out "$OUT" --budget "$BUDGET" --no-progress
+"$PY" -m mtl.course.pipeline --profile gpu-miniimagenet-5w1s --out "$OUT" --budget "$BUDGET" --no-progress
 # 5-shot: the pre-trained network is reused (its stage is skipped); meta-training gets the same share.
-"$PY" -m mtl.pipeline --profile gpu-miniimagenet-5w5s --out "$OUT" --budget "$BUDGET" --no-progress
+"$PY" -m mtl.course.pipeline --profile gpu-miniimagenet-5w5s --out "$OUT" --budget "$BUDGET" --no-progress

@@ -4,10 +4,10 @@
     python benchmarks/gpu_train.py --out runs/gpu --run maml-omniglot-5w1s:300       # one preset, 300 s
     python benchmarks/gpu_train.py --run cpu-maml-omniglot-5w1s:120:iterations=1500,device=cuda
 
-Each ``--run`` is ``PRESET[:BUDGET_S[:key=value,...]]``: the preset is trained with ``mtl.train.train``
+Each ``--run`` is ``PRESET[:BUDGET_S[:key=value,...]]``: the preset is trained with ``mtl.engine.train.train``
 (the engine the CLI uses) for at most ``BUDGET_S`` seconds of loop time (validation included), then
 its ``last.pt`` (the model at the end of the budget) and ``best.pt`` (best validation score) are
-evaluated on 600 fixed test episodes (seed 0) with ``mtl.evaluate``. ``results.json`` is rewritten
+evaluated on 600 fixed test episodes (seed 0) with ``mtl.engine.evaluate``. ``results.json`` is rewritten
 after every run, so a run cut short still leaves the finished ones. Each entry holds the device,
 torch version, steps, steps/s, wall time, the first loop time at which the *validation* accuracy
 reached the paper's number (an indicator only: validation is not the test set), the test results,
@@ -26,9 +26,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mtl.config import preset  # noqa: E402
-from mtl.evaluate import evaluate_checkpoint  # noqa: E402
-from mtl.train import train  # noqa: E402
+from mtl.engine.config import preset  # noqa: E402
+from mtl.engine.evaluate import evaluate_checkpoint  # noqa: E402
+from mtl.engine.train import train  # noqa: E402
 
 #: preset -> the paper's test accuracy (%), from ../shared/REFERENCE.md
 PAPER = {

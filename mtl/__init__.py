@@ -5,9 +5,14 @@ The two functions every lesson starts from::
     mtl.adapt(model, params, x, y, *, steps, lr, ...)          # inner loop, one task
     mtl.maml_loss(model, params, sx, sy, qx, qy, *, steps, lr)  # outer objective, a batch of tasks
 
-Everything else lives in sub-modules: ``mtl.data`` (datasets, episodes), ``mtl.models``,
-``mtl.algorithms`` (one file per method), ``mtl.train`` / ``mtl.evaluate`` (the engine),
-``mtl.viz`` and ``mtl.widgets`` (what lessons show).
+The layers, each importing only those below it::
+
+    cli/         python -m mtl COMMAND: one module per sub-command
+    course/      what lessons show and check (plots, widgets, exercises, comparisons, runner)
+    engine/      config, build, the training loop, run folder, checkpoints, evaluation
+    algorithms/  the learner contract, the registry, one file per method; transfer/ for pre-training
+    core/ models/ data/   the inner loop and heads; the networks; datasets and episodes
+    errors.py io.py       every exception; atomic writes and the progress switch
 """
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ __all__ = ["adapt", "maml_loss", "TaskBatch", "FewShotClassifier", "__version__"
 def __getattr__(name: str):
     # Lazy so that `import mtl` stays cheap (the CLI imports only what a command needs).
     if name in ("adapt", "maml_loss"):
-        from mtl import inner
+        from mtl.core import inner
 
         return getattr(inner, name)
     if name == "TaskBatch":
@@ -27,7 +32,7 @@ def __getattr__(name: str):
 
         return TaskBatch
     if name == "FewShotClassifier":
-        from mtl.classifier import FewShotClassifier
+        from mtl.engine.classifier import FewShotClassifier
 
         return FewShotClassifier
     raise AttributeError(f"module 'mtl' has no attribute {name!r}")

@@ -135,7 +135,7 @@ def test_metasgd_learning_rates_receive_the_right_gradient():
 
 
 def test_prototype_logits_by_hand():
-    from mtl.heads import prototype_logits
+    from mtl.core.heads import prototype_logits
 
     support = torch.tensor([[[0.0, 0.0], [2.0, 0.0], [0.0, 4.0]]])  # classes 0, 0, 1
     support_y = torch.tensor([[0, 0, 1]])
@@ -171,7 +171,7 @@ def test_reptile_adam_inner_loop_matches_torch_adam_per_task():
 
 
 def test_reptile_adam_under_vmap_equals_the_loop_and_presets_follow_the_paper():
-    from mtl.config import preset
+    from mtl.engine.config import preset
 
     batch = _batch(batch=3, shots=4)
     outs = {}
@@ -187,3 +187,34 @@ def test_reptile_adam_under_vmap_equals_the_loop_and_presets_follow_the_paper():
     assert config.extra == {"inner_optimizer": "adam", "inner_batch": 25}
     assert (config.shots, config.test_shots, config.lr_schedule, config.meta_lr) == (15, 1, "linear", 1.0)
     assert config.test_inner_steps > config.inner_steps
+
+
+def test_every_registered_learner_implements_the_contract():
+    """The engine, evaluation, FewShotClassifier and the capstone's table call only these hooks."""
+    from mtl.algorithms import Learner
+
+    for name, cls in ALGORITHMS.items():
+        assert issubclass(cls, Learner), name
+        for hook in ("meta_gradient", "predict", "per_task_parameters"):
+            assert getattr(cls, hook) is not getattr(Learner, hook), f"{name} does not define {hook}"
+
+
+def test_per_task_parameters_follow_what_each_learner_adapts():
+    from mtl.algorithms import ANIL, MAML, ProtoNet, Reptile
+
+    model = _model()
+    whole = sum(p.numel() for p in model.parameters())
+    head = sum(p.numel() for p in model.head.parameters())
+    assert MAML(model).per_task_parameters(3) == whole == Reptile(model).per_task_parameters(3)
+    assert ANIL(model).per_task_parameters(3) == head < whole
+    assert ProtoNet(model).per_task_parameters(3) == 0
+
+
+def test_register_algorithm_refuses_a_class_outside_the_contract():
+    import pytest
+
+    from mtl.algorithms import register_algorithm
+    from mtl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="subclass of mtl.algorithms.Learner"):
+        register_algorithm("plain", torch.nn.Linear)

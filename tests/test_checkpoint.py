@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from mtl.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from mtl.engine.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from mtl.errors import CheckpointError
 
 
@@ -134,7 +134,7 @@ def test_python_state_survives_pickle_free_encoding():
 
 
 def test_a_checkpoint_that_does_not_fit_names_the_tensors(tmp_path):
-    from mtl.build import load_learner_state
+    from mtl.engine.build import load_learner_state
     from mtl.models import Conv4
 
     small, big = Conv4(1, 5, hidden=4, image_size=16), Conv4(1, 5, hidden=8, image_size=16)

@@ -1,4 +1,4 @@
-"""mtl.compare: the capstone table's measurements (memory, parameter counts, results files)."""
+"""mtl.course.compare: the capstone table's measurements (memory, parameter counts, results files)."""
 from __future__ import annotations
 
 import json
@@ -7,13 +7,13 @@ import math
 import pytest
 import torch
 
-from mtl import compare
+from mtl.course import compare
 from mtl.algorithms import ANIL, FOMAML, MAML, ProtoNet
-from mtl.algorithms.finetune import FineTuneAll, FineTuneHead, NearestCentroid
-from mtl.algorithms.meta_transfer import MetaTransfer
+from mtl.algorithms.transfer.finetune import FineTuneAll, FineTuneHead, NearestCentroid
+from mtl.algorithms.transfer.meta_transfer import MetaTransfer
 from mtl.data.episodes import TaskBatch
 from mtl.models import Conv4
-from mtl.resnet import ResNet12
+from mtl.models.resnet import ResNet12
 
 
 def _batch(tasks=2, ways=3):
@@ -95,7 +95,7 @@ def test_paired_difference_is_tighter_than_the_two_intervals():
     import pytest
 
     from mtl.errors import MTLError
-    from mtl.evaluate import confidence_interval
+    from mtl.engine.evaluate import confidence_interval
 
     g = torch.Generator().manual_seed(0)
     difficulty = torch.rand(200, generator=g)          # episodes vary a lot in difficulty

@@ -7,7 +7,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from mtl.course import _export_html
+from mtl.course.runner import _export_html
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")

@@ -1,4 +1,4 @@
-"""mtl.distributed on the CPU: 2 Gloo processes on loopback (spawned), float64, bounded timeouts.
+"""mtl.engine.distributed on the CPU: 2 Gloo processes on loopback (spawned), float64, bounded timeouts.
 
 One spawn runs every cooperative scenario (process start-up dominates on 2 cores); the parent
 computes the single-process references and each test compares one aspect.
@@ -19,10 +19,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mtl import distributed as D
-from mtl.checkpoint import load_checkpoint, save_checkpoint
+from mtl.engine import distributed as D
+from mtl.engine.checkpoint import load_checkpoint, save_checkpoint
 from mtl.data import EpisodeSampler, FewShotDataset
-from mtl.evaluate import confidence_interval
+from mtl.engine.evaluate import confidence_interval
 from mtl.models import Conv4
 
 WORLD = 2
@@ -98,7 +98,7 @@ def _eval_episodes():
 
 
 class _EvalSet:
-    """The fixed evaluation episodes in the shape ``mtl.evaluate.evaluate`` takes (an EpisodeSet)."""
+    """The fixed evaluation episodes in the shape ``mtl.engine.evaluate.evaluate`` takes (an EpisodeSet)."""
 
     n, split, seed = EVAL_EPISODES, "test", 1
 
@@ -110,9 +110,9 @@ class _EvalSet:
 
 
 def _evaluate_scores() -> list[float]:
-    """``mtl.evaluate.evaluate`` of a fresh MAML learner (under torchrun: sharded across the ranks)."""
-    from mtl.config import TrainConfig
-    from mtl.evaluate import evaluate
+    """``mtl.engine.evaluate.evaluate`` of a fresh MAML learner (under torchrun: sharded across the ranks)."""
+    from mtl.engine.config import TrainConfig
+    from mtl.engine.evaluate import evaluate
 
     algorithm, _, _ = _build("maml")
     config = TrainConfig(dataset="omniglot", ways=5, shots=1, queries=2, test_inner_steps=2, device="cpu")
@@ -492,7 +492,8 @@ def test_a_sampler_without_generator_runs_whole_batches_in_one_process_only():
 def test_torchrun_cli_run_continues_identically_in_one_process(tmp_path):
     """`torchrun -m mtl train` on 2 CPU processes for 2 steps, resumed by one process for 2 more,
     logs what one process logs for 4 steps; only rank 0 wrote the run folder."""
-    from mtl.train import RUN_FILES, train
+    from mtl.engine.rundir import RUN_FILES
+    from mtl.engine.train import train
 
     config = dict(dataset="sinusoid", algorithm="maml", meta_batch=5, inner_steps=1, inner_lr=0.01,
                   val_every=2, val_episodes=8, log_every=1, strategy="loop", device="cpu", seed=4)

@@ -8,8 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from mtl.config import TrainConfig
-from mtl.evaluate import NO_BN, RUNNING_BN, TRANSDUCTIVE_BN, EpisodeSet, batch_norm_mode, confidence_interval, evaluate
+from mtl.engine.config import TrainConfig
+from mtl.engine.evaluate import (NO_BN, RUNNING_BN, TRANSDUCTIVE_BN, EpisodeSet, batch_norm_mode, confidence_interval,
+                                 evaluate)
 
 
 def test_ci_half_width_is_1_96_std_over_sqrt_n():
@@ -86,9 +87,9 @@ def test_accuracy_of_a_perfect_and_a_constant_learner(omniglot_config):
 
 def test_each_result_names_the_batch_norm_it_used():
     from mtl.algorithms import MAML
-    from mtl.algorithms.meta_transfer import MetaTransfer
+    from mtl.algorithms.transfer.meta_transfer import MetaTransfer
     from mtl.models import MLP, Conv4
-    from mtl.resnet import ResNet12
+    from mtl.models.resnet import ResNet12
 
     assert batch_norm_mode(MAML(Conv4(in_channels=1, num_classes=5, hidden=8))) == TRANSDUCTIVE_BN
     assert batch_norm_mode(MetaTransfer(ResNet12(1, 10, channels=(4, 4, 4, 4)), ways=5)) == RUNNING_BN

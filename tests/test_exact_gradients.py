@@ -20,7 +20,7 @@ from torch import nn
 from torch.func import functional_call
 
 import mtl
-from mtl import inner
+from mtl.core import inner
 from mtl.models import Conv4
 from mtl.errors import ConfigError
 

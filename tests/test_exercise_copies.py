@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import mtl
-from mtl import exercises
-from mtl.course import NOTEBOOKS, SOLUTION_MARK, blank_solutions, find_lessons
+from mtl.course import exercises
+from mtl.course.runner import NOTEBOOKS, SOLUTION_MARK, blank_solutions, find_lessons
 
 LESSONS = find_lessons(NOTEBOOKS)
 EXERCISES = NOTEBOOKS / "exercises"

@@ -4,11 +4,14 @@ import copy
 import pytest
 import torch
 
-from mtl.algorithms.finetune import BASELINES, FineTuneAll, FineTuneHead, LinearProbe, NearestCentroid
+from mtl.algorithms import ALGORITHMS
+from mtl.algorithms.transfer.finetune import FineTuneAll, FineTuneHead, LinearProbe, NearestCentroid
 from mtl.data import EpisodeSampler, FewShotDataset
 from mtl.errors import InnerLoopError, MTLError
 from mtl.models import MLP
-from mtl.pretrain import pretrain
+from mtl.algorithms.transfer.pretrain import pretrain
+
+BASELINES = {name: ALGORITHMS[name] for name in ("finetune-head", "finetune-all", "linear-probe", "nearest-centroid")}
 
 
 def _gratings(seed, classes=20, per_class=8):

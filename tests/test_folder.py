@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from mtl.classifier import FewShotClassifier
+from mtl.engine.classifier import FewShotClassifier
 from mtl.cli import main
 from mtl.data import EpisodeSampler, load_dataset
 from mtl.data import folder as folder_data
@@ -202,7 +202,7 @@ def test_config_refuses_a_missing_folder(tmp_path, capsys):
 
 
 def test_the_generated_alphabet_is_a_folder_dataset_and_reproducible(tmp_path):
-    from mtl.alphabet import CHARACTERS, write_alphabet
+    from mtl.data.alphabet import CHARACTERS, write_alphabet
 
     a = write_alphabet(tmp_path / "a", characters=CHARACTERS[:6], drawers=4, size=40, seed=3)
     b = write_alphabet(tmp_path / "b", characters=CHARACTERS[:6], drawers=4, size=40, seed=3)

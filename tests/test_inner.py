@@ -8,7 +8,7 @@ from torch import nn
 from torch.func import functional_call
 
 import mtl
-from mtl import inner
+from mtl.core import inner
 from mtl.errors import ConfigError, InnerLoopError, TaskBatchError
 from mtl.models import BatchNorm, Conv4
 

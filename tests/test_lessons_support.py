@@ -13,7 +13,9 @@ import torch  # noqa: E402
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook  # noqa: E402
 
 import mtl  # noqa: E402
-from mtl import course, exercises, quadratic, viz, widgets  # noqa: E402
+from mtl.cli import course as course_cli  # noqa: E402
+from mtl.course import exercises, quadratic, viz, widgets  # noqa: E402
+from mtl.course import runner as course  # noqa: E402
 from mtl.data import FewShotDataset  # noqa: E402
 
 
@@ -246,10 +248,10 @@ def test_course_run_executes_in_order_and_writes_html(tmp_path, monkeypatch):
                                             new_code_cell("1 + 1")]})
     monkeypatch.setenv("MTL_PROFILE", "cpu")
     parser = argparse.ArgumentParser()
-    course.add_arguments(parser)
+    course_cli.add_arguments(parser)
     args = parser.parse_args(["run", "--notebooks", str(lessons), "--out", str(out), "--inplace", "--no-progress",
                               "--profile", "gpu"])
-    assert course.run(args) == 0
+    assert course_cli.run(args) == 0
     executed = nbformat.read(lessons / "00_a.ipynb", as_version=4)
     code = [c for c in executed.cells if c.cell_type == "code"]
     assert [c.execution_count for c in code] == [1, 2, 3]
@@ -262,10 +264,10 @@ def test_course_run_executes_in_order_and_writes_html(tmp_path, monkeypatch):
 def test_course_run_reports_a_failing_lesson(tmp_path, capsys):
     _write_lessons(tmp_path, {"00_bad.ipynb": [new_code_cell("raise RuntimeError('boom')")]})
     parser = argparse.ArgumentParser()
-    course.add_arguments(parser)
+    course_cli.add_arguments(parser)
     args = parser.parse_args(["run", "--notebooks", str(tmp_path), "--out", str(tmp_path / "o"), "--no-progress",
                               "--no-html"])
-    assert course.run(args) == 1
+    assert course_cli.run(args) == 1
     err = capsys.readouterr().err
     assert "00_bad.ipynb failed" in err and "boom" in err and "--lessons 00" in err
 
@@ -274,7 +276,7 @@ def test_learning_curves_draw_every_validation_row_against_steps_and_time():
     import matplotlib
 
     matplotlib.use("Agg")
-    from mtl import viz
+    from mtl.course import viz
 
     rows = [{"kind": "train", "step": 1, "loss": 1.0}] + [
         {"kind": "val", "step": s, "accuracy": a, "ci95": 0.02, "elapsed_s": 2.0 * s}

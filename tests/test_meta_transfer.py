@@ -3,12 +3,12 @@ import pytest
 import torch
 from torch import nn
 
-from mtl.algorithms.meta_transfer import (HardTaskError, MetaTransfer, ScalingShiftingError,
+from mtl.algorithms.transfer.meta_transfer import (HardTaskError, MetaTransfer, ScalingShiftingError,
                                           hard_task_classes, hardest_classes)
 from mtl.data import EpisodeSampler, FewShotDataset
 from mtl.errors import CheckpointError, MTLError
 from mtl.models import MLP
-from mtl.resnet import ResNet12
+from mtl.models.resnet import ResNet12
 
 
 def _class_coded_dataset(num_classes=12, per_class=6, size=8):
@@ -179,7 +179,7 @@ def test_scaling_shifting_needs_conv_layers():
 
 
 def test_pretrained_checkpoint_must_match_the_architecture(tmp_path):
-    from mtl.pretrain import FORMAT
+    from mtl.algorithms.transfer.pretrain import LEGACY_FORMAT as FORMAT
 
     narrow = ResNet12(1, 10, hidden=2)
     path = tmp_path / "pre.pt"

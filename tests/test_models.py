@@ -67,7 +67,7 @@ def test_resnet12_is_reexported_lazily():
     from mtl import models
 
     try:
-        from mtl.resnet import ResNet12
+        from mtl.models.resnet import ResNet12
     except ImportError:
-        pytest.skip("mtl.resnet not written yet")
+        pytest.skip("mtl.models.resnet not written yet")
     assert models.ResNet12 is ResNet12

@@ -1,9 +1,9 @@
-"""The torch defect ``mtl.norms`` works around, reduced to a few lines, and the workaround itself.
+"""The torch defect ``mtl.core.norms`` works around, reduced to a few lines, and the workaround itself.
 
 ``test_torch_defect_is_still_there`` is the reproduction written up in
 ``docs/torch-batchnorm-vmap.md``. It *passes while torch is wrong*; when a torch release computes
 the batched second derivative right, it fails with a message saying the workaround in
-``mtl/norms.py`` can be retired (and this test deleted with it).
+``mtl/core/norms.py`` can be retired (and this test deleted with it).
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import grad, vmap
 
-from mtl import norms
+from mtl.core import norms
 
 
 def _meta_gradient(norm, *, batched: bool) -> torch.Tensor:
@@ -57,7 +57,7 @@ def test_torch_defect_is_still_there():
     error = _relative_error(_torch_batch_norm)
     if error < 1e-10:
         pytest.fail(f"torch {torch.__version__} now gets the second derivative of affine batch norm "
-                    "under vmap right: retire the workaround in mtl/norms.py (exact_norms) and "
+                    "under vmap right: retire the workaround in mtl/core/norms.py (exact_norms) and "
                     "this test, and update docs/torch-batchnorm-vmap.md")
     assert error > 1e-3
 

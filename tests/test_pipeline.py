@@ -7,7 +7,7 @@ import json
 import pytest
 
 from mtl.errors import MTLError
-from mtl.pipeline import PROFILES, run_pipeline
+from mtl.course.pipeline import PROFILES, run_pipeline
 
 TINY = dict(
     episodes=10,

@@ -4,8 +4,8 @@ import torch
 
 from mtl.data import FewShotDataset
 from mtl.errors import CheckpointError
-from mtl.pretrain import LabelledBatches, Pretrain, augment, load_pretrained, pretrain
-from mtl.resnet import ResNet12
+from mtl.algorithms.transfer.pretrain import LabelledBatches, Pretrain, augment, load_pretrained, pretrain
+from mtl.models.resnet import ResNet12
 
 
 def _template_dataset(num_classes=6, per_class=12, size=12, seed=0):

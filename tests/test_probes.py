@@ -78,9 +78,9 @@ def test_evaluate_probes(run_folder, capsys, flags, message):
 
 
 def test_pipeline_refuses_zero_episodes_before_training(tmp_path, capsys):
-    from mtl.pipeline import main as pipeline_main
+    from mtl.cli import main
 
-    code = pipeline_main(["--episodes", "0", "--out", str(tmp_path / "p"), "--no-progress"])
+    code = main(["pipeline", "--episodes", "0", "--out", str(tmp_path / "p"), "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2 and "episodes must be" in err and "Traceback" not in err
     assert not (tmp_path / "p").exists()

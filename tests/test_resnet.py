@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from mtl.resnet import DEFAULT_CHANNELS, ResNet12, widths_for
+from mtl.models.resnet import DEFAULT_CHANNELS, ResNet12, widths_for
 
 
 def test_shapes_and_feature_dim():

@@ -13,11 +13,12 @@ import pytest
 import torch
 from torch import nn
 
-from mtl.checkpoint import load_checkpoint
+from mtl.engine.checkpoint import load_checkpoint
 from mtl.cli import main
-from mtl.config import PRESETS, TrainConfig, preset
+from mtl.engine.config import PRESETS, TrainConfig, preset
 from mtl.errors import CheckpointError
-from mtl.train import RunFolderError, TrainingDiverged, register_algorithm, train
+from mtl.algorithms import Learner, register_algorithm
+from mtl.engine.train import RunFolderError, TrainingDiverged, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--dataset", "sinusoid", "--algorithm", "maml", "--shots", "5", "--queries", "5",
@@ -110,7 +111,7 @@ def test_resume_refuses_changed_settings(tmp_path):
         train(_tiny(iterations=10, inner_lr=0.5), out=run, resume=True, progress=False)
 
 
-class _Explodes(nn.Module):
+class _Explodes(Learner):
     """A fake algorithm whose meta-loss turns NaN at step ``at``."""
 
     def __init__(self, model, *, inner_steps, inner_lr, first_order=False, strategy="auto", at=7):
@@ -252,7 +253,7 @@ def test_an_overwrite_that_fails_before_its_first_checkpoint_restores_the_old_ru
     train(_tiny(iterations=4, val_every=4), out=run, progress=False)
     before = _snapshot(run)
 
-    class Boom(nn.Module):
+    class Boom(Learner):
         def __init__(self, model, **_):
             super().__init__()
             self.model = model

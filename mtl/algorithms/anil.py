@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from mtl.algorithms.base import MetaLearner, embed_tasks
-from mtl.inner import maml_outputs
+from mtl.algorithms.base import MetaLearner, embed_tasks, numel
+from mtl.core.inner import maml_outputs
 
 
 class ANIL(MetaLearner):
@@ -24,3 +24,7 @@ class ANIL(MetaLearner):
                             batch[3], steps=steps, lr=self.inner_lr, loss_fn=self.loss_fn,
                             first_order=first_order, strategy=self.strategy,
                             chunk_size=self.chunk_size)
+
+    def per_task_parameters(self, ways: int) -> int:
+        """Only the head is adapted."""
+        return numel(self.model.head.parameters())

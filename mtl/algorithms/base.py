@@ -1,25 +1,94 @@
-"""What every algorithm wrapper shares: its settings and the metrics it reports.
+"""The learner contract, and what the inner-loop learners share.
 
-An algorithm is a thin ``nn.Module`` around a model (learn2learn style): the arithmetic lives in
-free functions (``mtl.inner``), the wrapper only holds the settings and the meta-parameters, so
-``algorithm.parameters()`` is what the meta-optimizer steps. The engine calls, per meta-batch::
+A learner is a thin ``nn.Module`` around a model (learn2learn style): the arithmetic lives in free
+functions (``mtl.core``), the learner holds the settings and the meta-parameters, so
+``learner.parameters()`` is what the meta-optimizer steps. ``Learner`` declares every hook the
+engine, evaluation, ``FewShotClassifier`` and the course's comparisons call, each with its
+default; the engine calls, per meta-batch::
 
     optimizer.zero_grad()
-    metrics = algorithm.meta_gradient(batch)   # fills .grad, returns {"loss", "accuracy"}
+    metrics = learner.meta_gradient(batch)   # fills .grad, returns {"loss", "accuracy"}
     optimizer.step()
+
+and nothing outside this contract: no attribute probing, no class names.
 """
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mtl.inner import map_tasks
+from mtl.core.inner import map_tasks, untimed_strategy
+from mtl.errors import MTLError
 
 
-class MetaLearner(nn.Module):
+class Learner(nn.Module):
+    """What every registered learner offers the engine (override what differs from the default)."""
+
+    #: ``config.extra`` keys that ``from_config`` reads beyond the constructor's keywords
+    CONFIG_SETTINGS: tuple[str, ...] = ()
+
+    @classmethod
+    def from_config(cls, config: Any, build_model: Callable[[], nn.Module]) -> "Learner":
+        """The learner a resolved ``TrainConfig`` describes; ``build_model()`` makes its network.
+
+        Default: ``cls(build_model(), inner_steps=, inner_lr=, first_order=, strategy=,
+        **config.extra)``, with ``loss_fn=F.mse_loss`` for sinusoid regression when the
+        constructor takes a ``loss_fn``.
+        """
+        extra = dict(config.extra)
+        if config.dataset == "sinusoid" and "loss_fn" in inspect.signature(cls).parameters:
+            extra["loss_fn"] = F.mse_loss  # regression: learners default to cross-entropy
+        return cls(build_model(), inner_steps=config.inner_steps, inner_lr=config.inner_lr,
+                   first_order=config.first_order, strategy=config.strategy, **extra)
+
+    def attach_sampler(self, sampler: Any) -> Any:
+        """The training task source to use: ``sampler`` (default), or a wrapper/replacement of it
+        with ``.sample(meta_batch)`` (hard tasks; labelled batches for pre-training)."""
+        return sampler
+
+    def configure_optimizer(self, config: Any) -> torch.optim.Optimizer:
+        """The meta-optimizer: ``config.optimizer`` (adam or sgd) at ``config.meta_lr`` over the
+        parameters that require grad."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        if config.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=config.meta_lr)
+        return torch.optim.Adam(params, lr=config.meta_lr)
+
+    def meta_gradient(self, batch: Any) -> dict[str, float]:
+        """Accumulate the meta-gradient of ``batch`` into ``.grad``; return loss (and accuracy)."""
+        raise NotImplementedError
+
+    def predict(self, batch: Any, *, inner_steps: int | None = None) -> Tensor:
+        """Query outputs after adapting to each task of a ``TaskBatch``: ``[B, N*Q, N]`` (no graph)."""
+        raise NotImplementedError
+
+    def per_task_parameters(self, ways: int) -> int:
+        """How many numbers adaptation sets anew for each ``ways``-way task (0: none are learned)."""
+        raise NotImplementedError
+
+    def set_ways(self, ways: int) -> None:
+        """Get ready for ``ways``-way tasks, or raise ``MTLError`` naming the fix if the learner's
+        output layer is fixed to another number. Default: any number of ways."""
+
+
+def fixed_ways_error(learner: nn.Module, outputs: int, ways: int) -> MTLError:
+    name = type(learner).__name__
+    return MTLError(f"this {name} checkpoint's head predicts {outputs} classes (it was trained on "
+                    f"{outputs}-way tasks), and the support set has {ways}: give {outputs} classes, or "
+                    f"train a model for {ways}-way tasks (--ways {ways}); ProtoNet and the pre-trained "
+                    "baselines take any number of classes")
+
+
+def numel(parameters) -> int:
+    return sum(p.numel() for p in parameters)
+
+
+class MetaLearner(Learner):
     """Base of the wrappers: ``cls(model, *, inner_steps, inner_lr, first_order, strategy, ...)``.
 
     Args:
@@ -27,7 +96,7 @@ class MetaLearner(nn.Module):
         inner_steps: gradient steps of the inner loop during meta-training.
         inner_lr: the inner learning rate (alpha).
         first_order: drop the second-order terms of the meta-gradient.
-        strategy: how tasks are batched: "vmap", "loop" or "auto" (see ``mtl.inner``).
+        strategy: how tasks are batched: "vmap", "loop" or "auto" (see ``mtl.core.inner``).
         chunk_size: at most this many tasks at a time (bounds memory).
         loss_fn: ``F.cross_entropy`` (classification) or e.g. ``F.mse_loss`` (sinusoid regression).
     """
@@ -66,6 +135,15 @@ class MetaLearner(nn.Module):
         with torch.no_grad():
             return self._outputs(batch, steps, first_order=True)[1]
 
+    def per_task_parameters(self, ways: int) -> int:
+        """The whole network is adapted to each task."""
+        return numel(self.model.parameters())
+
+    def set_ways(self, ways: int) -> None:
+        heads = [m for m in self.model.modules() if isinstance(m, nn.Linear)]
+        if heads and heads[-1].out_features != ways:
+            raise fixed_ways_error(self, heads[-1].out_features, ways)
+
 
 def embed_tasks(body: nn.Module, x: Tensor, strategy: str = "auto") -> Tensor:
     """``body`` on each task separately: ``x [B, n, ...] -> [B, n, D]``.
@@ -74,7 +152,7 @@ def embed_tasks(body: nn.Module, x: Tensor, strategy: str = "auto") -> Tensor:
     loop), never with those of the whole meta-batch.
     """
     if strategy == "auto":
-        strategy = "vmap" if x.device.type == "cuda" else "loop"
+        strategy = untimed_strategy(body, x.device)
     return map_tasks(lambda _, task_x: body(task_x).flatten(1), None, (x,), strategy=strategy,
                      model=body)
 
@@ -90,4 +168,4 @@ def metrics(loss: Tensor, outputs: Tensor, targets: Tensor) -> dict[str, float]:
     return result
 
 
-__all__ = ["MetaLearner", "metrics"]
+__all__ = ["Learner", "MetaLearner", "embed_tasks", "metrics", "numel"]

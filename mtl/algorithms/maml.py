@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from mtl.algorithms.base import MetaLearner, metrics
-from mtl.inner import maml_outputs
+from mtl.core.inner import maml_outputs
 
 
 class MAML(MetaLearner):

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from mtl.algorithms.base import MetaLearner
-from mtl.inner import maml_outputs
+from mtl.core.inner import maml_outputs
 
 
 class MetaSGD(MetaLearner):

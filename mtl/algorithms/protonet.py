@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mtl.algorithms.base import MetaLearner, embed_tasks, metrics
-from mtl.heads import prototype_logits
+from mtl.core.heads import prototype_logits
 
 
 class ProtoNet(MetaLearner):
@@ -33,3 +33,10 @@ class ProtoNet(MetaLearner):
     def predict(self, batch, *, inner_steps: int | None = None) -> Tensor:
         with torch.no_grad():
             return self._logits(batch)
+
+    def per_task_parameters(self, ways: int) -> int:
+        """None: a task is summarised by its class means, computed, not learned."""
+        return 0
+
+    def set_ways(self, ways: int) -> None:
+        """Any number of ways: one prototype per class of the support set."""

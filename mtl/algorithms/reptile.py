@@ -23,7 +23,7 @@ from torch.func import functional_call, grad
 
 from mtl.algorithms.base import MetaLearner, metrics
 from mtl.errors import ConfigError
-from mtl.inner import adapt_batch, map_tasks
+from mtl.core.inner import adapt_batch, map_tasks
 
 
 class Reptile(MetaLearner):

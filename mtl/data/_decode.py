@@ -13,7 +13,7 @@ from functools import partial
 import numpy as np
 from PIL import Image
 
-from mtl.data._progress import progress_bar
+from mtl.io import progress_bar
 from mtl.errors import DataError
 
 _CHUNK = 512

@@ -22,7 +22,7 @@ from typing import Callable, Iterator
 
 from tqdm.utils import CallbackIOWrapper
 
-from mtl.data._progress import progress_bar
+from mtl.io import progress_bar
 from mtl.errors import ChecksumError, DataError, UnsafeArchiveError
 
 _CORRUPT = (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, OSError)

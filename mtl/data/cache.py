@@ -3,20 +3,19 @@
 - Data root: the ``root`` argument, else env var ``MTL_DATA`` (the layout of ``/work/shared/data``).
 - Cache folder: the ``cache_dir`` argument, else env var ``MTL_CACHE``, else ``data/cache/`` of the
   repository (``~/.cache/mtl`` when mtl is not run from a checkout).
-- Cache files are ``torch.save`` dicts written to a temporary file and renamed into place
-  (``os.replace``), so an interrupted build never leaves a file that later loads.
+- Cache files are ``torch.save`` dicts written by ``mtl.io.atomic_save`` (a temporary file renamed
+  into place), so an interrupted build never leaves a file that later loads.
 """
 from __future__ import annotations
 
 import os
 import tempfile
-import time
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from mtl.errors import ConfigError, DataError
+from mtl.io import atomic_save, remove_stale_temporaries  # noqa: F401  (re-exported for the loaders)
 
 #: bump when the content of cache files changes; older files are rebuilt.
 CACHE_VERSION = 1
@@ -62,39 +61,6 @@ def ensure_writable(path: str | os.PathLike) -> Path:
         raise DataError(f"cannot write the cache in {folder} ({exc.strerror or exc}): point MTL_CACHE "
                         "(or --cache-dir) at a writable folder") from exc
     return Path(path)
-
-
-def remove_stale_temporaries(folder: str | os.PathLike, name: str, *, older_than_s: float = 600) -> None:
-    """Delete what a killed ``atomic_save`` of ``name`` left in ``folder`` (``.name.*.tmp``).
-
-    Only files untouched for ``older_than_s``: a temporary file lives for the seconds its write
-    takes, so a younger one may belong to a writer still at work.
-    """
-    now = time.time()
-    for leftover in Path(folder).glob(f".{name}.*.tmp"):
-        try:
-            if now - leftover.stat().st_mtime > older_than_s:
-                leftover.unlink()
-        except OSError:
-            pass  # gone already, or not ours to remove
-
-
-def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save(obj)`` to ``path`` through a temporary file in the same folder + ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path.parent, path.name)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp_name, 0o644)  # mkstemp makes it private; a cache is readable like any file
-        os.replace(tmp_name, path)
-    finally:
-        Path(tmp_name).unlink(missing_ok=True)
-    return path
 
 
 def load_cache(path: str | os.PathLike) -> dict | None:

@@ -1,13 +1,13 @@
 """The whole meta-transfer learning pipeline in one call: pre-train -> SS (+HT) -> evaluate, with baselines.
 
-    from mtl.pipeline import run_pipeline
+    from mtl.course.pipeline import run_pipeline
     results = run_pipeline("cpu", out="runs/mtl-cpu")        # the CPU profile (~1.5 min, 2 cores)
     results["test"]["mtl+ht"]["mean"]
 
-    python -m mtl.pipeline --profile gpu-miniimagenet-5w1s --out runs/mtl-gpu --budget 3600
+    python -m mtl pipeline --profile gpu-miniimagenet-5w1s --out runs/mtl-gpu --budget 3600
 
-Every stage goes through the engine (``mtl.train.train``: checkpoints, resume, metrics.jsonl in
-``out/<stage>``) and every learner is scored by ``mtl.evaluate`` on the *same* fixed test episodes
+Every stage goes through the engine (``mtl.engine.train.train``: checkpoints, resume, metrics.jsonl in
+``out/<stage>``) and every learner is scored by ``mtl.engine.evaluate`` on the *same* fixed test episodes
 (seed 0). Stages: ``pretrain`` (``--algorithm pretrain``), ``mtl+ht`` (Scaling & Shifting with the
 hard-task meta-batch), ``mtl`` (without HT: the ablation, when the profile asks for it), then the
 baselines on the same pre-trained network. The results file is rewritten after every stage, so a
@@ -16,7 +16,6 @@ whose run folder is complete is reused (the 5-shot profile reuses the 1-shot pre
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import platform
@@ -26,8 +25,9 @@ from typing import Any
 
 import torch
 
-from mtl.config import TrainConfig
-from mtl.errors import ConfigError, MTLError, report
+from mtl.engine.config import TrainConfig
+from mtl.errors import ConfigError, MTLError
+from mtl.io import atomic_write_text
 
 _COMMON = dict(rotations=False, val_episodes=100, log_every=10, eval_batch=20, seed=0)
 
@@ -65,7 +65,7 @@ PROFILES["gpu-miniimagenet-5w5s"]["meta"].update(shots=5)
 
 def _check_settings(settings: dict, budget_s: float | None) -> None:
     """Every setting checked before the first stage trains (a bad one would fail after training)."""
-    from mtl.build import resolve_device
+    from mtl.engine.build import resolve_device
 
     episodes = settings["episodes"]
     if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
@@ -83,7 +83,7 @@ def _stage_done(folder: Path) -> bool:
 
 def _train_stage(config: dict, folder: Path, progress: bool | None) -> dict:
     """Train one stage with the engine (resumed when its folder holds an unfinished run)."""
-    from mtl.train import train
+    from mtl.engine.train import train
 
     if _stage_done(folder):
         return json.loads((folder / "summary.json").read_text())
@@ -125,7 +125,7 @@ def run_pipeline(profile: str = "cpu", *, out: str | Path = "runs/mtl-pipeline",
                                "stages": {}, "test": {}, "wall_s": {}}
 
     def save():
-        (out / f"results-{profile}.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+        atomic_write_text(out / f"results-{profile}.json", json.dumps(results, indent=2, default=str) + "\n")
 
     started = time.perf_counter()
     pre = dict(settings["pretrain"], algorithm="pretrain", device=device)
@@ -160,9 +160,9 @@ def run_pipeline(profile: str = "cpu", *, out: str | Path = "runs/mtl-pipeline",
 
 
 def _evaluate_all(settings, learners, out, results, save, progress) -> None:
-    from mtl.config import TrainConfig
-    from mtl.evaluate import EpisodeSet, evaluate, evaluate_checkpoint
-    from mtl.build import build_learner, resolve_device
+    from mtl.engine.config import TrainConfig
+    from mtl.engine.evaluate import EpisodeSet, evaluate, evaluate_checkpoint
+    from mtl.engine.build import build_learner, resolve_device
 
     meta = dict(settings["meta"], algorithm="mtl", device=settings["device"])
     meta["extra"] = dict(meta.get("extra", {}), pretrained=str((out / "pretrain").resolve()))
@@ -201,28 +201,3 @@ def _device_name(device: str) -> str:
     if device != "cpu" and torch.cuda.is_available():
         return torch.cuda.get_device_name()
     return f"cpu ({platform.processor() or platform.machine()})"
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mtl.pipeline", description=__doc__.splitlines()[0])
-    parser.add_argument("--profile", default="cpu", choices=sorted(PROFILES))
-    parser.add_argument("--out", default="runs/mtl-pipeline")
-    parser.add_argument("--budget", type=float, default=None, help="total training wall time, seconds")
-    parser.add_argument("--episodes", type=int, default=None, help="test episodes (default: the profile's)")
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-    overrides = {k: v for k, v in (("episodes", args.episodes), ("device", args.device)) if v is not None}
-    try:
-        results = run_pipeline(args.profile, out=args.out, budget_s=args.budget,
-                               progress=False if args.no_progress else None, **overrides)
-    except MTLError as exc:  # usage errors exit 2, other failures 1
-        return report(exc)
-    for name, row in results["test"].items():
-        print(f"{name:18s} {100 * row['mean']:6.2f} +- {100 * row['ci95']:.2f} % ({row['n']} episodes)")
-    print(f"wall time: {results['wall_s']}; results in {Path(args.out) / f'results-{args.profile}.json'}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

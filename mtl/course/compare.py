@@ -1,6 +1,6 @@
 """The capstone's comparison: one row per method, measured the same way for every method.
 
-A row holds the test accuracy (mean +- 95% CI over fixed episodes, ``mtl.evaluate``), the
+A row holds the test accuracy (mean +- 95% CI over fixed episodes, ``mtl.engine.evaluate``), the
 training time, the memory one meta-step holds for its backward pass, and two parameter counts:
 how many numbers are *meta-learned* (what the outer loop trains) and how many are *learned per
 task* (what the inner loop, or the per-task solver, sets for each new task)::
@@ -28,13 +28,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from mtl.algorithms import Learner
+from mtl.algorithms.base import numel
 from mtl.errors import MTLError
+from mtl.io import atomic_write_text
 
 __all__ = ["Row", "backward_memory", "per_task_parameters", "meta_parameters", "paired_difference", "hardware",
            "format_table", "load_results", "PlannedRun"]
 
 #: the repository's results folder (the package is installed editable, next to it)
-RESULTS = Path(__file__).resolve().parent.parent / "results"
+RESULTS = Path(__file__).resolve().parents[2] / "results"
 
 
 class ResultsError(MTLError):
@@ -86,52 +89,28 @@ def _native_stderr_silenced():
             os.close(saved)
 
 
-def _numel(parameters) -> int:
-    return sum(p.numel() for p in parameters)
-
-
 def meta_parameters(learner: nn.Module) -> int:
     """Numbers the outer loop trains: the learner's parameters that require grad (0 for baselines)."""
-    return _numel(p for p in learner.parameters() if p.requires_grad)
+    return numel(p for p in learner.parameters() if p.requires_grad)
 
 
-def per_task_parameters(learner: nn.Module, ways: int) -> int:
-    """Numbers set anew for each task by adaptation (``ways``: N of the tasks).
+def per_task_parameters(learner: Learner, ways: int) -> int:
+    """Numbers set anew for each task by adaptation (``ways``: N of the tasks), as the learner
+    declares them (``Learner.per_task_parameters``).
 
     MAML, first-order MAML, Reptile and Meta-SGD adapt the whole network; ANIL only its head;
     ProtoNet and nearest centroid adapt nothing (a task is summarised by its class means, which
     are computed, not learned); fine-tuning the head, a linear probe and meta-transfer learning
     fit an ``N x D`` linear classifier and its bias; fine-tuning everything adapts the network too.
     """
-    name = type(learner).__name__
-    if name in ("ProtoNet", "NearestCentroid", "Pretrain"):
-        return 0
-    if name in ("MAML", "FOMAML", "Reptile", "MetaSGD", "JointTraining"):
-        return _numel(learner.model.parameters())
-    if name == "ANIL":
-        return _numel(learner.model.head.parameters())
-    if name == "MetaTransfer":
-        return learner.head_weight.numel() + learner.head_bias.numel()
-    if name in ("FineTuneHead", "LinearProbe", "FineTuneAll"):
-        dim = _feature_dim(learner.encoder)
-        head = ways * dim + ways
-        if name == "FineTuneAll":
-            return head + sum(b.numel() for n, b in learner.encoder.named_buffers()
-                              if not n.endswith(("running_mean", "running_var", "num_batches_tracked")))
-        return head
-    raise MTLError(f"per_task_parameters does not know {name}; add its rule to mtl.compare")
-
-
-def _feature_dim(encoder: nn.Module) -> int:
-    convs = [m for m in encoder.modules() if isinstance(m, nn.Conv2d)]
-    return convs[-1].out_channels  # ResNet-12: global average pooling after the last block
+    return learner.per_task_parameters(ways)
 
 
 def paired_difference(scores_a, scores_b) -> tuple[float, float]:
     """``(mean, 95% half-width)`` of ``a - b`` episode by episode, for two methods scored on the same
     episodes. Its interval accounts for the shared episodes: tighter than the methods' own when an
     episode's difficulty is shared by both, no tighter when their errors fall on different episodes."""
-    from mtl.evaluate import confidence_interval
+    from mtl.engine.evaluate import confidence_interval
 
     a, b = list(scores_a), list(scores_b)
     if len(a) != len(b) or not a:
@@ -174,7 +153,7 @@ class Row:
     @classmethod
     def measure(cls, method: str, learner: nn.Module, evaluation, *, train_s: float,
                 memory_bytes: int | None, ways: int, dataset: str = "omniglot", **kwargs) -> "Row":
-        """A row from a trained ``learner`` and its ``mtl.evaluate.Evaluation``."""
+        """A row from a trained ``learner`` and its ``mtl.engine.evaluate.Evaluation``."""
         return cls(method=method, dataset=dataset, accuracy=evaluation.mean, ci95=evaluation.ci95,
                    episodes=evaluation.n, train_s=float(train_s), memory_bytes=memory_bytes,
                    meta_learned=meta_parameters(learner), per_task=per_task_parameters(learner, ways),
@@ -248,8 +227,8 @@ def record(run_dir: str | Path, *, method: str, command: str, out: str | Path | 
     """
     from datetime import datetime, timezone
 
-    from mtl.config import TrainConfig
-    from mtl.build import build_learner
+    from mtl.engine.config import TrainConfig
+    from mtl.engine.build import build_learner
 
     run_dir = Path(run_dir)
     try:
@@ -269,32 +248,7 @@ def record(run_dir: str | Path, *, method: str, command: str, out: str | Path | 
                   "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "run": str(run_dir),
                   "steps": summary["steps"], "stopped": summary["stopped"]}
     target = Path(out) if out else RESULTS / f"{run_dir.name}.json"
-    target.parent.mkdir(parents=True, exist_ok=True)
     payload = {"row": {k: v for k, v in row.to_dict().items() if k not in ("source", "provenance")},
                "provenance": provenance}
-    target.write_text(json.dumps(payload, indent=2) + "\n")
+    atomic_write_text(target, json.dumps(payload, indent=2) + "\n")
     return target
-
-
-def _main(argv: list[str] | None = None) -> int:
-    import argparse
-    import sys
-
-    parser = argparse.ArgumentParser(prog="python -m mtl.compare", description="record a run for the capstone table")
-    sub = parser.add_subparsers(dest="action", required=True)
-    rec = sub.add_parser("record", help="results/<run>.json from a run folder, with provenance")
-    rec.add_argument("run", help="run folder of `python -m mtl train ... --test-episodes 600 --out RUN`")
-    rec.add_argument("--method", required=True, help="the row's name, e.g. MAML")
-    rec.add_argument("--command", required=True, help="the command line that produced the run")
-    rec.add_argument("--out", default=None, help="results file (default results/<run name>.json)")
-    args = parser.parse_args(argv)
-    try:
-        print(f"wrote {record(args.run, method=args.method, command=args.command, out=args.out)}")
-    except MTLError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(_main())

@@ -1,6 +1,6 @@
 """Meta-transfer learning (Sun, Liu, Chua, Schiele, CVPR 2019): Scaling & Shifting + hard tasks.
 
-A pre-trained network (``mtl.pretrain``) is frozen. For every convolution ``conv(x; W, b)`` of it,
+A pre-trained network (``mtl.algorithms.transfer.pretrain``) is frozen. For every convolution ``conv(x; W, b)`` of it,
 with ``W`` of shape ``[C_out, C_in, k, k]``, meta-learning owns a Scaling ``s`` (init 1) and a
 Shifting ``t`` (init 0), and the network computes ``conv(x; W * s, b + t)`` instead (applied with
 ``torch.func.functional_call``; at initialisation this is exactly the pre-trained network). As in
@@ -36,8 +36,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from mtl.algorithms.base import Learner, fixed_ways_error
 from mtl.errors import EpisodeError, MTLError
-from mtl.heads import adapt_linear_head, linear_logits
+from mtl.core.heads import adapt_linear_head, linear_logits
 
 
 SCALINGS = ("kernel", "channel")
@@ -59,7 +60,7 @@ def encoder_of(model: nn.Module) -> nn.Module:
             return module
     raise ScalingShiftingError(
         f"{type(model).__name__} has no `encoder` or `features` sub-module to freeze; use "
-        "mtl.resnet.ResNet12 (pre-trained with mtl.pretrain) or mtl.models.Conv4")
+        "mtl.models.resnet.ResNet12 (pre-trained with mtl.algorithms.transfer.pretrain) or mtl.models.Conv4")
 
 
 def _feature_dim(model: nn.Module) -> int:
@@ -150,7 +151,7 @@ class _ClassRecorder:
         return getattr(self.sampler, name)
 
 
-class MetaTransfer(nn.Module):
+class MetaTransfer(Learner):
     """Scaling & Shifting on a frozen pre-trained network, linear head adapted in the inner loop.
 
     Args:
@@ -160,7 +161,7 @@ class MetaTransfer(nn.Module):
         first_order: do not back-propagate through the head's inner steps.
         strategy: accepted for the common interface (the head's inner loop is always batched).
         ways: N of the tasks (default: ``model.head``/``model.classifier`` outputs).
-        pretrained: path of a ``mtl.pretrain`` checkpoint whose network replaces ``model``'s
+        pretrained: path of a ``mtl.algorithms.transfer.pretrain`` checkpoint whose network replaces ``model``'s
             weights (its widths and in_channels must match ``model``'s if ``model`` is a ResNet12).
         hard_tasks: extra hard tasks per meta-batch (``True``: as many as the meta-batch; 0: off).
         sampler: the episode sampler the hard tasks are drawn from (or call ``attach_sampler``).
@@ -195,7 +196,7 @@ class MetaTransfer(nn.Module):
         if not self.conv_names:
             raise ScalingShiftingError(
                 f"Scaling & Shifting scales conv layers, and {type(model).__name__}'s encoder has none; "
-                "use a convolutional backbone (mtl.resnet.ResNet12 or mtl.models.Conv4)")
+                "use a convolutional backbone (mtl.models.resnet.ResNet12 or mtl.models.Conv4)")
         ways = ways if ways is not None else _ways_of(model)
         if ways is None:
             raise MTLError("MetaTransfer needs the number of ways: pass ways=N")
@@ -222,9 +223,11 @@ class MetaTransfer(nn.Module):
         if self._num_hard(1) and self._sampler is not None:
             self._check_enough_classes()
 
+    CONFIG_SETTINGS = ("pretrained",)
+
     @classmethod
-    def from_config(cls, config, device) -> "MetaTransfer":
-        """Engine hook: the network of ``--set pretrained=PATH``; ``--hard-tasks`` sets ``hard_tasks``."""
+    def from_config(cls, config, build_model) -> "MetaTransfer":
+        """The network of ``--set pretrained=PATH``; ``--hard-tasks`` sets ``hard_tasks``."""
         backbone, extra = pretrained_from_config(config)
         extra.setdefault("seed", config.seed)
         return cls(backbone, inner_steps=config.inner_steps, inner_lr=config.inner_lr,
@@ -283,7 +286,22 @@ class MetaTransfer(nn.Module):
         counts["total"] = sum(counts.values())
         return counts
 
-    # --- the common algorithm interface ----------------------------------------------------
+    # --- the learner contract ----------------------------------------------------------------
+    def per_task_parameters(self, ways: int) -> int:
+        """The linear head ``[N, D]`` and its bias, adapted to each task."""
+        return self.head_weight.numel() + self.head_bias.numel()
+
+    def set_ways(self, ways: int) -> None:
+        """A learned head initialisation fixes the ways; a zero one is resized."""
+        if self.head_weight.shape[0] == ways:
+            return
+        if isinstance(self.head_weight, nn.Parameter):
+            raise fixed_ways_error(self, self.head_weight.shape[0], ways)
+        dim = self.head_weight.shape[1]
+        self.head_weight = self.head_weight.new_zeros(ways, dim)
+        self.head_bias = self.head_bias.new_zeros(ways)
+        self.ways = ways
+
     def attach_sampler(self, sampler):
         """Draw meta-training batches through the returned sampler so hard tasks know their classes."""
         self._sampler = sampler if isinstance(sampler, _ClassRecorder) else _ClassRecorder(sampler)
@@ -369,20 +387,20 @@ class MetaTransfer(nn.Module):
 
 def pretrained_from_config(config) -> tuple[nn.Module, dict]:
     """``(pre-trained ResNet-12, the other extra settings)`` from an engine config's ``extra``."""
-    from mtl.pretrain import load_pretrained
+    from mtl.algorithms.transfer.pretrain import load_pretrained
 
     extra = dict(config.extra)
     path = extra.pop("pretrained", None)
     if path is None:
         raise MTLError(f"--algorithm {config.algorithm} needs a pre-trained network: add --set pretrained=PATH "
-                       "(the run folder of `python -m mtl train --algorithm pretrain`, or a mtl.pretrain checkpoint)")
+                       "(the run folder of `python -m mtl train --algorithm pretrain`, or a checkpoint of pretrain())")
     return load_pretrained(path), extra
 
 
 def _load_into(model: nn.Module, path: str) -> nn.Module:
     """The pre-trained ResNet-12 of checkpoint ``path``, checked against ``model``'s architecture."""
-    from mtl.pretrain import check_config, load_pretrained
-    from mtl.resnet import ResNet12
+    from mtl.algorithms.transfer.pretrain import check_config, load_pretrained
+    from mtl.models.resnet import ResNet12
 
     if not isinstance(model, ResNet12):
         raise ScalingShiftingError(f"pretrained= holds a ResNet-12 but the model is {type(model).__name__}; "

@@ -19,8 +19,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from mtl.algorithms.base import Learner, numel
+from mtl.core.inner import adapt
 
-class JointTraining(nn.Module):
+
+class JointTraining(Learner):
     """Pre-train on all regression tasks jointly; adapt at test by ``inner_steps`` SGD steps.
 
     Same constructor and interface as the algorithms in ``mtl.algorithms`` (the engine treats it as
@@ -49,15 +52,15 @@ class JointTraining(nn.Module):
 
     def _finetuned(self, x: torch.Tensor, y: torch.Tensor, steps: int):
         """``steps`` SGD steps of size ``inner_lr`` on one task's points ``[K, 1]``; returns f(x)."""
-        params = {k: v.detach().requires_grad_() for k, v in self.model.named_parameters()}
-        for _ in range(steps):
-            with torch.enable_grad():
-                loss = F.mse_loss(functional_call(self.model, params, (x,)), y)
-                grads = torch.autograd.grad(loss, list(params.values()))
-            params = {k: (v - self.inner_lr * g).detach().requires_grad_()
-                      for (k, v), g in zip(params.items(), grads)}
+        start = {k: v.detach().requires_grad_() for k, v in self.model.named_parameters()}
+        with torch.enable_grad():
+            params = adapt(self.model, start, x, y, steps=steps, lr=self.inner_lr, loss_fn=F.mse_loss,
+                           first_order=True)
+        params = {k: v.detach() for k, v in params.items()}
         return lambda query: functional_call(self.model, params, (query,)).detach()
 
+    def per_task_parameters(self, ways: int) -> int:
+        """The whole network is fine-tuned on each task."""
+        return numel(self.model.parameters())
 
-#: name -> class, merged into the engine's algorithm registry (see mtl.train)
-BASELINES: dict[str, type] = {"joint": JointTraining}
+

@@ -1,86 +1,25 @@
-"""Checkpoints that survive a kill at any moment and resume bit-for-bit.
-
-A checkpoint is one ``torch.save`` file holding plain values and tensors only, so it loads with
-``torch.load(weights_only=True)`` (no pickled code runs)::
+"""What the engine puts in a checkpoint beyond weights: every random state, so a run resumes
+bit-for-bit. The file format itself (``save_checkpoint``, ``load_checkpoint``, ``checkpoint_path``)
+is ``mtl.io``'s, shared with pre-training::
 
     {"format": "mtl-checkpoint", "version": 1,
      "config": {...},              # the resolved TrainConfig as a dict
      "step": int,                  # meta-steps completed
-     "learner": state_dict,        # the algorithm module (model + any meta-learned extras)
+     "learner": state_dict,        # the learner module (model + any meta-learned extras)
      "optimizer": state_dict,
      "rng": {"torch", "cuda", "python", "numpy", "generators"},  # every random state
      "state": {...}}               # the engine's own counters (metric rows, best score, timers)
-
-Writes are atomic: the file is written beside its target under a temporary name, flushed to disk,
-then ``os.replace``-d over the target, so a reader sees the old checkpoint or the new one, never
-half of one.
 """
 from __future__ import annotations
 
-import os
-import pickle
 import random
-import zipfile
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from mtl.data.cache import atomic_save
 from mtl.errors import CheckpointError
-
-FORMAT = "mtl-checkpoint"
-VERSION = 1
-
-
-def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
-    """Atomically write ``payload`` (plus the format tag) to ``path`` (temp file + ``os.replace``)."""
-    atomic_save({"format": FORMAT, "version": VERSION, **payload}, path)
-
-
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read and validate a checkpoint (``weights_only=True``); `CheckpointError` names the fix."""
-    path = Path(path)
-    if path.is_dir():
-        raise CheckpointError(f"{path} is a folder: pass a checkpoint file such as {path / 'last.pt'}")
-    if not path.exists():
-        raise CheckpointError(
-            f"no checkpoint at {path}: check the path, or train one with `python -m mtl train ... --out DIR`"
-        )
-    try:
-        data = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError,
-            OSError, AttributeError, TypeError, KeyError) as exc:
-        text = str(exc)
-        if isinstance(exc, pickle.UnpicklingError) and "Unsupported global" in text:
-            raise CheckpointError(
-                f"{path} holds pickled Python objects beyond tensors and plain values, and mtl "
-                "never runs code from a checkpoint (torch.load with weights_only=True): it was not "
-                "written by mtl, or was altered. Use a checkpoint written by `python -m mtl train`."
-            ) from None
-        detail = _first_line(exc)
-        if "WeightsUnpickler error:" in text:  # torch's own hint (weights_only=False) is left out
-            detail = text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()[0]
-        raise CheckpointError(
-            f"{path} is corrupt or not a torch checkpoint ({type(exc).__name__}: {detail}). "
-            "Delete it and train again, or point to an intact checkpoint (e.g. best.pt beside it)."
-        ) from exc
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise CheckpointError(
-            f"{path} is a torch file but not an mtl checkpoint: train with `python -m mtl train` "
-            "to make one, or load foreign weights into a model yourself with load_state_dict."
-        )
-    if data.get("version") != VERSION:
-        raise CheckpointError(
-            f"{path} has checkpoint version {data.get('version')}, this mtl reads version {VERSION}: "
-            "use the mtl version that wrote it, or retrain."
-        )
-    missing = [k for k in ("config", "step", "learner") if k not in data]
-    if missing:
-        raise CheckpointError(f"{path} lacks {missing}: it is damaged; retrain or use another checkpoint")
-    return data
-
+from mtl.io import FORMAT, VERSION, checkpoint_path, load_checkpoint, save_checkpoint  # noqa: F401
 
 def capture_rng(sampler: Any = None, learner: Any = None) -> dict[str, Any]:
     """Every random state that can change a run: torch (CPU, CUDA), Python, NumPy, and each
@@ -142,8 +81,3 @@ def _python_state_to_plain(state: tuple) -> dict[str, Any]:
 
 def _python_state_from_plain(plain: dict[str, Any]) -> tuple:
     return plain["version"], tuple(int(v) for v in plain["internal"].tolist()), plain["gauss"]
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else ""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import ipywidgets as W
 import matplotlib.pyplot as plt
 
-from mtl import quadratic, viz
+from mtl.course import quadratic, viz
 
 __all__ = ["Explorer", "inner_loop_explorer", "episode_browser"]
 

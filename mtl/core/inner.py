@@ -38,7 +38,7 @@ from torch.func import functional_call, grad, vmap
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from mtl.errors import ConfigError, InnerLoopError, TaskBatchError
-from mtl.norms import exact_norms, quiet, updates_running_stats
+from mtl.core.norms import exact_norms, quiet, updates_running_stats
 
 __all__ = ["adapt", "maml_loss", "maml_outputs", "adapt_batch", "map_tasks", "STRATEGIES",
            "resolve_strategy"]
@@ -158,7 +158,7 @@ def map_tasks(fn: Callable[..., object], shared: object, batched: tuple[Tensor, 
         chunk_size: process this many tasks at a time; if autograd is recording, each chunk is
             recomputed during the backward pass instead of keeping its activations.
         model: the module ``fn`` calls; under "vmap" its batch, instance and layer norm layers run
-            through ``mtl.norms`` (exact second derivatives, no in-place update of running
+            through ``mtl.core.norms`` (exact second derivatives, no in-place update of running
             statistics).
 
     Returns:
@@ -353,8 +353,8 @@ def adapt_batch(model: nn.Module, params: Mapping[str, Tensor], x: Tensor, y: Te
     if x.shape[:2] != y.shape[:2] or (query_x is not None and query_x.shape[0] != x.shape[0]):
         raise TaskBatchError(f"x {tuple(x.shape)}, y {tuple(y.shape)} and query_x disagree in the "
                              "leading dimensions [B, n]; pass one target per example of each task")
-    if strategy == "auto":  # no query loss to time here: the usual winner per device
-        strategy = "vmap" if x.device.type == "cuda" and not updates_running_stats(model) else "loop"
+    if strategy == "auto":  # no query loss to time here
+        strategy = untimed_strategy(model, x.device)
     _check_strategy(strategy)
 
     def one_task(shared: dict, tx: Tensor, ty: Tensor, *rest: Tensor) -> tuple:
@@ -596,3 +596,12 @@ def _time_once(strategy: str, model: nn.Module, params: Params, support_x: Tenso
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def untimed_strategy(model: nn.Module | None, device: torch.device) -> str:
+    """"auto" where there is nothing to time (adaptation without a query loss, forward passes):
+    the usual winner per device, vmap on GPUs and the loop on CPUs, and the loop for a model
+    whose norm layers update running statistics."""
+    if device.type == "cuda" and (model is None or not updates_running_stats(model)):
+        return "vmap"
+    return "loop"

@@ -20,10 +20,7 @@ uses the running statistics of its pre-training (not transductive, as in the MTL
 """
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -31,8 +28,8 @@ from typing import Any, Iterable, Iterator
 import torch
 from torch import nn
 
-from mtl.config import TrainConfig
-from mtl.errors import ConfigError, MTLError, report
+from mtl.engine.config import TrainConfig
+from mtl.errors import ConfigError, MTLError
 
 DRAW_BATCH = 50  # episodes drawn per sampler call; part of the definition of a seeded episode set
 _SINUSOID_SPLIT_OFFSET = {"val": 1_000_003, "train": 2_000_003}
@@ -130,7 +127,8 @@ def evaluate(learner: nn.Module, config: TrainConfig, *, split: str = "test", ep
     ``config`` (resolved) fixes the dataset and the episode shape; ``inner_steps`` defaults to
     ``config.test_inner_steps``; ``episode_set`` reuses already loaded episodes (validation).
     """
-    from mtl.build import progress_enabled, resolve_device
+    from mtl.engine.build import resolve_device
+    from mtl.io import progress_enabled
 
     _check_request(None if episode_set is not None else episodes, inner_steps)  # a set: its own n
     config = config.resolved()
@@ -150,8 +148,8 @@ def evaluate_checkpoint(path: str | Path, *, split: str = "test", episodes: int 
                         inner_steps: int | None = None, device: str | None = None,
                         progress: bool | None = None) -> Evaluation:
     """Load a checkpoint (a file, or a run folder: its best.pt, else last.pt) and `evaluate` it."""
-    from mtl.checkpoint import load_checkpoint
-    from mtl.build import build_learner, load_learner_state, resolve_device
+    from mtl.io import checkpoint_path, load_checkpoint
+    from mtl.engine.build import build_learner, load_learner_state, resolve_device
 
     _check_request(episodes, inner_steps)
     if device is not None:
@@ -179,21 +177,11 @@ def _check_request(episodes: int | None, inner_steps: int | None) -> None:
         raise ConfigError(f"inner steps must be a whole number >= 0, got {inner_steps!r} (--inner-steps)")
 
 
-def checkpoint_path(path: str | Path) -> Path:
-    """A checkpoint file, or for a run folder its ``best.pt`` (else ``last.pt``)."""
-    path = Path(path)
-    if path.is_dir():
-        for name in ("best.pt", "last.pt"):
-            if (path / name).exists():
-                return path / name
-    return path
-
-
 def _scores(learner: nn.Module, episodes: EpisodeSet, steps: int, regression: bool,
             progress: bool) -> list[float]:
     from tqdm.auto import tqdm
 
-    from mtl import distributed
+    from mtl.engine import distributed
 
     def score(batch) -> torch.Tensor:  # [b] per-task accuracy or MSE
         out = learner.predict(batch, inner_steps=steps).detach()  # adapts inside; no graph kept
@@ -239,47 +227,3 @@ def batch_norm_mode(learner: nn.Module) -> str:
     if running and batch:
         return f"{RUNNING_BN} and {TRANSDUCTIVE_BN}"
     return RUNNING_BN if running else TRANSDUCTIVE_BN if batch else NO_BN
-
-
-# --- CLI -----------------------------------------------------------------------------------------
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True,
-                        help="a checkpoint file, or a run folder (best.pt, else last.pt)")
-    parser.add_argument("--episodes", type=int, default=600, help="number of test episodes (default 600)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the fixed episode set (default 0)")
-    parser.add_argument("--inner-steps", type=int, default=None,
-                        help="inner steps at test (default: the run's test_inner_steps)")
-    parser.add_argument("--split", default="test", help="dataset split (default test)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: the run's device, auto)")
-    parser.add_argument("--json", default=None, metavar="FILE",
-                        help="write the result here (default: beside the checkpoint; '-' prints it)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar (also MTL_PROGRESS=0)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        result = evaluate_checkpoint(args.checkpoint, split=args.split, episodes=args.episodes,
-                                     seed=args.seed, inner_steps=args.inner_steps, device=args.device,
-                                     progress=False if args.no_progress else None)
-    except MTLError as exc:  # usage errors exit 2, other failures 1
-        return report(exc)
-    print(result)
-    text = json.dumps(result.to_dict(), indent=2)
-    if args.json == "-":
-        print(text)
-        return 0
-    target = Path(args.json) if args.json else _default_json(result)
-    try:
-        target.write_text(text + "\n")
-        print(f"wrote {target}")
-    except OSError as exc:
-        print(f"warning: could not write {target} ({exc}); pass --json FILE elsewhere", file=sys.stderr)
-    return 0
-
-
-def _default_json(result: Evaluation) -> Path:
-    ckpt = Path(result.protocol["checkpoint"])
-    return ckpt.with_name(f"eval-{result.split}-{ckpt.stem}-steps{result.inner_steps}-seed{result.seed}.json")

@@ -1,8 +1,9 @@
 """`python -m mtl ...`: one entry point, one module per sub-command.
 
-Each sub-command lives beside the code it drives and exposes two functions:
-``add_arguments(parser)`` and ``run(args) -> int``. This file only wires them up, importing a
-sub-command's module when that sub-command is used (so `mtl data info` never imports matplotlib).
+Each sub-command is one module of this package (``mtl/cli/NAME.py``) with two functions,
+``add_arguments(parser)`` and ``run(args) -> int``, over the library functions it drives. This
+file only wires them up, importing a sub-command's module when that sub-command is used (so
+`mtl data info` never imports matplotlib).
 """
 from __future__ import annotations
 
@@ -12,12 +13,14 @@ import sys
 
 #: sub-command -> (module, one-line help)
 COMMANDS = {
-    "data": ("mtl.data.commands", "prepare and inspect the datasets (Omniglot, mini-ImageNet)"),
-    "train": ("mtl.train", "meta-train (or pre-train) a model; writes checkpoints and metrics"),
-    "adapt": ("mtl.classifier", "adapt a trained model to new classes of your own from a few images"),
-    "evaluate": ("mtl.evaluate", "accuracy +- 95% CI of a checkpoint on fixed, seeded episodes"),
-    "bench": ("mtl.bench", "time the inner/outer loops and the episode sampler"),
-    "course": ("mtl.course", "run every lesson top to bottom (executed copies + HTML)"),
+    "data": ("mtl.cli.data", "prepare and inspect the datasets (Omniglot, mini-ImageNet)"),
+    "train": ("mtl.cli.train", "meta-train (or pre-train) a model; writes checkpoints and metrics"),
+    "evaluate": ("mtl.cli.evaluate", "accuracy +- 95% CI of a checkpoint on fixed, seeded episodes"),
+    "adapt": ("mtl.cli.adapt", "adapt a trained model to new classes of your own from a few images"),
+    "pipeline": ("mtl.cli.pipeline", "meta-transfer learning end to end: pre-train, Scaling & Shifting, baselines"),
+    "compare": ("mtl.cli.compare", "record a finished run as a row of the capstone's table (results/)"),
+    "bench": ("mtl.cli.bench", "time the inner/outer loops and the episode sampler"),
+    "course": ("mtl.cli.course", "run every lesson top to bottom (executed copies + HTML)"),
 }
 
 
@@ -25,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m mtl", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
-        command_parser = sub.add_parser(name, help=help_text, description=help_text)
+        command_parser = sub.add_parser(name, help=help_text.replace("%", "%%"), description=help_text)
         command_parser.set_defaults(_module=module_name)
         # Arguments are added lazily in main() for the chosen command only.
     return parser

@@ -137,7 +137,7 @@ def check_ci95(fn: Callable) -> None:
 
 def check_task_meta_loss(fn: Callable) -> None:
     """Check ``fn(model, params, sx, sy, qx, qy, *, steps, lr) -> scalar``: query loss after adapting on support."""
-    from mtl.inner import adapt
+    from mtl.core.inner import adapt
 
     model, sx, sy = _tiny_regression(0)
     _, qx, qy = _tiny_regression(1)
@@ -222,7 +222,7 @@ def check_nearest_centroid(fn: Callable) -> None:
 
     Right means: L2-normalise every feature, average each class's normalised support features,
     logits = minus the squared Euclidean distance of each normalised query to each class mean
-    (``mtl.algorithms.finetune.NearestCentroid`` on one task).
+    (``mtl.algorithms.transfer.finetune.NearestCentroid`` on one task).
     """
     support, support_y, query, ways = _centroid_task()
     got = fn(support.clone(), support_y.clone(), query.clone(), ways)
@@ -283,9 +283,9 @@ def check_hardest_class(fn: Callable) -> None:
     """Check ``fn(query_logits [B, M, N], query_y [B, M], classes [B, N]) -> [B]``: each task's hardest class.
 
     Right means: the *dataset* class id (``classes[b, c]``) of the label ``c`` with the lowest query
-    accuracy in task ``b`` (``mtl.algorithms.meta_transfer.hardest_classes``, tests without ties).
+    accuracy in task ``b`` (``mtl.algorithms.transfer.meta_transfer.hardest_classes``, tests without ties).
     """
-    from mtl.algorithms.meta_transfer import hardest_classes
+    from mtl.algorithms.transfer.meta_transfer import hardest_classes
 
     logits, query_y, classes, correct = _hard_task_batch()
     got = fn(logits.clone(), query_y.clone(), classes.clone())

@@ -11,11 +11,14 @@ returns the figure; no function calls ``plt.show()``, so a lesson cell ends with
 - ``mean_with_band``: curves with a shaded 95% interval
 - ``learning_curves``: validation score of each training run against meta-steps and wall time
 - ``figure_png``: a figure as PNG bytes (what the widgets display)
+- ``show_source``: the code of a function or class of mtl, headed by the file it lives in
 """
 from __future__ import annotations
 
+import inspect
 import io
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -23,11 +26,11 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from mtl import quadratic
+from mtl.course import quadratic
 
 __all__ = ["quadratic_family", "meta_landscape", "gradient_arrows", "reptile_geometry", "fixed_point_paths",
            "episode_grid", "regression_fits", "mean_with_band", "learning_curves", "figure_png",
-           "METHOD_STYLE"]
+           "show_source", "METHOD_STYLE"]
 
 #: one colour and marker per method, the same in every lesson
 METHOD_STYLE = {
@@ -274,3 +277,13 @@ def figure_png(fig: Figure, dpi: int = 80) -> bytes:
     fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     return buffer.getvalue()
+
+
+def show_source(obj) -> None:
+    """Print the source of ``obj`` (a function, class or method of mtl) under a ``# mtl/...py``
+    line naming its file, so a listing in a lesson says where the code it shows lives."""
+    path = Path(inspect.getsourcefile(obj)).resolve()
+    root = Path(__file__).resolve().parents[2]
+    shown = path.relative_to(root).as_posix() if path.is_relative_to(root) else path.name
+    print(f"# {shown}")
+    print(inspect.getsource(obj))

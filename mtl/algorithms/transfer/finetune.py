@@ -1,7 +1,7 @@
 """Baselines on a pre-trained backbone, no meta-training: what meta-transfer learning must beat.
 
-All four take the same pre-trained network (``mtl.pretrain``) and answer ``predict(batch)`` on the
-same evaluation episodes as every algorithm (``mtl.evaluate``); ``meta_gradient`` refuses, since
+All four take the same pre-trained network (``mtl.algorithms.transfer.pretrain``) and answer ``predict(batch)`` on the
+same evaluation episodes as every algorithm (``mtl.engine.evaluate``); ``meta_gradient`` refuses, since
 there is nothing to meta-train. The backbone runs in eval mode (batch norm with its pre-training
 running statistics) and is never modified: ``FineTuneAll`` adapts per-task copies of its weights.
 
@@ -12,8 +12,6 @@ running statistics) and is never modified: ``FineTuneAll`` adapts per-task copie
   (as scikit-learn's ``LogisticRegression(C=1)`` in Tian et al. 2020, "Rethinking few-shot").
 - ``NearestCentroid``: the class means of the L2-normalised support features; logits are minus
   the squared distances to them.
-
-``BASELINES`` maps their registry names to the classes.
 """
 from __future__ import annotations
 
@@ -22,13 +20,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from mtl.algorithms.meta_transfer import (_load_into, _ways_of, encoder_of, freeze_to_buffers,
+from mtl.algorithms.base import Learner
+from mtl.algorithms.transfer.meta_transfer import (_load_into, _ways_of, encoder_of, freeze_to_buffers,
                                           pretrained_from_config)
 from mtl.errors import InnerLoopError, MTLError
-from mtl.heads import adapt_linear_head, linear_logits, prototype_logits
+from mtl.core.heads import adapt_linear_head, linear_logits, prototype_logits
+from mtl.core.inner import adapt
 
 
-class _PretrainedBaseline(nn.Module):
+class _PretrainedBaseline(Learner):
     """A frozen copy of ``model``'s encoder (buffers, eval mode) and the common interface."""
 
     def __init__(self, model: nn.Module, *, inner_steps: int = 100, inner_lr: float = 0.01,
@@ -41,9 +41,11 @@ class _PretrainedBaseline(nn.Module):
         self.ways = ways if ways is not None else _ways_of(model)
         self.inner_steps, self.inner_lr = int(inner_steps), float(inner_lr)
 
+    CONFIG_SETTINGS = ("pretrained",)
+
     @classmethod
-    def from_config(cls, config, device):
-        """Engine hook: the network of ``--set pretrained=PATH`` (nothing is trained: iterations 0)."""
+    def from_config(cls, config, build_model):
+        """The network of ``--set pretrained=PATH`` (nothing is trained: iterations 0)."""
         backbone, extra = pretrained_from_config(config)
         return cls(backbone, inner_steps=config.inner_steps, inner_lr=config.inner_lr, ways=config.test_ways,
                    **extra)
@@ -65,6 +67,14 @@ class _PretrainedBaseline(nn.Module):
     def _ways(self, batch) -> int:
         return self.ways or int(batch.support_y.max()) + 1
 
+    def per_task_parameters(self, ways: int) -> int:
+        """An ``N x D`` linear classifier and its bias, fitted to each task."""
+        dim = [m for m in self.encoder.modules() if isinstance(m, nn.Conv2d)][-1].out_channels
+        return ways * dim + ways  # ResNet-12: global average pooling after the last block
+
+    def set_ways(self, ways: int) -> None:
+        self.ways = ways
+
 
 class FineTuneHead(_PretrainedBaseline):
     """Train a zero-initialised linear head on the frozen features of each task's support set."""
@@ -83,40 +93,56 @@ class FineTuneHead(_PretrainedBaseline):
 
 
 class FineTuneAll(_PretrainedBaseline):
-    """Fine-tune every weight of the network and a zero-initialised head, one task at a time."""
+    """Fine-tune every weight of the network and a zero-initialised head, one task at a time
+    (``mtl.core.inner.adapt``, first order: nothing is meta-trained)."""
 
     @torch.no_grad()
     def predict(self, batch, *, inner_steps: int | None = None) -> Tensor:
         steps = self.inner_steps if inner_steps is None else inner_steps
-        frozen = {name: w for name, w in self.encoder.named_buffers()
-                  if not name.endswith(("running_mean", "running_var", "num_batches_tracked"))}
-        ways = self._ways(batch)
+        network = _EncoderWithHead(self.encoder, self._feature_dim(batch.support_x[0]), self._ways(batch))
+        weights = {f"encoder.{name}": w for name, w in self.encoder.named_buffers()
+                   if not name.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+        start = {**weights, **{f"head.{n}": p.detach() for n, p in network.head.named_parameters()}}
         out = []
         for sx, sy, qx in zip(batch.support_x, batch.support_y, batch.query_x):
-            params = {name: w.clone().requires_grad_() for name, w in frozen.items()}
-            weight = sx.new_zeros(ways, self._feature_dim(sx)).requires_grad_()
-            bias = sx.new_zeros(ways).requires_grad_()
-            with torch.enable_grad():
-                for _ in range(steps):
-                    logits = F.linear(functional_call(self.encoder, params, (sx,)), weight, bias)
-                    loss = F.cross_entropy(logits, sy)
-                    names = list(params)
-                    grads = torch.autograd.grad(loss, [params[n] for n in names] + [weight, bias])
-                    params = {n: (params[n] - self.inner_lr * g).detach().requires_grad_()
-                              for n, g in zip(names, grads)}
-                    weight = (weight - self.inner_lr * grads[-2]).detach().requires_grad_()
-                    bias = (bias - self.inner_lr * grads[-1]).detach().requires_grad_()
-            out.append(F.linear(functional_call(self.encoder, params, (qx,)), weight, bias))
+            try:
+                adapted = adapt(network, start, sx, sy, steps=steps, lr=self.inner_lr, first_order=True)
+            except InnerLoopError as exc:
+                raise self._diverged() from exc
+            out.append(functional_call(network, adapted, (qx,)))
         logits = torch.stack(out)
         if not torch.isfinite(logits).all():
-            raise InnerLoopError(f"fine-tuning all layers diverged (NaN/Inf logits) at inner_lr={self.inner_lr}; "
-                                 "lower inner_lr (around 0.01 for a ResNet-12) or take fewer steps")
+            raise self._diverged()
         return logits
+
+    def _diverged(self) -> InnerLoopError:
+        return InnerLoopError(f"fine-tuning all layers diverged (NaN/Inf) at inner_lr={self.inner_lr}; "
+                              "lower inner_lr (around 0.01 for a ResNet-12) or take fewer steps")
 
     def _feature_dim(self, x: Tensor) -> int:
         if not hasattr(self, "_dim"):
             self._dim = self.encoder(x[:1]).shape[-1]
         return self._dim
+
+    def per_task_parameters(self, ways: int) -> int:
+        """The head and every weight of the network."""
+        weights = sum(b.numel() for n, b in self.encoder.named_buffers()
+                      if not n.endswith(("running_mean", "running_var", "num_batches_tracked")))
+        return super().per_task_parameters(ways) + weights
+
+
+class _EncoderWithHead(nn.Module):
+    """``encoder`` (frozen, eval mode) followed by a zero-initialised ``head``: ``[n, ...] -> [n, ways]``."""
+
+    def __init__(self, encoder: nn.Module, dim: int, ways: int):
+        super().__init__()
+        self.encoder = encoder
+        self.head = nn.Linear(dim, ways).to(next(iter(encoder.buffers())).device)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.encoder(x))
 
 
 class LinearProbe(_PretrainedBaseline):
@@ -160,7 +186,6 @@ class NearestCentroid(_PretrainedBaseline):
         query = F.normalize(self._features(batch.query_x), dim=-1)
         return prototype_logits(support, batch.support_y, query, self._ways(batch))
 
-
-#: registry names -> baseline classes (same constructor and ``predict`` as every algorithm)
-BASELINES = {"finetune-head": FineTuneHead, "finetune-all": FineTuneAll,
-             "linear-probe": LinearProbe, "nearest-centroid": NearestCentroid}
+    def per_task_parameters(self, ways: int) -> int:
+        """None: the class means are computed, not learned."""
+        return 0

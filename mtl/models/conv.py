@@ -6,7 +6,6 @@ statistics. That is what lets the inner loop treat a model as a pure function
 
 - ``Conv4``: the 4-block network of MAML / ProtoNets (64 filters on Omniglot, 32 on mini-ImageNet).
 - ``MLP``: 1-40-40-1 ReLU network for sinusoid regression (MAML section 5.1).
-- ``ResNet12``: re-exported from ``mtl.resnet`` (MetaOptNet / meta-transfer learning backbone).
 
 Batch norm, everywhere: **always normalised with the statistics of the batch it is given**, in
 training and in evaluation alike, with no running statistics. This is transductive (the query
@@ -18,9 +17,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from mtl.norms import batch_norm
+from mtl.core.norms import batch_norm
 
-__all__ = ["Conv4", "MLP", "ResNet12", "BatchNorm", "conv_block"]
+__all__ = ["Conv4", "MLP", "BatchNorm", "conv_block"]
 
 
 class BatchNorm(nn.Module):
@@ -28,10 +27,10 @@ class BatchNorm(nn.Module):
 
     ``[n, C, ...] -> [n, C, ...]``; the same numbers as ``nn.BatchNorm2d(C,
     track_running_stats=False)`` and the same parameter names (``weight``, ``bias``), through
-    ``mtl.norms.batch_norm``: torch's fused kernel on plain tensors, and under a ``torch.func``
+    ``mtl.core.norms.batch_norm``: torch's fused kernel on plain tensors, and under a ``torch.func``
     transform (``vmap``) the normalisation without affine and the scale and shift written out,
-    because there the fused affine kernel's second derivative comes out wrong (see ``mtl.norms``).
-    Standard ``nn.BatchNorm2d`` layers get the same treatment from ``mtl.norms.exact_norms``.
+    because there the fused affine kernel's second derivative comes out wrong (see ``mtl.core.norms``).
+    Standard ``nn.BatchNorm2d`` layers get the same treatment from ``mtl.core.norms.exact_norms``.
     """
 
     def __init__(self, channels: int, eps: float = 1e-5) -> None:
@@ -110,13 +109,4 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x))
-
-
-def __getattr__(name: str):
-    # ResNet-12 lives in mtl/resnet.py; imported only when asked for.
-    if name == "ResNet12":
-        from mtl.resnet import ResNet12
-
-        return ResNet12
-    raise AttributeError(f"module 'mtl.models' has no attribute {name!r}")
 

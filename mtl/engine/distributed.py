@@ -19,7 +19,7 @@ Pre-training (data parallel): `epoch_batches` gives each rank its share of every
 shared permutation and the weight to pass to `all_reduce_gradients` (exact for uneven last batches).
 
 Evaluation: `sharded_scores` runs each rank on its share of a fixed episode set and gathers the
-per-episode scores in episode order on every rank (``mtl.evaluate.confidence_interval``: one CI).
+per-episode scores in episode order on every rank (``mtl.engine.evaluate.confidence_interval``: one CI).
 
 Failure: collectives time out after ``MTL_DIST_TIMEOUT`` seconds (default 300) and raise
 `DistributedError` naming the fix; torchrun stops the other ranks when one exits with an error.
@@ -364,10 +364,10 @@ def sharded_scores(episodes: Iterable[Any], num_episodes: int,
                    score_of: Callable[[Any], Tensor]) -> Tensor:
     """Per-episode scores ``[num_episodes]`` (float64, CPU) of a fixed episode set, across ranks.
 
-    ``episodes``: the set's TaskBatches in order (e.g. ``mtl.evaluate.EpisodeSet``); every rank
+    ``episodes``: the set's TaskBatches in order (e.g. ``mtl.engine.evaluate.EpisodeSet``); every rank
     walks it (drawing is cheap next to adapting) but runs ``score_of(batch) -> [b]`` (accuracy or
     MSE per task) only on the tasks of its `shard_range`. Every rank returns all scores in
-    episode order, ready for ``mtl.evaluate.confidence_interval``: one CI, as if one process ran.
+    episode order, ready for ``mtl.engine.evaluate.confidence_interval``: one CI, as if one process ran.
     """
     mine = shard_range(num_episodes)
     results, start = [], 0

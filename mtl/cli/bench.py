@@ -261,7 +261,7 @@ def _measure(step: Callable[[], None], model: torch.nn.Module, device: torch.dev
 
 
 def _auto_choice() -> str | None:
-    from mtl.inner import AUTO_DECISIONS
+    from mtl.core.inner import AUTO_DECISIONS
 
     return list(AUTO_DECISIONS.values())[-1] if AUTO_DECISIONS else None
 

@@ -2,13 +2,13 @@
 
 Python (what lessons call; the CLI calls the same function)::
 
-    from mtl.train import train
+    from mtl.engine.train import train
     summary = train("cpu-maml-omniglot-5w1s", out="runs/maml")   # a preset name, dict or TrainConfig
     summary.learner, summary.best_val, summary.history
 
 CLI: ``python -m mtl train --preset maml-omniglot-5w1s --out runs/maml [--resume | --overwrite]``.
 
-Each meta-step: ``optimizer.zero_grad()``, draw ``meta_batch`` tasks (``mtl.distributed.TaskStream``:
+Each meta-step: ``optimizer.zero_grad()``, draw ``meta_batch`` tasks (``mtl.engine.distributed.TaskStream``:
 the meta-batch of step ``t`` is drawn from one seed of ``(seed, t)``, the same whatever the number of
 processes, and under torchrun each rank keeps its share), ``learner.meta_gradient(batch)`` (fills
 ``.grad``; averaged over ranks), a check for NaN/Inf and exploding losses, ``optimizer.step()``. Every
@@ -21,35 +21,26 @@ same metrics as an uninterrupted one (given the same device, thread count and a 
 
 Plugging in an algorithm (the engine never knows which one runs)
 -----------------------------------------------------------------
-1. Put the class in ``mtl.algorithms.ALGORITHMS`` (name -> class). The engine builds the model from
-   the config (`build_model`) and calls ``cls(model, inner_steps=, inner_lr=, first_order=,
-   strategy=, **config.extra)`` (plus ``loss_fn=F.mse_loss`` on sinusoid regression when the
-   constructor takes one); ``--set key=value`` (and ``--hard-tasks``) fill ``config.extra``.
-2. Optional hooks, looked up on the class / instance, each with a default:
+Subclass ``mtl.algorithms.Learner`` and register it (``mtl.algorithms.register_algorithm(name,
+cls)``, or an entry of ``mtl.algorithms.registry.ALGORITHMS``). The engine calls only the
+contract's hooks, each with a default in ``Learner``: ``cls.from_config(config, build_model)``
+(default: ``cls(build_model(), inner_steps=, inner_lr=, first_order=, strategy=, **config.extra)``;
+``--set key=value`` and ``--hard-tasks`` fill ``config.extra``), ``learner.attach_sampler(sampler)``,
+``learner.configure_optimizer(config)``, ``learner.meta_gradient(batch)`` and
+``learner.predict(batch, inner_steps=)`` (what validation and evaluation score).
 
-   - ``cls.from_config(config, device) -> learner`` (classmethod): build the learner yourself
-     (e.g. load a pretrained backbone named in ``config.extra``); default: as in 1.
-   - ``learner.attach_sampler(sampler) -> sampler``: wrap or replace the default training episode
-     sampler (hard-task re-sampling; plain labelled batches for pre-training). What it returns
-     needs ``.sample(meta_batch)``.
-   - Randomness: every ``torch.Generator`` held as an attribute of the sampler or of any
-     sub-module of the learner is checkpointed and restored (so is the global torch/NumPy/Python
-     RNG); keep private randomness in such a generator and resume stays exact.
-   - ``learner.configure_optimizer(config) -> torch.optim.Optimizer``; default Adam/SGD at meta_lr.
-   - ``learner.predict(batch, inner_steps=)`` is what validation and evaluation score.
-
-   Algorithms that are not in ``mtl.algorithms`` may call `register_algorithm` instead.
+Randomness: every ``torch.Generator`` held as an attribute of the sampler or of any sub-module of
+the learner is checkpointed and restored (so is the global torch/NumPy/Python RNG); keep private
+randomness in such a generator and resume stays exact.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
 import os
 import random
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,24 +50,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from mtl import distributed
-from mtl.build import (algorithm_class, build_learner, build_model, load_learner_state,  # noqa: F401
-                       progress_enabled, register_algorithm, resolve_device)
-from mtl.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
-from mtl.config import PRESETS, ConfigError, TrainConfig, preset
-from mtl.errors import InnerLoopError, MTLError, report
+from mtl.engine import distributed
+from mtl.engine.build import build_learner, load_learner_state, resolve_device
+from mtl.engine.rundir import RunFolderError, prepare_run_dir, undo_start  # noqa: F401  (raised by train)
+from mtl.engine.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from mtl.engine.config import ConfigError, TrainConfig, preset
+from mtl.errors import InnerLoopError, MTLError
+from mtl.io import progress_enabled
 
-#: files a run writes into its folder (``--overwrite`` removes exactly these)
-RUN_FILES = ("config.json", "last.pt", "best.pt", "metrics.jsonl", "metrics.csv", "summary.json")
-#: where --overwrite keeps the old run until the new one has written its first checkpoint
-REPLACED = ".replaced-run"
 #: config fields that may change when a run is resumed
 RESUMABLE_CHANGES = ("iterations", "device", "time_budget_s", "test_episodes")
 _CSV_COLUMNS = ("kind", "step", "loss", "accuracy", "ci95", "lr", "elapsed_s")
-
-class RunFolderError(MTLError):
-    """The output folder cannot be used as asked (exists, missing, unwritable)."""
-
 
 class TrainingDiverged(MTLError, FloatingPointError):
     """The meta-loss or meta-gradient became NaN/Inf; the last good checkpoint is kept."""
@@ -103,7 +87,7 @@ class RunSummary:
                 "best_val": self.best_val, "test": self.test}
 
 
-# --- building blocks: mtl.build (shared with mtl.evaluate) -----------------------------------------
+# --- building blocks: mtl.engine.build (shared with mtl.engine.evaluate) -----------------------------------------
 def train_sampler(config: TrainConfig, learner: nn.Module, device: torch.device) -> Any:
     """The training task source: episodes of the train split (or the algorithm's own sampler)."""
     from mtl import data
@@ -117,8 +101,7 @@ def train_sampler(config: TrainConfig, learner: nn.Module, device: torch.device)
                                     **config.dataset_options())
         sampler = data.EpisodeSampler(dataset.to(device), ways=config.ways, shots=config.shots,
                                       queries=config.queries, device=device, seed=config.seed)
-    hook = getattr(learner, "attach_sampler", None)
-    return hook(sampler) if callable(hook) else sampler
+    return learner.attach_sampler(sampler)
 
 
 def learning_rate(config: TrainConfig, step: int) -> float:
@@ -143,14 +126,14 @@ def train(config: TrainConfig | dict | str, *, out: str | os.PathLike | None = N
     if not resume:  # validate, then act: nothing is created, moved or deleted for a bad config
         resolve_device(config.resolved().device)
     info = distributed.setup()  # [distributed] join torchrun's process group (no-op otherwise)
-    run_dir, aside, created = (_prepare_run_dir(out, resume=resume, overwrite=overwrite)
+    run_dir, aside, created = (prepare_run_dir(out, resume=resume, overwrite=overwrite)
                                if info.rank == 0 else
                                (Path(out) if out is not None else None, None, False))
     try:
         return _train(config, info, run_dir, resume, progress)
     except BaseException:
         if info.rank == 0 and run_dir is not None:
-            _undo_start(run_dir, aside, created)
+            undo_start(run_dir, aside, created)
         raise
     finally:
         if aside is not None and aside.exists() and (run_dir / "last.pt").exists():
@@ -170,9 +153,9 @@ def _train(config: TrainConfig, info, run_dir: Path | None, resume: bool,
 
     _seed_everything(config.seed)
     learner = build_learner(config, device)
-    optimizer = _make_optimizer(learner, config)
+    optimizer = learner.configure_optimizer(config)
     sampler = train_sampler(config, learner, device)
-    from mtl.evaluate import EpisodeSet
+    from mtl.engine.evaluate import EpisodeSet
 
     val_set = EpisodeSet(config, "val", n=config.val_episodes, seed=config.eval_seed, device=device,
                          progress=show)
@@ -194,7 +177,7 @@ def _train(config: TrainConfig, info, run_dir: Path | None, resume: bool,
 
     test = None
     if config.test_episodes > 0:
-        from mtl.evaluate import evaluate
+        from mtl.engine.evaluate import evaluate
 
         test = evaluate(learner, config, split="test", episodes=config.test_episodes,
                         seed=config.eval_seed, device=device, progress=show).to_dict()
@@ -325,7 +308,7 @@ class _Loop:
         return row
 
     def _validate(self) -> None:
-        from mtl.evaluate import evaluate
+        from mtl.engine.evaluate import evaluate
 
         s = self.state
         result = evaluate(self.learner, self.config, episode_set=self.val_set, progress=False)
@@ -397,86 +380,7 @@ class _MetricsLog:
             csv.DictWriter(f, _CSV_COLUMNS, extrasaction="ignore").writerow(row)
 
 
-# --- run folder, config and seeds ---------------------------------------------------------------
-def _prepare_run_dir(out: str | os.PathLike | None, *, resume: bool,
-                     overwrite: bool) -> tuple[Path | None, Path | None, bool]:
-    """Check (before any training) that the run folder can be used as asked; create it.
-
-    Returns ``(run folder, where an overwritten run was moved aside or None, folder created)``.
-    """
-    if out is None:
-        if resume:
-            raise RunFolderError("resume=True needs the run folder: pass out=DIR (--out DIR)")
-        return None, None, False
-    if resume and overwrite:
-        raise RunFolderError("--resume continues a run, --overwrite replaces it: pass only one")
-    run_dir = Path(out)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise RunFolderError(f"{run_dir} exists and is not a folder: choose another --out")
-    existing = sorted(p.name for p in run_dir.iterdir()) if run_dir.is_dir() else []
-    if resume:
-        if not (run_dir / "last.pt").exists():
-            raise RunFolderError(
-                f"nothing to resume in {run_dir} (no last.pt): drop --resume to start a new run there"
-                + (", with --overwrite to replace what it holds" if existing else "")
-            )
-    elif existing:
-        if not overwrite:
-            raise RunFolderError(
-                f"{run_dir} already exists and is not empty ({', '.join(existing[:5])}"
-                f"{', ...' if len(existing) > 5 else ''}): pass --resume to continue that run, "
-                "--overwrite to replace it, or choose another --out"
-            )
-        foreign = [n for n in existing if n not in RUN_FILES and n != REPLACED
-                   and not n.startswith((".last.pt.", ".best.pt.", "eval-"))]
-        if foreign:
-            raise RunFolderError(
-                f"{run_dir} holds files that are not from an mtl run ({', '.join(foreign[:5])}); "
-                "--overwrite only replaces run folders: choose another --out"
-            )
-    created = not run_dir.exists()
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise RunFolderError(f"cannot write to {run_dir} ({exc.strerror or exc}): choose a writable --out") from exc
-    aside = None
-    if existing and not resume:
-        aside = run_dir / REPLACED
-        if aside.exists() and not (run_dir / "last.pt").exists():
-            _restore(run_dir, aside)  # an earlier replacement was killed before its first checkpoint
-            existing = sorted(p.name for p in run_dir.iterdir())
-        if aside.exists():
-            shutil.rmtree(aside)
-        aside.mkdir()
-        for name in existing:
-            if name != REPLACED:
-                (run_dir / name).rename(aside / name)
-    return run_dir, aside, created
-
-
-def _restore(run_dir: Path, aside: Path) -> None:
-    """Put the run moved aside by --overwrite back in place of what the new run wrote."""
-    for path in run_dir.iterdir():
-        if path != aside:
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-    for path in aside.iterdir():
-        path.rename(run_dir / path.name)
-    aside.rmdir()
-
-
-def _undo_start(run_dir: Path, aside: Path | None, created: bool) -> None:
-    """A run that failed before its first checkpoint leaves the folder as it found it."""
-    if (run_dir / "last.pt").exists():
-        return  # the new run exists (and can be resumed); the old one was replaced
-    if aside is not None and aside.exists():
-        _restore(run_dir, aside)
-    elif created and run_dir.is_dir():
-        shutil.rmtree(run_dir)
-
-
+# --- config and seeds ---------------------------------------------------------------------------
 def _as_config(config: TrainConfig | dict | str) -> TrainConfig:
     if isinstance(config, TrainConfig):
         return config
@@ -508,146 +412,3 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def _make_optimizer(learner: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    hook = getattr(learner, "configure_optimizer", None)
-    if callable(hook):
-        return hook(config)
-    params = [p for p in learner.parameters() if p.requires_grad]
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.meta_lr)
-    return torch.optim.Adam(params, lr=config.meta_lr)
-
-
-# --- CLI -----------------------------------------------------------------------------------------
-_OPTIONS: tuple[tuple[str, type, str], ...] = (
-    ("algorithm", str, "the algorithm (every name of mtl.algorithms.ALGORITHMS)"),
-    ("dataset", str, "sinusoid, omniglot, mini-imagenet, or folder:PATH (one sub-folder per class)"),
-    ("ways", int, "N classes per task"),
-    ("shots", int, "K support examples per class (sinusoid: K points)"),
-    ("queries", int, "query examples per class"),
-    ("meta-batch", int, "tasks per meta-step"),
-    ("inner-steps", int, "inner steps while meta-training"),
-    ("inner-lr", float, "inner step size alpha"),
-    ("meta-lr", float, "outer step size beta"),
-    ("iterations", int, "meta-steps"),
-    ("test-inner-steps", int, "inner steps at validation/test"),
-    ("test-ways", int, "ways at validation/test"),
-    ("test-queries", int, "queries per class at validation/test"),
-    ("test-shots", int, "shots at validation/test (default: shots)"),
-    ("strategy", str, "vmap, loop or auto: how tasks are batched"),
-    ("optimizer", str, "adam or sgd"),
-    ("lr-schedule", str, "constant, linear or step"),
-    ("lr-step", int, "with --lr-schedule step: halve the meta-lr every this many meta-steps"),
-    ("model", str, "conv4, resnet12 or mlp"),
-    ("hidden", int, "conv filters / MLP width"),
-    ("image-size", int, "image side in pixels"),
-    ("channels", int, "image channels of a folder dataset: 1 (grayscale) or 3 (RGB, default)"),
-    ("val-every", int, "validate every this many meta-steps"),
-    ("val-episodes", int, "size of the fixed validation episode set"),
-    ("checkpoint-every", int, "write last.pt every this many meta-steps (default: val-every)"),
-    ("log-every", int, "one training metrics row per this many meta-steps"),
-    ("eval-batch", int, "tasks per forward pass at validation/test"),
-    ("test-episodes", int, "evaluate this many test episodes at the end (0: skip)"),
-    ("time-budget", float, "stop after this many seconds of training (checkpoint kept)"),
-    ("device", str, "auto, cpu, cuda, cuda:1, ..."),
-    ("seed", int, "seed of model init and training episodes"),
-    ("init", str, "start from the weights of this checkpoint (e.g. a diverged run's last.pt)"),
-)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", help=f"start from a named protocol: {', '.join(PRESETS)}")
-    from mtl.algorithms import ALGORITHMS
-
-    for name, kind, help_text in _OPTIONS:
-        if name == "algorithm":
-            help_text = ", ".join(sorted(ALGORITHMS))
-        parser.add_argument(f"--{name}", type=kind, default=None, help=help_text)
-    parser.add_argument("--first-order", action="store_true", default=None, help="drop second-order terms")
-    parser.add_argument("--no-rotations", dest="rotations", action="store_false", default=None,
-                        help="Omniglot: no 90-degree rotation classes")
-    parser.add_argument("--hard-tasks", action="store_true", default=None,
-                        help="meta-transfer learning: hard-task meta-batch (sets extra hard_tasks)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra algorithm argument (VALUE parsed as JSON when it can be)")
-    parser.add_argument("--out", help="run folder (config.json, last.pt, best.pt, metrics.jsonl/csv)")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
-    parser.add_argument("--overwrite", action="store_true", help="replace the run in --out")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar (also MTL_PROGRESS=0)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads for torch (1 is fastest for tiny models on a busy machine)")
-    parser.add_argument("--list-presets", action="store_true", help="print the presets and exit")
-
-
-def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) -> TrainConfig:
-    """``base`` (else the preset, else defaults) with every option given on the command line."""
-    if base is None:
-        base = preset(args.preset) if args.preset else TrainConfig()
-    values = base.to_dict()
-    for name, _, _ in _OPTIONS:
-        key = name.replace("-", "_")
-        value = getattr(args, key)
-        if value is not None:
-            values["time_budget_s" if key == "time_budget" else key] = value
-    for key in ("first_order", "rotations"):
-        if getattr(args, key) is not None:
-            values[key] = getattr(args, key)
-    extra = dict(values["extra"])
-    if args.hard_tasks:
-        extra["hard_tasks"] = True
-    for item in args.set:
-        key, sep, text = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set takes KEY=VALUE, got {item!r}")
-        try:
-            extra[key] = json.loads(text)
-        except json.JSONDecodeError:
-            extra[key] = text
-    values["extra"] = extra
-    return TrainConfig.from_dict(values)
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.list_presets:
-        for name, values in PRESETS.items():
-            print(f"{name:28s} {json.dumps(values)}")
-        return 0
-    if not args.out:
-        print("error: --out DIR is required (the run folder)", file=sys.stderr)
-        return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        base = None
-        if args.resume and (Path(args.out) / "last.pt").exists():
-            base = TrainConfig.from_dict(load_checkpoint(Path(args.out) / "last.pt")["config"])
-            if args.preset:
-                base = config_from_args(args)  # a preset given again must match the run
-        config = config_from_args(args, base)
-        summary = train(config, out=args.out, resume=args.resume, overwrite=args.overwrite,
-                        progress=False if args.no_progress else None)
-        if distributed.is_main_process():  # [distributed]
-            _print_summary(summary)
-    except MTLError as exc:  # usage errors exit 2, other failures 1
-        return report(exc)
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: the last checkpoint is in {args.out}; continue with --resume", file=sys.stderr)
-        return 130
-    finally:
-        # [distributed] leave the process group before exit (Gloo's threads must not outlive it)
-        distributed.teardown()
-    return 0
-
-
-def _print_summary(summary: RunSummary) -> None:
-    print(f"{summary.stopped} after {summary.steps} meta-steps, {summary.wall_time_s:.1f} s in the loop; "
-          f"run folder {summary.out}")
-    for label, row in (("last validation", summary.last_val), ("best validation", summary.best_val)):
-        if row:
-            metric = "accuracy" if "accuracy" in row else "loss"
-            print(f"{label}: {metric} {row[metric]:.4f} +- {row['ci95']:.4f} at step {row['step']}")
-    if summary.test:
-        print(f"test: {summary.test['mean']:.4f} +- {summary.test['ci95']:.4f} ({summary.test['n']} episodes)")
-    print(f"evaluate: python -m mtl evaluate --checkpoint {summary.out}/best.pt --episodes 600 --seed 0")

@@ -11,14 +11,17 @@ and channels-last memory format (GPU speed-ups). Inputs stay in [0, 1], as in ev
 so the frozen network sees the same images later. ``holdout`` images per class are kept out of
 training and classified after each epoch (a quick over-fitting check).
 
-Checkpoint format (``torch.save`` dict, loaded with ``weights_only=True``):
-``{"format": "mtl-pretrain-1", "config": model.config, "state_dict", "optimizer", "scheduler",
-"epoch", "history"}``.
+One pre-training step, two drivers: ``pretrain`` (a dataset in memory, epochs over a shuffled
+order; what lessons call) and the engine's ``--algorithm pretrain`` (``Pretrain``, batches drawn
+with replacement) both step through ``Pretrain.meta_gradient``, and both write the one checkpoint
+format of ``mtl.io`` (``weights_only=True``): ``{"config": {"algorithm": "pretrain", ...},
+"learner": {"model.<name>": tensor}, ...}``; ``pretrain``'s files add ``"network"`` (the
+``ResNet12.config``), ``"optimizer"``, ``"scheduler"``, ``"epoch"`` and ``"history"``. Files of the
+earlier ``"mtl-pretrain-1"`` format still load.
 """
 from __future__ import annotations
 
 import math
-import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -29,12 +32,14 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from mtl.data._progress import progress_enabled
+from mtl.algorithms.base import Learner
+from mtl.io import checkpoint_path, load_checkpoint, progress_enabled, save_checkpoint
 from mtl.errors import CheckpointError, MTLError
-from mtl.heads import prototype_logits
-from mtl.resnet import DEFAULT_CHANNELS, ResNet12
+from mtl.core.heads import prototype_logits
+from mtl.models.resnet import DEFAULT_CHANNELS, ResNet12
 
-FORMAT = "mtl-pretrain-1"
+#: the format of pre-training checkpoints written before they shared ``mtl.io``'s (still read)
+LEGACY_FORMAT = "mtl-pretrain-1"
 
 
 @dataclass
@@ -120,35 +125,37 @@ def recalibrate_batch_norm(model: torch.nn.Module, x: torch.Tensor, *, batches: 
     model.train(was_training)
 
 
-def _save(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-
-
 def _read_checkpoint(path: str | Path) -> dict:
-    """A ``mtl.pretrain`` checkpoint, or an engine checkpoint of ``--algorithm pretrain`` (file or run folder)."""
-    path = Path(path)
-    if path.is_dir():
-        path = next((path / n for n in ("best.pt", "last.pt") if (path / n).is_file()), path / "last.pt")
+    """A pre-training checkpoint (file or run folder) as ``{"network": ResNet12 config, "state_dict",
+    ...}``: one written by ``pretrain``, by ``python -m mtl train --algorithm pretrain``, or a legacy file."""
+    path = checkpoint_path(path)
     if not path.is_file():
         raise CheckpointError(f"no pre-training checkpoint at {path}: run `python -m mtl train --algorithm "
-                              "pretrain` (or mtl.pretrain.pretrain) first, or fix the path")
+                              "pretrain` (or mtl.algorithms.transfer.pretrain.pretrain) first, or fix the path")
+    try:
+        payload = load_checkpoint(path, required=("config", "learner"))
+    except CheckpointError as exc:
+        legacy = _read_legacy(path)
+        if legacy is None:
+            raise CheckpointError(f"{exc} For pre-training: pass the checkpoint of `python -m mtl train "
+                                  "--algorithm pretrain` or of pretrain(), or pre-train again.") from exc
+        return legacy
+    if payload["config"].get("algorithm") != "pretrain":
+        raise CheckpointError(f"{path} is a {payload['config'].get('algorithm')!r} run, not a pre-training "
+                              "run; pass the checkpoint of `python -m mtl train --algorithm pretrain`")
+    state = {k[len("model."):]: v for k, v in payload["learner"].items() if k.startswith("model.")}
+    return {**payload, "network": payload.get("network") or config_from_state(state), "state_dict": state}
+
+
+def _read_legacy(path: Path) -> dict | None:
+    """A ``"mtl-pretrain-1"`` file (``"config"`` was the network's) in today's layout, else None."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt or foreign file
-        raise CheckpointError(f"{path} is not a readable checkpoint ({exc}); delete it and pre-train again") from exc
-    if isinstance(payload, dict) and payload.get("format") == FORMAT:
-        return payload
-    if isinstance(payload, dict) and isinstance(payload.get("config"), dict) and "learner" in payload:
-        if payload["config"].get("algorithm") != "pretrain":
-            raise CheckpointError(f"{path} is a {payload['config'].get('algorithm')!r} run, not a pre-training "
-                                  "run; pass the checkpoint of `python -m mtl train --algorithm pretrain`")
-        state = {k[len("model."):]: v for k, v in payload["learner"].items() if k.startswith("model.")}
-        return {"format": FORMAT, "config": config_from_state(state), "state_dict": state}
-    raise CheckpointError(f"{path} is not an mtl pre-training checkpoint; pass the file written by "
-                          "`python -m mtl train --algorithm pretrain` or mtl.pretrain.pretrain")
+    except Exception:  # noqa: BLE001 - load_checkpoint has already named what is wrong
+        return None
+    if not (isinstance(payload, dict) and payload.get("format") == LEGACY_FORMAT):
+        return None
+    return {**payload, "network": payload["config"], "config": {"algorithm": "pretrain"}}
 
 
 def config_from_state(state: dict) -> dict:
@@ -158,7 +165,7 @@ def config_from_state(state: dict) -> dict:
         in_channels = int(state["encoder.0.conv1.weight"].shape[1])
     except KeyError as exc:
         raise CheckpointError(f"the checkpoint holds no ResNet-12 (missing {exc}); pre-train a ResNet-12 "
-                              "with mtl.pretrain") from exc
+                              "with mtl.algorithms.transfer.pretrain") from exc
     classes = state.get("classifier.weight")
     return {"arch": "resnet12", "in_channels": in_channels,
             "num_classes": int(classes.shape[0]) if classes is not None else 0, "channels": channels}
@@ -184,10 +191,10 @@ def load_pretrained(path: str | Path, *, num_classes: int | None = None, channel
                     in_channels: int | None = None, map_location: str | torch.device = "cpu") -> ResNet12:
     """The pre-trained ResNet-12 of a checkpoint (eval mode), checked against what is asked for.
 
-    ``path``: a ``mtl.pretrain`` checkpoint, or an engine run (folder or ``.pt``) of ``--algorithm pretrain``.
+    ``path``: a checkpoint of ``pretrain`` or an engine run (folder or ``.pt``) of ``--algorithm pretrain``.
     """
     payload = _read_checkpoint(path)
-    config = payload["config"]
+    config = payload["network"]
     check_config(config, source=str(path), num_classes=num_classes, channels=channels, in_channels=in_channels)
     model = ResNet12(config["in_channels"], config["num_classes"], tuple(config["channels"]))
     try:
@@ -257,19 +264,22 @@ def pretrain(dataset, *, model: ResNet12 | None = None, channels=DEFAULT_CHANNEL
     path = Path(checkpoint) if checkpoint is not None else None
     if resume and path is not None and path.is_file():
         payload = _read_checkpoint(path)
-        check_config(payload["config"], source=str(path), **{k: v for k, v in model.config.items() if k != "arch"})
+        check_config(payload["network"], source=str(path), **{k: v for k, v in model.config.items() if k != "arch"})
         model.load_state_dict(payload["state_dict"])
+        if "scheduler" not in payload:
+            raise CheckpointError(f"{path} holds weights only (an engine run of --algorithm pretrain); resume it "
+                                  "with `python -m mtl train --resume`, or start from it: model=load_pretrained(PATH)")
         optimizer.load_state_dict(payload["optimizer"])
         scheduler.load_state_dict(payload["scheduler"])
         start_epoch, history = payload["epoch"], list(payload["history"])
 
     generator = torch.Generator().manual_seed(seed)
+    learner = Pretrain(model, bf16=bf16, channels_last=channels_last)  # the one pre-training step
     started = time.perf_counter()
     for epoch in range(start_epoch, epochs):
         generator.manual_seed(seed * 100_003 + epoch)  # the same epoch after a resume
         order = torch.randperm(len(train_x), generator=generator).to(device)
-        model.train()
-        loss_sum, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
+        loss_sum, correct, seen = 0.0, 0.0, 0
         epoch_start = time.perf_counter()
         bar = tqdm(range(steps_per_epoch), desc=f"pretrain {epoch + 1}/{epochs}", leave=False,
                    disable=not progress_enabled(progress))
@@ -279,30 +289,27 @@ def pretrain(dataset, *, model: ResNet12 | None = None, channels=DEFAULT_CHANNEL
             y = train_y[idx]
             if pad or flip:
                 x = augment(x, pad=pad, flip=flip, generator=generator)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                logits = model(x)
-            loss = F.cross_entropy(logits.float(), y)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            step_metrics = learner.meta_gradient(LabelledBatch(x, y))
             optimizer.step()
             scheduler.step()
-            loss_sum += loss.detach() * len(y)
-            correct += (logits.argmax(-1) == y).sum()
+            loss_sum += step_metrics["loss"] * len(y)
+            correct += step_metrics["accuracy"] * len(y)
             seen += len(y)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - epoch_start
         recalibrate_batch_norm(model, train_x, batches=bn_batches, batch_size=batch_size, generator=generator)
-        metrics = {"epoch": epoch + 1, "loss": loss_sum.item() / seen, "train_accuracy": correct.item() / seen,
+        metrics = {"epoch": epoch + 1, "loss": loss_sum / seen, "train_accuracy": correct / seen,
                    "holdout_accuracy": classify_accuracy(model, test_x, test_y, bf16=bf16),
                    "lr": scheduler.get_last_lr()[0], "images_per_s": seen / seconds, "seconds": seconds}
         history.append(metrics)
         if path is not None:
-            _save(path, {"format": FORMAT, "config": model.config, "state_dict": model.state_dict(),
-                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                         "epoch": epoch + 1, "history": history})
+            save_checkpoint(path, {"config": {"algorithm": "pretrain"}, "network": model.config,
+                                   "step": (epoch + 1) * steps_per_epoch,
+                                   "learner": {f"model.{k}": v for k, v in model.state_dict().items()},
+                                   "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                   "epoch": epoch + 1, "history": history})
         if on_epoch is not None:
             on_epoch(metrics)
         if time_budget_s is not None and time.perf_counter() - started > time_budget_s:
@@ -341,7 +348,7 @@ class LabelledBatches:
         return LabelledBatch(x, classes.to(device))
 
 
-class Pretrain(torch.nn.Module):
+class Pretrain(Learner):
     """Pre-training as an engine algorithm (``--algorithm pretrain``): checkpoints, resume, metrics.
 
     ``meta_gradient(LabelledBatch)`` back-propagates the cross-entropy over all base classes;
@@ -370,7 +377,8 @@ class Pretrain(torch.nn.Module):
     CONFIG_SETTINGS = ("channels", "hidden")
 
     @classmethod
-    def from_config(cls, config, device) -> "Pretrain":
+    def from_config(cls, config, build_model) -> "Pretrain":
+        """A new ResNet-12 with one output per class of the training split (``build_model`` unused)."""
         from mtl.data import load_dataset
 
         extra = dict(config.extra)
@@ -406,6 +414,10 @@ class Pretrain(torch.nn.Module):
         loss.backward()
         self._stale_statistics = True
         return {"loss": loss.item(), "accuracy": (logits.argmax(-1) == batch.y).float().mean().item()}
+
+    def per_task_parameters(self, ways: int) -> int:
+        """None: validation scores nearest centroid on the features."""
+        return 0
 
     @torch.no_grad()
     def predict(self, batch, *, inner_steps: int | None = None) -> torch.Tensor:

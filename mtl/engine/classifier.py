@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from mtl.errors import MTLError, TaskBatchError, report
+from mtl.errors import MTLError, TaskBatchError
 
 __all__ = ["FewShotClassifier", "IMAGE_SUFFIXES"]
 
@@ -58,10 +58,9 @@ class FewShotClassifier:
     def from_checkpoint(cls, path: str | Path, *, steps: int | None = None,
                         device: str | None = None) -> "FewShotClassifier":
         """Load a checkpoint of ``python -m mtl train`` (a file, or a run folder: best.pt, else last.pt)."""
-        from mtl.checkpoint import load_checkpoint
-        from mtl.config import TrainConfig
-        from mtl.evaluate import checkpoint_path
-        from mtl.build import build_learner, load_learner_state, resolve_device
+        from mtl.engine.build import build_learner, load_learner_state, resolve_device
+        from mtl.engine.config import TrainConfig
+        from mtl.io import checkpoint_path, load_checkpoint
 
         path = checkpoint_path(path)
         data = load_checkpoint(path)
@@ -155,32 +154,7 @@ class FewShotClassifier:
 
     # ------------------------------------------------------------------------------- heads
     def _check_ways(self, n: int) -> None:
-        learner, name = self.learner, type(self.learner).__name__
-        if hasattr(learner, "head_weight"):  # meta-transfer learning
-            if isinstance(learner.head_weight, nn.Parameter):
-                if learner.head_weight.shape[0] != n:
-                    raise MTLError(self._fixed(name, learner.head_weight.shape[0], n))
-            elif learner.head_weight.shape[0] != n:
-                dim = learner.head_weight.shape[1]
-                learner.head_weight = learner.head_weight.new_zeros(n, dim)
-                learner.head_bias = learner.head_bias.new_zeros(n)
-                learner.ways = n
-            return
-        if hasattr(learner, "ways") and not hasattr(learner, "model"):  # pre-trained baselines
-            learner.ways = n
-            return
-        model = getattr(learner, "model", None)
-        if name in ("ProtoNet",) or model is None:
-            return
-        heads = [m for m in model.modules() if isinstance(m, nn.Linear)]
-        if heads and heads[-1].out_features != n:
-            raise MTLError(self._fixed(name, heads[-1].out_features, n))
-
-    def _fixed(self, name: str, outputs: int, n: int) -> str:
-        return (f"this {name} checkpoint's head predicts {outputs} classes (it was trained on "
-                f"{outputs}-way tasks), and the support set has {n}: give {outputs} classes, or "
-                f"train a model for {n}-way tasks (--ways {n}); ProtoNet and the pre-trained "
-                "baselines take any number of classes")
+        self.learner.set_ways(n)  # the learner contract: resize, or MTLError naming the fix
 
 
 def folder_images(root: str | Path) -> tuple[list[Path], list[str]]:
@@ -208,51 +182,3 @@ def query_images(target: str | Path | Sequence) -> tuple[list[Path], list[str] |
     if missing:
         raise MTLError(f"no such image file: {missing[0]}")
     return [Path(t) for t in targets], None
-
-
-# ----------------------------------------------------------------------------- the command
-
-def add_arguments(parser) -> None:
-    parser.add_argument("--checkpoint", required=True,
-                        help="a checkpoint of `python -m mtl train` (file, or run folder: best.pt)")
-    parser.add_argument("--support", required=True,
-                        help="folder with one sub-folder per new class, a few images each")
-    parser.add_argument("--query", required=True, nargs="+",
-                        help="images to classify: files, a folder of images, or a folder of "
-                             "class sub-folders (then accuracy is reported too)")
-    parser.add_argument("--steps", type=int, default=None,
-                        help="inner steps of adaptation (default: the run's test_inner_steps)")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default cpu)")
-    parser.add_argument("--json", default=None, metavar="FILE", help="also write the predictions here")
-
-
-def run(args) -> int:
-    import json
-
-    try:
-        clf = FewShotClassifier.from_checkpoint(args.checkpoint, steps=args.steps, device=args.device)
-        support, labels = folder_images(args.support)
-        clf.fit(support, labels)
-        target = args.query[0] if len(args.query) == 1 else args.query
-        queries, truth = query_images(target)
-        probabilities = clf.predict_proba(queries)
-    except MTLError as error:  # usage errors exit 2, other failures 1
-        return report(error)
-    rows = []
-    for i, path in enumerate(queries):
-        best = int(probabilities[i].argmax())
-        rows.append({"image": str(path), "predicted": clf.classes_[best],
-                     "probability": round(float(probabilities[i, best]), 4),
-                     **({"true": truth[i]} if truth is not None else {})})
-        mark = "" if truth is None else ("  ok" if truth[i] == clf.classes_[best] else f"  (true: {truth[i]})")
-        print(f"{path}: {clf.classes_[best]} ({100 * float(probabilities[i, best]):.1f}%){mark}")
-    result: dict[str, Any] = {"checkpoint": str(args.checkpoint), "classes": clf.classes_,
-                              "support_images": len(support), "steps": clf.steps, "predictions": rows}
-    if truth is not None:
-        correct = sum(r["predicted"] == r["true"] for r in rows)
-        result["accuracy"] = correct / len(rows)
-        print(f"accuracy: {correct}/{len(rows)} = {100 * correct / len(rows):.1f}% "
-              f"({len(clf.classes_)}-way, {len(support)} support images, {clf.steps} inner steps)")
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    return 0

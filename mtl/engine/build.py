@@ -1,43 +1,27 @@
 """What a run is built from, shared by training, evaluation and adaptation: the network and
-learner a config describes, the device, the learner state of a checkpoint, the progress switch.
+learner a config describes, the device, the learner state of a checkpoint.
 
-``mtl.train`` and ``mtl.evaluate`` both import this module (and not each other's building blocks).
+``mtl.engine.train`` and ``mtl.engine.evaluate`` both import this module (and not each other's building blocks).
 """
 from __future__ import annotations
 
-import inspect
 import re
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from mtl.config import TrainConfig
+from mtl.algorithms import Learner, algorithm_class
+from mtl import models
+from mtl.engine.config import TrainConfig
 from mtl.errors import CheckpointError, ConfigError
 
-__all__ = ["register_algorithm", "algorithm_class", "build_model", "build_learner",
-           "load_learner_state", "resolve_device", "progress_enabled"]
-
-
-def register_algorithm(name: str, cls: type) -> None:
-    """Make ``name`` usable as ``--algorithm name`` without editing ``mtl.algorithms``."""
-    from mtl.algorithms import register_algorithm as register
-
-    register(name, cls)
-
-
-def algorithm_class(name: str) -> type:
-    from mtl.algorithms import algorithm_class as lookup
-
-    return lookup(name)
+__all__ = ["build_model", "build_learner", "load_learner_state", "resolve_device"]
 
 
 def build_model(config: TrainConfig) -> nn.Module:
     """The network named by ``config.model`` (resolved config), sized for the dataset."""
-    from mtl import models
-
     if config.model == "mlp":
         return models.MLP(hidden=config.hidden)
     channels = config.channels or (1 if config.dataset == "omniglot" else 3)
@@ -48,16 +32,10 @@ def build_model(config: TrainConfig) -> nn.Module:
     raise ConfigError(f"unknown model {config.model!r}; choose conv4, resnet12 or mlp")
 
 
-def build_learner(config: TrainConfig, device: torch.device) -> nn.Module:
-    """The algorithm module (model inside) for a resolved config, on ``device``."""
-    cls = algorithm_class(config.algorithm)
-    if hasattr(cls, "from_config"):
-        return cls.from_config(config, device).to(device)
-    extra = dict(config.extra)
-    if config.dataset == "sinusoid" and "loss_fn" in inspect.signature(cls).parameters:
-        extra["loss_fn"] = F.mse_loss  # regression: algorithms default to cross-entropy
-    learner = cls(build_model(config), inner_steps=config.inner_steps, inner_lr=config.inner_lr,
-                  first_order=config.first_order, strategy=config.strategy, **extra)
+def build_learner(config: TrainConfig, device: torch.device) -> Learner:
+    """The learner (model inside) for a resolved config, on ``device``: the registered class's
+    ``from_config`` (``mtl.algorithms.base.Learner``)."""
+    learner = algorithm_class(config.algorithm).from_config(config, lambda: build_model(config))
     return learner.to(device)
 
 
@@ -96,10 +74,3 @@ def resolve_device(name: str | torch.device) -> torch.device:
         raise ConfigError(f"device {name!r} asked for, but torch sees {torch.cuda.device_count()} "
                           f"GPU(s) (cuda:0 to cuda:{torch.cuda.device_count() - 1})")
     return device
-
-
-def progress_enabled(progress: bool | None) -> bool:
-    """Bars on unless ``progress=False`` or ``MTL_PROGRESS`` says off (``mtl.data._progress``)."""
-    from mtl.data._progress import progress_enabled as enabled
-
-    return enabled(progress)

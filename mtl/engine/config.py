@@ -3,7 +3,7 @@
 A config holds only numbers, strings and booleans (plus a small ``extra`` dict forwarded to the
 algorithm's constructor), so it round-trips through ``config.json`` and a checkpoint unchanged::
 
-    from mtl.config import preset, TrainConfig
+    from mtl.engine.config import preset, TrainConfig
     config = preset("cpu-maml-omniglot-5w1s", seed=1)          # a preset, with overrides
     config = TrainConfig(algorithm="maml", dataset="sinusoid")   # or by hand
 
@@ -278,8 +278,7 @@ def _constructor_settings(cls: type) -> set[str] | None:
     else:
         if not names:
             return None
-    if hasattr(cls, "from_config"):
-        names |= set(getattr(cls, "CONFIG_SETTINGS", ("pretrained",)))
+    names |= set(cls.CONFIG_SETTINGS)
     return names - _ENGINE_SETTINGS
 
 

@@ -1,0 +1,78 @@
+"""`python -m mtl course run | exercises`: every lesson top to bottom (executed copies + HTML), or
+the workshop copies with solutions blanked (``mtl.course.runner``)."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from mtl.course.runner import NOTEBOOKS, _export_html, blank_solutions, execute_lesson, find_lessons
+from mtl.errors import MTLError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    run_parser = sub.add_parser("run", help="execute the lessons in order; write executed copies + HTML")
+    run_parser.add_argument("--profile", choices=["cpu", "gpu"], default=os.environ.get("MTL_PROFILE", "cpu"),
+                            help="cpu: minutes on 2 cores (default); gpu: the paper protocol")
+    run_parser.add_argument("--out", type=Path, default=Path("course-out"),
+                            help="folder for the executed notebooks and HTML (default: course-out)")
+    run_parser.add_argument("--lessons", nargs="*", default=None, metavar="NN",
+                            help="lesson numbers or name prefixes (default: all)")
+    run_parser.add_argument("--notebooks", type=Path, default=NOTEBOOKS, help=argparse.SUPPRESS)
+    run_parser.add_argument("--inplace", action="store_true",
+                            help="also overwrite notebooks/NN_*.ipynb with the executed, cleaned copy")
+    run_parser.add_argument("--no-html", dest="html", action="store_false", help="skip the HTML export")
+    run_parser.add_argument("--timeout", type=int, default=1800, help="seconds per cell (default 1800)")
+    run_parser.add_argument("--no-progress", dest="progress", action="store_false")
+    ex_parser = sub.add_parser("exercises", help="write copies of the lessons with solution cells blanked")
+    ex_parser.add_argument("--notebooks", type=Path, default=NOTEBOOKS, help=argparse.SUPPRESS)
+    ex_parser.add_argument("--out", type=Path, default=None,
+                           help="destination (default: notebooks/exercises)")
+
+
+def _run_lessons(args: argparse.Namespace) -> int:
+    import nbformat
+
+    lessons = find_lessons(args.notebooks, args.lessons)
+    os.environ["MTL_PROFILE"] = args.profile  # the kernels inherit it
+    os.environ.setdefault("MTL_PROGRESS", "0")  # bars inside lessons would clutter stored outputs
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    times = {}
+    for path in lessons:
+        start = time.perf_counter()
+        nb = execute_lesson(path, timeout=args.timeout, progress=args.progress)
+        times[path.stem] = time.perf_counter() - start
+        nbformat.write(nb, out / path.name)
+        if args.html:
+            _export_html(nb, out / f"{path.stem}.html")
+        if args.inplace:
+            nbformat.write(nb, path)
+    width = max(len(k) for k in times)
+    for name, seconds in times.items():
+        print(f"{name:<{width}}  {seconds:7.1f} s")
+    print(f"{'total':<{width}}  {sum(times.values()):7.1f} s   (profile {args.profile}; copies in {out})")
+    return 0
+
+
+def _write_exercises(args: argparse.Namespace) -> int:
+    import nbformat
+
+    out = Path(args.out) if args.out else Path(args.notebooks) / "exercises"
+    out.mkdir(parents=True, exist_ok=True)
+    for path in find_lessons(args.notebooks):
+        nb = blank_solutions(nbformat.read(path, as_version=4))
+        nbformat.write(nb, out / path.name)
+        print(f"wrote {out / path.name}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        return _run_lessons(args) if args.action == "run" else _write_exercises(args)
+    except MTLError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
