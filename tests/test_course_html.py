@@ -43,3 +43,24 @@ def test_exported_lesson_renders_math_without_a_network(tmp_path):
     assert rendered > 20, f"only {rendered} formulas typeset"
     assert "$$" not in text, "raw TeX left in the page"
     assert shot.stat().st_size > 500
+
+
+def test_an_explorer_shows_its_figure_where_no_widget_can_run(tmp_path):
+    """Offline HTML copies (and static viewers) get the explorer's current figure and caption."""
+    import base64
+
+    import ipywidgets  # noqa: F401
+    from nbformat.v4 import new_code_cell, new_notebook, new_output
+
+    from mtl.course import quadratic, widgets
+
+    explorer = widgets.inner_loop_explorer(quadratic.sample_tasks(4, seed=0))
+    bundle = explorer._repr_mimebundle_()
+    assert base64.b64decode(bundle["image/png"]) == explorer.image.value
+    assert bundle["text/plain"].startswith("Explorer: best start for adaptation")
+    assert "application/vnd.jupyter.widget-view+json" in bundle  # JupyterLab still gets the widget
+    nb = new_notebook(cells=[new_code_cell("explorer", outputs=[new_output("display_data", data=bundle)])])
+    _export_html(nb, tmp_path / "page.html")
+    html = (tmp_path / "page.html").read_text()
+    assert "data:image/png;base64," + bundle["image/png"][:40] in html
+    assert 'type="application/vnd.jupyter.widget-view+json"' not in html

@@ -139,11 +139,27 @@ def _local_mathjax(folder: Path) -> str:
     return f"mathjax/MathJax.js?config={MATHJAX_CONFIG}"
 
 
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+def _static_widgets(nb):
+    """Copy of ``nb`` in which an output that is a widget view with a figure (``image/png``, as
+    ``mtl.course.widgets`` explorers give) shows the figure: an HTML copy has no kernel (nor,
+    offline, the widget library from a CDN) to draw the widget with."""
+    nb = copy.deepcopy(nb)
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            if WIDGET_VIEW in data and "image/png" in data:
+                del data[WIDGET_VIEW]
+    return nb
+
+
 def _export_html(nb, destination: Path) -> None:
     from nbconvert import HTMLExporter
 
     exporter = HTMLExporter(mathjax_url=_local_mathjax(destination.parent))
-    body, _ = exporter.from_notebook_node(nb)
+    body, _ = exporter.from_notebook_node(_static_widgets(nb))
     destination.write_text(body, encoding="utf-8")
 
 

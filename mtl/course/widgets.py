@@ -2,7 +2,9 @@
 
 Figures are shown as ``ipywidgets.Image`` (PNG bytes rendered in the kernel), not through an
 ``Output`` widget: the picture updates without a plotting backend in the browser, and a test can
-check in the kernel that it changed (``explorer.image.value``).
+check in the kernel that it changed (``explorer.image.value``). Where no widget can run (a
+notebook viewed statically, the HTML copies of ``python -m mtl course run``) an explorer shows its
+current figure instead: its output carries that figure as ``image/png`` and its caption as text.
 
 - ``inner_loop_explorer(tasks)``: lesson 01; inner learning rate and number of steps move, the
   task paths and the best initialisation follow.
@@ -10,6 +12,8 @@ check in the kernel that it changed (``explorer.image.value``).
   grid follows.
 """
 from __future__ import annotations
+
+import base64
 
 import ipywidgets as W
 import matplotlib.pyplot as plt
@@ -35,6 +39,14 @@ class Explorer(W.VBox):
         for control in controls.values():
             control.observe(lambda _change: self.redraw(), names="value")
         self.redraw()
+
+    def _repr_mimebundle_(self, **kwargs):
+        """The live widget, plus its current figure (``image/png``) and caption (``text/plain``) for
+        the views that cannot run a widget."""
+        data = super()._repr_mimebundle_(**kwargs)
+        data["text/plain"] = f"{type(self).__name__}: {self.caption.value}"
+        data["image/png"] = base64.b64encode(self.image.value).decode()
+        return data
 
     def values(self) -> dict:
         return {name: control.value for name, control in self.controls.items()}
