@@ -106,3 +106,20 @@ def test_paired_difference_is_tighter_than_the_two_intervals():
     assert ci < 0.2 * confidence_interval(a)[1]
     with pytest.raises(MTLError, match="same episodes"):
         compare.paired_difference(a, b[:-1])
+
+
+def test_record_keeps_provenance_scores_and_the_validation_curve(tmp_path):
+    """`python -m mtl compare record` turns a finished run into a row that lesson 08 can pair and plot."""
+    from mtl.cli import main
+    from mtl.engine.train import train
+
+    run = tmp_path / "run"
+    train(dict(dataset="sinusoid", algorithm="maml", meta_batch=4, inner_steps=1, inner_lr=0.01, iterations=4,
+               val_every=2, val_episodes=4, test_episodes=6, strategy="loop", device="cpu"), out=run, progress=False)
+    code = main(["compare", "record", str(run), "--method", "MAML", "--command", "python -m mtl train ...",
+                 "--out", str(tmp_path / "results" / "maml.json")])
+    assert code == 0
+    (row,) = compare.load_results(tmp_path / "results")
+    assert row.method == "MAML" and row.episodes == 6 and len(row.scores) == 6
+    assert [r["step"] for r in row.curve] == [2, 4] and all("elapsed_s" in r for r in row.curve)
+    assert row.provenance["command"] == "python -m mtl train ..." and row.provenance["date"]

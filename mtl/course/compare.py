@@ -149,6 +149,10 @@ class Row:
     per_task: int
     source: str = "computed in this lesson"
     provenance: dict[str, Any] = field(default_factory=dict)
+    #: per-episode test scores (paired differences need them), and the validation curve: rows of
+    #: the engine's metrics ``{"step", "accuracy", "elapsed_s", ...}``; None where not recorded
+    scores: list[float] | None = field(default=None, repr=False)
+    curve: list[dict[str, Any]] | None = field(default=None, repr=False)
 
     @classmethod
     def measure(cls, method: str, learner: nn.Module, evaluation, *, train_s: float,
@@ -187,11 +191,26 @@ def load_results(folder: str | Path = RESULTS) -> list[Row]:
             if missing:
                 raise ResultsError(f"{path} has no {missing} in its provenance: add them (the command "
                                    "that produced it, the machine, the date) or delete the file")
-            row = Row(**{**payload["row"], "source": str(path.name), "provenance": provenance})
+            row = Row(**{**payload["row"], "source": str(path.name), "provenance": provenance,
+                         "scores": payload.get("scores"), "curve": payload.get("curve")})
         except (KeyError, TypeError, json.JSONDecodeError) as exc:
             raise ResultsError(f"{path} is not a results file ({exc}); regenerate it with the command "
                                "written in its provenance, or delete it") from exc
         rows.append(row)
+    return rows
+
+
+def _validation_curve(run_dir: Path) -> list[dict[str, Any]]:
+    """The validation rows of a run's ``metrics.jsonl`` (what ``viz.learning_curves`` draws)."""
+    rows = []
+    path = run_dir / "metrics.jsonl"
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if row.get("kind") == "val":
+            rows.append({k: row[k] for k in ("kind", "step", "loss", "accuracy", "ci95", "elapsed_s") if k in row})
     return rows
 
 
@@ -248,7 +267,8 @@ def record(run_dir: str | Path, *, method: str, command: str, out: str | Path | 
                   "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "run": str(run_dir),
                   "steps": summary["steps"], "stopped": summary["stopped"]}
     target = Path(out) if out else RESULTS / f"{run_dir.name}.json"
-    payload = {"row": {k: v for k, v in row.to_dict().items() if k not in ("source", "provenance")},
-               "provenance": provenance}
+    payload = {"row": {k: v for k, v in row.to_dict().items() if k not in ("source", "provenance", "scores", "curve")},
+               "provenance": provenance, "scores": [round(float(v), 6) for v in test.get("scores", [])],
+               "curve": _validation_curve(run_dir)}
     atomic_write_text(target, json.dumps(payload, indent=2) + "\n")
     return target

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The capstone's recorded CPU rows: six meta-learners on one budget, made with the project's CLI.
+#
+# Budget (the same for every method): Omniglot 5-way 1-shot, Conv4-32, 1,500 meta-steps of 16 tasks,
+# validation on 100 fixed episodes every 250 steps, test on the same 600 episodes (seed 0). Each
+# method keeps its own inner loop: MAML/FOMAML/ANIL/Meta-SGD one step of 0.4 (3 at test), ProtoNet
+# none, Reptile its paper's (3 Adam steps with beta1 = 0 on 15 training shots, 5 at test; outer SGD
+# of 1.0 annealed linearly). One seed (0). Writes runs/cpu-compare/<method>/ and results/cpu-*.json.
+#
+#   bash benchmarks/cpu_comparison.sh            # all six (about 30-60 min on 2 cores)
+#   bash benchmarks/cpu_comparison.sh maml anil  # some of them
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python}
+OUT=${OUT:-runs/cpu-compare}
+COMMON=(--preset cpu-maml-omniglot-5w1s --time-budget 1000000 --test-episodes 600 --threads "${THREADS:-1}"
+        --no-progress)
+declare -A EXTRA=(
+  [maml]="--algorithm maml"
+  [fomaml]="--algorithm fomaml"
+  [anil]="--algorithm anil"
+  [metasgd]="--algorithm metasgd"
+  [protonet]="--algorithm protonet"
+  [reptile]="--algorithm reptile --shots 15 --test-shots 1 --inner-steps 3 --inner-lr 0.001 --test-inner-steps 5
+             --optimizer sgd --meta-lr 1.0 --lr-schedule linear --set inner_optimizer=adam --set inner_batch=25"
+)
+declare -A NAME=([maml]=MAML [fomaml]="first-order MAML" [anil]=ANIL [metasgd]=Meta-SGD [protonet]=ProtoNet
+                 [reptile]=Reptile)
+methods=("$@")
+[ ${#methods[@]} -eq 0 ] && methods=(maml fomaml anil metasgd protonet reptile)
+for m in "${methods[@]}"; do
+  # shellcheck disable=SC2086
+  cmd="python -m mtl train ${COMMON[*]} ${EXTRA[$m]} --out $OUT/$m"
+  echo "== $m: $cmd"
+  $PY -m mtl train "${COMMON[@]}" ${EXTRA[$m]} --out "$OUT/$m" --overwrite
+  $PY -m mtl compare record "$OUT/$m" --method "${NAME[$m]}" --command "$cmd" --out "results/cpu-$m.json"
+done
