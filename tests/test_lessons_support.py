@@ -288,3 +288,17 @@ def test_learning_curves_draw_every_validation_row_against_steps_and_time():
     assert list(lines[0].get_ydata()) == [30.0, 50.0, 60.0]
     assert list(time_axis.lines[0].get_xdata()) == [20.0, 40.0, 60.0]
     assert "accuracy" in steps_axis.get_ylabel()
+
+
+def test_maml_graph_draws_one_inner_gradient_per_step():
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import FancyArrowPatch
+
+    for steps in (0, 1, 3):
+        fig = viz.maml_graph(steps)
+        ax = fig.axes[0]
+        labels = [t.get_text() for t in ax.texts]
+        assert labels.count("∇L_S") == steps and f"L_Q({'θ' if steps == 0 else labels[steps]})" in labels
+        arrows = [p for p in ax.patches if isinstance(p, FancyArrowPatch)]
+        assert len(arrows) == 5 * steps + 2  # 3 forward + 2 backward per step, query loss and back
+        plt.close(fig)

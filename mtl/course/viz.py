@@ -12,6 +12,7 @@ returns the figure; no function calls ``plt.show()``, so a lesson cell ends with
 - ``learning_curves``: validation score of each training run against meta-steps and wall time
 - ``figure_png``: a figure as PNG bytes (what the widgets display)
 - ``show_source``: the code of a function or class of mtl, headed by the file it lives in
+- ``maml_graph``: the computation graph of one MAML step (inner steps, query loss, second order)
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from mtl.course import quadratic
 
 __all__ = ["quadratic_family", "meta_landscape", "gradient_arrows", "reptile_geometry", "fixed_point_paths",
            "episode_grid", "regression_fits", "mean_with_band", "learning_curves", "figure_png",
-           "show_source", "METHOD_STYLE"]
+           "show_source", "maml_graph", "METHOD_STYLE"]
 
 #: one colour and marker per method, the same in every lesson
 METHOD_STYLE = {
@@ -287,3 +288,43 @@ def show_source(obj) -> None:
     shown = path.relative_to(root).as_posix() if path.is_relative_to(root) else path.name
     print(f"# {shown}")
     print(inspect.getsource(obj))
+
+
+def maml_graph(steps: int = 2, *, ax=None) -> Figure:
+    """The computation graph of one MAML step for one task: ``theta`` -> ``phi_1`` -> ... ->
+    ``phi_k`` by inner updates ``phi_j = phi_(j-1) - alpha grad L_S(phi_(j-1))``, then the query loss
+    ``L_Q(phi_k)``. The meta-gradient flows back along every arrow (red); the dashed ones pass
+    through the inner gradients ``grad L_S`` and carry the second-order terms (Hessian-vector
+    products) that first-order MAML drops."""
+    from matplotlib.patches import FancyArrowPatch
+
+    fig, ax = _axes(ax, figsize=(2.3 * (steps + 2), 3.4))
+    ax.set_xlim(-0.7, steps + 1.7)
+    ax.set_ylim(-1.25, 1.05)
+    ax.axis("off")
+    names = ["θ"] + [f"φ{''.join('₀₁₂₃₄₅₆₇₈₉'[int(d)] for d in str(j))}" for j in range(1, steps + 1)]
+    box = dict(boxstyle="round,pad=0.35", facecolor="white", edgecolor="black")
+    for j, name in enumerate(names):
+        ax.text(j, 0.45, name, ha="center", va="center", fontsize=15, bbox=box)
+    ax.text(steps + 1, 0.45, f"L_Q({names[-1]})", ha="center", va="center", fontsize=13,
+            bbox=dict(box, facecolor="mistyrose"))
+
+    def arrow(a, b, color="black", style="-|>", linestyle="-", rad=0.0):
+        ax.add_patch(FancyArrowPatch(a, b, arrowstyle=style, mutation_scale=14, color=color, linestyle=linestyle,
+                                     connectionstyle=f"arc3,rad={rad}", shrinkA=16, shrinkB=16, linewidth=1.5))
+
+    for j in range(steps):
+        ax.text(j + 0.5, -0.75, "∇L_S", ha="center", va="center", fontsize=11,
+                bbox=dict(box, facecolor="aliceblue"))
+        arrow((j, 0.45), (j + 1, 0.45))                           # phi_j = phi_(j-1) - alpha * grad
+        arrow((j, 0.45), (j + 0.5, -0.75), rad=0.15)              # the inner gradient at phi_(j-1)
+        arrow((j + 0.5, -0.75), (j + 1, 0.45), rad=0.15)
+        arrow((j + 0.5, -0.75), (j, 0.45), color="tab:red", linestyle="--", rad=-0.45)  # second order
+        arrow((j + 1, 0.6), (j, 0.6), color="tab:red", rad=0.35)                          # identity path
+    arrow((steps, 0.45), (steps + 1, 0.45))
+    arrow((steps + 1, 0.6), (steps, 0.6), color="tab:red", rad=0.35)
+    ax.text((steps + 1) / 2, 0.95, "forward: black · meta-gradient: red · second-order terms: dashed red",
+            ha="center", va="center", fontsize=10)
+    ax.text((steps + 1) / 2, -1.15, "first-order MAML keeps only the solid red path "
+            "(dφ/dθ = identity); MAML keeps the dashed ones too", ha="center", va="center", fontsize=9.5)
+    return fig
