@@ -98,7 +98,7 @@ def meta_parameters(learner: nn.Module) -> int:
 def per_task_parameters(learner: nn.Module, ways: int) -> int:
     """Numbers set anew for each task by adaptation (``ways``: N of the tasks).
 
-    MAML, first-order MAML, Reptile and Meta-SGD adapt the whole network; ANIL only its head;
+    MAML, first-order MAML, Reptile, Meta-SGD and Proto-MAML adapt the whole network; ANIL only its head;
     ProtoNet and nearest centroid adapt nothing (a task is summarised by its class means, which
     are computed, not learned); fine-tuning the head, a linear probe and meta-transfer learning
     fit an ``N x D`` linear classifier and its bias; fine-tuning everything adapts the network too.
@@ -106,7 +106,7 @@ def per_task_parameters(learner: nn.Module, ways: int) -> int:
     name = type(learner).__name__
     if name in ("ProtoNet", "NearestCentroid", "Pretrain"):
         return 0
-    if name in ("MAML", "FOMAML", "Reptile", "MetaSGD", "JointTraining"):
+    if name in ("MAML", "FOMAML", "Reptile", "MetaSGD", "ProtoMAML", "JointTraining"):
         return _numel(learner.model.parameters())
     if name == "ANIL":
         return _numel(learner.model.head.parameters())

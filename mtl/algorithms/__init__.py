@@ -11,6 +11,7 @@ from mtl.algorithms.base import MetaLearner
 from mtl.algorithms.fomaml import FOMAML
 from mtl.algorithms.maml import MAML
 from mtl.algorithms.metasgd import MetaSGD
+from mtl.algorithms.protomaml import ProtoMAML
 from mtl.algorithms.protonet import ProtoNet
 from mtl.algorithms.reptile import Reptile
 
@@ -22,6 +23,7 @@ ALGORITHMS: dict[str, type[MetaLearner]] = {
     "anil": ANIL,
     "metasgd": MetaSGD,
     "protonet": ProtoNet,
+    "protomaml": ProtoMAML,
 }
 # Meta-transfer learning: pre-training, Scaling & Shifting, baselines on the pre-trained net;
 # the sinusoid paper's joint-training baseline.
@@ -48,4 +50,4 @@ def algorithm_class(name: str) -> type:
     return ALGORITHMS[name]
 
 __all__ = ["ALGORITHMS", "register_algorithm", "algorithm_class", "MetaLearner", "MAML", "FOMAML",
-           "Reptile", "ANIL", "MetaSGD", "ProtoNet"]
+           "Reptile", "ANIL", "MetaSGD", "ProtoNet", "ProtoMAML"]
