@@ -9,9 +9,10 @@ Images are paths, PIL images or tensors (``[C, H, W]`` / ``[n, C, H, W]``, uint8
 Omniglot's polarity (mtl stores Omniglot as bright strokes on black; a drawing of dark ink on white
 paper is inverted to match). Every learner the engine trains works: the MAML family adapts its
 weights on the support set (``steps`` inner steps, default the run's ``test_inner_steps``),
-ProtoNet and nearest centroid compare embeddings, meta-transfer learning and the fine-tuning
-baselines fit their head. A learner whose head has a fixed number of outputs (MAML, Reptile, ANIL,
-Meta-SGD, a meta-learned MTL head) needs that many classes and says so.
+ProtoNet and nearest centroid compare embeddings (Proto-MAML starts its head from them),
+meta-transfer learning and the fine-tuning baselines fit their head. A learner whose head has a
+fixed number of outputs (MAML, Reptile, ANIL, Meta-SGD, a meta-learned MTL head) needs that many
+classes and says so.
 
 Batch norm of the Conv4 learners is transductive (as in MAML): the query images of one
 ``predict`` call are normalised together, so predict a task's queries in one call.
@@ -170,7 +171,7 @@ class FewShotClassifier:
             learner.ways = n
             return
         model = getattr(learner, "model", None)
-        if name in ("ProtoNet",) or model is None:
+        if name in ("ProtoNet", "ProtoMAML") or model is None:  # heads from the prototypes
             return
         heads = [m for m in model.modules() if isinstance(m, nn.Linear)]
         if heads and heads[-1].out_features != n:
@@ -179,8 +180,8 @@ class FewShotClassifier:
     def _fixed(self, name: str, outputs: int, n: int) -> str:
         return (f"this {name} checkpoint's head predicts {outputs} classes (it was trained on "
                 f"{outputs}-way tasks), and the support set has {n}: give {outputs} classes, or "
-                f"train a model for {n}-way tasks (--ways {n}); ProtoNet and the pre-trained "
-                "baselines take any number of classes")
+                f"train a model for {n}-way tasks (--ways {n}); ProtoNet, Proto-MAML and the "
+                "pre-trained baselines take any number of classes")
 
 
 def folder_images(root: str | Path) -> tuple[list[Path], list[str]]:
