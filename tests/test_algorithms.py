@@ -1,5 +1,5 @@
 """The algorithm wrappers: the registry contract, Reptile's scaling, ANIL's frozen body,
-Meta-SGD's learned rates, ProtoNet's prototypes."""
+Meta-SGD's learned rates, ProtoNet's prototypes, Proto-MAML's prototype head."""
 from __future__ import annotations
 
 import pytest
@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from mtl.algorithms import ALGORITHMS, ANIL, FOMAML, MAML, MetaSGD, ProtoNet, Reptile
+from mtl.algorithms import ALGORITHMS, ANIL, FOMAML, MAML, MetaSGD, ProtoMAML, ProtoNet, Reptile
 from mtl.data.episodes import TaskBatch
 from mtl.models import MLP, Conv4
 
@@ -31,10 +31,10 @@ def _grads(module):
 
 
 def test_registry_names_and_constructor_contract():
-    assert set(ALGORITHMS) >= {"maml", "fomaml", "reptile", "anil", "metasgd", "protonet"}
+    assert set(ALGORITHMS) >= {"maml", "fomaml", "reptile", "anil", "metasgd", "protonet", "protomaml"}
     batch = _batch()
     for name, cls in ALGORITHMS.items():
-        if name not in {"maml", "fomaml", "reptile", "anil", "metasgd", "protonet"}:
+        if name not in {"maml", "fomaml", "reptile", "anil", "metasgd", "protonet", "protomaml"}:
             continue
         algo = cls(_model(), inner_steps=1, inner_lr=0.1, first_order=False, strategy="loop")
         metrics = algo.meta_gradient(batch)
@@ -145,6 +145,53 @@ def test_prototype_logits_by_hand():
     torch.testing.assert_close(logits, torch.tensor([[[-1.0, -10.0]]]))
     algo = ProtoNet(_model(), inner_steps=0, inner_lr=0.0)
     assert algo.predict(_batch()).shape == (2, 6, 3)
+
+
+def test_prototype_head_is_prototype_logits_plus_a_per_query_constant():
+    from mtl.core.heads import linear_logits, prototype_head, prototype_logits
+
+    g = torch.Generator().manual_seed(5)
+    support, query = torch.randn(2, 6, 4, generator=g, dtype=torch.float64), torch.randn(2, 5, 4, generator=g,
+                                                                                      dtype=torch.float64)
+    support_y = torch.tensor([0, 1, 2, 0, 1, 2]).expand(2, -1)
+    weight, bias = prototype_head(support, support_y, 3)
+    assert weight.shape == (2, 3, 4) and bias.shape == (2, 3)
+    shift = linear_logits(query, weight, bias) - prototype_logits(support, support_y, query, 3)
+    torch.testing.assert_close(shift, query.pow(2).sum(-1, keepdim=True).expand(-1, -1, 3))
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_protomaml_without_inner_steps_is_protonet(first_order):
+    """0 steps: the same softmax as ProtoNet, and the same meta-gradient for the body (through the
+    prototypes that initialise the head)."""
+    batch = _batch()
+    proto, protomaml = ProtoNet(_model()), ProtoMAML(_model(), inner_steps=0, inner_lr=0.4, first_order=first_order)
+    torch.testing.assert_close(protomaml.predict(batch).softmax(-1), proto.predict(batch).softmax(-1))
+    proto.meta_gradient(batch)
+    protomaml.meta_gradient(batch)
+    for name, g in _grads(proto).items():
+        torch.testing.assert_close(_grads(protomaml)[name], g, msg=name)
+    assert protomaml.model.head.weight.grad is None  # the head starts from the prototypes, not from its weights
+
+
+def test_protomaml_adapts_the_whole_network_from_the_prototype_head():
+    batch, lr = _batch(batch=1), 0.3
+    algo = ProtoMAML(_model(), inner_steps=1, inner_lr=lr)
+    model = algo.model
+    sx, sy, qx = batch.support_x[0], batch.support_y[0], batch.query_x[0]
+    c = torch.stack([model.features(sx)[sy == k].mean(0) for k in range(3)]).detach()
+    head = {"head.weight": (2 * c).requires_grad_(), "head.bias": (-(c * c).sum(-1)).requires_grad_()}
+    params = {**dict(model.named_parameters()), **head}  # the head: its own variables in the inner loop
+    loss = F.cross_entropy(functional_call(model, params, (sx,)), sy)
+    grads = torch.autograd.grad(loss, list(params.values()))
+    fast = {n: p - lr * g for (n, p), g in zip(params.items(), grads)}
+    torch.testing.assert_close(algo.predict(batch)[0], functional_call(model, fast, (qx,)).detach())
+    second = _grads(algo) if algo.meta_gradient(batch) else None
+    algo.zero_grad(set_to_none=True)
+    algo.first_order = True
+    algo.meta_gradient(batch)
+    assert all(g.abs().sum() > 0 for g in second.values())
+    assert any((_grads(algo)[n] - g).abs().max() > 1e-6 for n, g in second.items())  # second order counts
 
 
 def test_reptile_adam_inner_loop_matches_torch_adam_per_task():

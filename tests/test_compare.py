@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mtl.course import compare
-from mtl.algorithms import ANIL, FOMAML, MAML, ProtoNet
+from mtl.algorithms import ANIL, FOMAML, MAML, ProtoMAML, ProtoNet
 from mtl.algorithms.transfer.finetune import FineTuneAll, FineTuneHead, NearestCentroid
 from mtl.algorithms.transfer.meta_transfer import MetaTransfer
 from mtl.data.episodes import TaskBatch
@@ -47,6 +47,9 @@ def test_parameter_counts_follow_what_each_method_adapts():
     assert compare.per_task_parameters(maml, 3) == total == compare.meta_parameters(maml)
     assert compare.per_task_parameters(anil, 3) == sum(p.numel() for p in anil.model.head.parameters()) < total
     assert compare.per_task_parameters(proto, 3) == 0
+    protomaml = _learner(ProtoMAML)  # adapts everything; its own head is never used, so not meta-learned
+    head = sum(p.numel() for p in protomaml.model.head.parameters())
+    assert compare.per_task_parameters(protomaml, 3) == total == compare.meta_parameters(protomaml) + head
 
 
 def test_pretrained_baselines_and_meta_transfer_counts():

@@ -140,7 +140,7 @@ def _train(folder: Path, out: Path, algorithm: str, ways: int = 4) -> Path:
 @pytest.fixture(scope="module")
 def trained(symbols, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("runs")
-    return {name: _train(symbols, root / name, name) for name in ("maml", "protonet")}
+    return {name: _train(symbols, root / name, name) for name in ("maml", "protonet", "protomaml")}
 
 
 def test_train_and_evaluate_on_a_folder(trained, capsys):
@@ -185,6 +185,8 @@ def test_few_shot_classifier_python_api(trained, tmp_path):
     assert probabilities.shape == (6, 3)
     torch.testing.assert_close(probabilities.sum(-1), torch.ones(6))
     assert set(proto.predict(paths)) <= set(labels)
+    protomaml = FewShotClassifier.from_checkpoint(trained["protomaml"]).fit(paths, labels)  # 4-way trained
+    assert protomaml.predict_proba(paths).shape == (6, 3)
     maml = FewShotClassifier.from_checkpoint(trained["maml"])
     with pytest.raises(MTLError, match="predicts 4 classes.*--ways 3"):
         maml.fit(paths, labels)  # a 4-way head, 3 classes

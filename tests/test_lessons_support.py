@@ -161,6 +161,34 @@ def test_reptile_checker():
         exercises.check_reptile_update(lambda t, p, e: right(t, p[-1:], e))
 
 
+
+def _prototype_head(support, support_y, ways, *, scale=2.0, bias_of=lambda c: -(c ** 2).sum(-1), reduce="mean",
+                    transpose=False):
+    c = torch.stack([getattr(support[support_y == k], reduce)(0) for k in range(ways)])
+    weight = scale * c
+    return (weight.T if transpose else weight), bias_of(c)
+
+
+def test_prototype_head_checker_accepts_the_identity(capsys):
+    exercises.check_prototype_head(_prototype_head)
+    assert "Correct" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (lambda s, y, n: _prototype_head(s, y, n, scale=1.0), "the weight is c, the identity gives 2c"),
+    (lambda s, y, n: _prototype_head(s, y, n, scale=-2.0), "wrong sign"),
+    (lambda s, y, n: _prototype_head(s, y, n, reduce="sum"), "sums"),
+    (lambda s, y, n: _prototype_head(s, y, n, transpose=True), "transposed"),
+    (lambda s, y, n: _prototype_head(s, y, n, bias_of=lambda c: (c ** 2).sum(-1)), "bias has the wrong sign"),
+    (lambda s, y, n: _prototype_head(s, y, n, bias_of=lambda c: -c.norm(dim=-1)), "not squared"),
+    (lambda s, y, n: _prototype_head(s, y, n, bias_of=lambda c: torch.zeros(len(c), dtype=c.dtype)), "missing"),
+    (lambda s, y, n: _prototype_head(s, y, n, scale=1.0, bias_of=lambda c: -0.5 * (c ** 2).sum(-1)), "half"),
+    (lambda s, y, n: _prototype_head(s, y, n)[0], "pair"),
+])
+def test_prototype_head_checker_names_the_mistake(wrong, message):
+    with pytest.raises(exercises.ExerciseError, match=message):
+        exercises.check_prototype_head(wrong)
+
 # ---------------------------------------------------------------------------- viz and widgets
 
 def test_quadratic_figures(tasks):

@@ -1,10 +1,11 @@
 """The learners: the contract (``base.Learner``), the registry, one short file per method.
 
 Meta-learners (``cls(model, *, inner_steps, inner_lr, first_order=False, strategy="auto",
-**extra)``): ``maml``, ``fomaml``, ``reptile``, ``anil``, ``metasgd``, ``protonet``. Learners on a
-pre-trained network (``transfer/``): ``pretrain``, ``mtl`` (meta-transfer learning), the baselines
-``finetune-head``, ``finetune-all``, ``linear-probe``, ``nearest-centroid``; and ``joint``, the
-sinusoid paper's baseline. ``ALGORITHMS`` (``registry.py``) maps each name to its class.
+**extra)``): ``maml``, ``fomaml``, ``reptile``, ``anil``, ``metasgd``, ``protonet``,
+``protomaml``. Learners on a pre-trained network (``transfer/``): ``pretrain``, ``mtl``
+(meta-transfer learning), the baselines ``finetune-head``, ``finetune-all``, ``linear-probe``,
+``nearest-centroid``; and ``joint``, the sinusoid paper's baseline. ``ALGORITHMS``
+(``registry.py``) maps each name to its class.
 """
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ from mtl.algorithms.base import Learner, MetaLearner
 from mtl.algorithms.fomaml import FOMAML
 from mtl.algorithms.maml import MAML
 from mtl.algorithms.metasgd import MetaSGD
+from mtl.algorithms.protomaml import ProtoMAML
 from mtl.algorithms.protonet import ProtoNet
 from mtl.algorithms.registry import ALGORITHMS, algorithm_class, register_algorithm
 from mtl.algorithms.reptile import Reptile
 
 __all__ = ["ALGORITHMS", "register_algorithm", "algorithm_class", "Learner", "MetaLearner", "MAML", "FOMAML",
-           "Reptile", "ANIL", "MetaSGD", "ProtoNet"]
+           "Reptile", "ANIL", "MetaSGD", "ProtoNet", "ProtoMAML"]

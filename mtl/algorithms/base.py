@@ -80,8 +80,8 @@ def fixed_ways_error(learner: nn.Module, outputs: int, ways: int) -> MTLError:
     name = type(learner).__name__
     return MTLError(f"this {name} checkpoint's head predicts {outputs} classes (it was trained on "
                     f"{outputs}-way tasks), and the support set has {ways}: give {outputs} classes, or "
-                    f"train a model for {ways}-way tasks (--ways {ways}); ProtoNet and the pre-trained "
-                    "baselines take any number of classes")
+                    f"train a model for {ways}-way tasks (--ways {ways}); ProtoNet, Proto-MAML and the "
+                    "pre-trained baselines take any number of classes")
 
 
 def numel(parameters) -> int:

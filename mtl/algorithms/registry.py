@@ -6,6 +6,7 @@ from mtl.algorithms.base import Learner
 from mtl.algorithms.fomaml import FOMAML
 from mtl.algorithms.maml import MAML
 from mtl.algorithms.metasgd import MetaSGD
+from mtl.algorithms.protomaml import ProtoMAML
 from mtl.algorithms.protonet import ProtoNet
 from mtl.algorithms.reptile import Reptile
 from mtl.algorithms.transfer.finetune import FineTuneAll, FineTuneHead, LinearProbe, NearestCentroid
@@ -22,6 +23,7 @@ ALGORITHMS: dict[str, type[Learner]] = {
     "anil": ANIL,
     "metasgd": MetaSGD,
     "protonet": ProtoNet,
+    "protomaml": ProtoMAML,
     "pretrain": Pretrain,
     "mtl": MetaTransfer,
     "finetune-head": FineTuneHead,

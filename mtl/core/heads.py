@@ -4,7 +4,9 @@
 - ``adapt_linear_head``: gradient steps on it, all tasks at once (meta-transfer learning's inner
   loop, the fine-tune-head baseline);
 - ``prototype_logits``: minus the squared distance to each class's mean support feature (ProtoNet,
-  nearest centroid, the pre-training validation).
+  nearest centroid, the pre-training validation);
+- ``prototype_head``: the same prototypes as a linear head, ``W = 2c``, ``b = -||c||^2`` (Proto-MAML's
+  initialisation): ``-||x - c||^2 = 2c.x - ||c||^2 - ||x||^2``, and softmax ignores ``-||x||^2``.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["linear_logits", "adapt_linear_head", "prototype_logits"]
+__all__ = ["linear_logits", "adapt_linear_head", "prototype_logits", "prototype_head"]
 
 
 def linear_logits(features: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
@@ -41,9 +43,23 @@ def adapt_linear_head(features: Tensor, labels: Tensor, weight: Tensor, bias: Te
     return weight, bias
 
 
+def prototypes(support: Tensor, support_y: Tensor, ways: int) -> Tensor:
+    """``support [B, n_s, D]``, ``support_y [B, n_s]`` -> each class's mean support feature ``[B, N, D]``."""
+    one_hot = F.one_hot(support_y, ways).to(support.dtype)  # [B, n_s, N]
+    return one_hot.transpose(1, 2) @ support / one_hot.sum(1).unsqueeze(-1)
+
+
 def prototype_logits(support: Tensor, support_y: Tensor, query: Tensor, ways: int) -> Tensor:
     """``support [B, n_s, D]``, ``support_y [B, n_s]``, ``query [B, n_q, D]`` -> ``[B, n_q, ways]``:
     minus the squared Euclidean distance of each query to each class's mean support feature."""
-    one_hot = F.one_hot(support_y, ways).to(support.dtype)  # [B, n_s, N]
-    prototypes = one_hot.transpose(1, 2) @ support / one_hot.sum(1).unsqueeze(-1)  # [B, N, D]
-    return -torch.cdist(query, prototypes).pow(2)
+    return -torch.cdist(query, prototypes(support, support_y, ways)).pow(2)
+
+
+def prototype_head(support: Tensor, support_y: Tensor, ways: int) -> tuple[Tensor, Tensor]:
+    """The prototypes as a linear head: ``weight = 2c [B, N, D]``, ``bias = -||c||^2 [B, N]``.
+
+    ``linear_logits(query, weight, bias)`` equals ``prototype_logits`` plus ``||query||^2``, the
+    same for every class of a query: the same softmax, the same predictions.
+    """
+    c = prototypes(support, support_y, ways)
+    return 2 * c, -c.pow(2).sum(-1)

@@ -98,10 +98,11 @@ def per_task_parameters(learner: Learner, ways: int) -> int:
     """Numbers set anew for each task by adaptation (``ways``: N of the tasks), as the learner
     declares them (``Learner.per_task_parameters``).
 
-    MAML, first-order MAML, Reptile and Meta-SGD adapt the whole network; ANIL only its head;
-    ProtoNet and nearest centroid adapt nothing (a task is summarised by its class means, which
-    are computed, not learned); fine-tuning the head, a linear probe and meta-transfer learning
-    fit an ``N x D`` linear classifier and its bias; fine-tuning everything adapts the network too.
+    MAML, first-order MAML, Reptile, Meta-SGD and Proto-MAML adapt the whole network; ANIL only its
+    head; ProtoNet and nearest centroid adapt nothing (a task is summarised by its class means,
+    which are computed, not learned); fine-tuning the head, a linear probe and meta-transfer
+    learning fit an ``N x D`` linear classifier and its bias; fine-tuning everything adapts the
+    network too.
     """
     return learner.per_task_parameters(ways)
 

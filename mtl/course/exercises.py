@@ -8,6 +8,9 @@ Each ``check_*`` calls the student's function on small inputs, compares it with 
 - lesson 02: ``check_ci95(fn)``         mean and 95% confidence half-width of accuracies
 - lesson 03: ``check_task_meta_loss(fn)``  MAML's outer loss for one task, via ``mtl.adapt``
 - lesson 04: ``check_reptile_update(fn)``  Reptile's outer update from adapted weights
+- lesson 05: ``check_prototype_head(fn)``  class prototypes as a linear head (W = 2c, b = -||c||^2)
+- lesson 06: ``check_nearest_centroid(fn)``  nearest centroid on normalised features
+- lesson 07: ``check_hardest_class(fn)``  the hard-task meta-batch's class choice
 """
 from __future__ import annotations
 
@@ -204,7 +207,68 @@ def check_reptile_update(fn: Callable) -> None:
           "average phi over tasks, per parameter name, then take a step of size outer_lr toward it.")
 
 
-# --- lessons 05-06 (transfer learning, meta-transfer learning) -----------------------------------
+# --- lesson 05 (metric-based and hybrid meta-learning) ----------------------------------------------
+__all__ += ["check_prototype_head"]
+
+
+def check_prototype_head(fn: Callable) -> None:
+    """Check ``fn(support [M, D], support_y [M], ways) -> (weight [ways, D], bias [ways])``.
+
+    Right means: the class prototypes ``c_k`` (mean support feature of class k) as a linear head,
+    ``weight = 2 c``, ``bias = -||c||^2`` (``mtl.core.heads.prototype_head`` on one task), so that
+    ``query @ weight.T + bias`` is ProtoNet's ``-||query - c||^2`` plus ``||query||^2``.
+    """
+    from mtl.core.heads import prototype_head, prototype_logits
+
+    support, support_y, query, ways = _centroid_task(seed=5)
+    result = fn(support.clone(), support_y.clone(), ways)
+    if not (isinstance(result, tuple) and len(result) == 2 and all(isinstance(t, Tensor) for t in result)):
+        _fail(f"expected a pair of tensors (weight, bias), got {type(result).__name__}.", "return weight, bias.")
+    weight, bias = (t.double() for t in result)
+    want_w, want_b = (t[0] for t in prototype_head(support[None], support_y[None], ways))
+    d = support.shape[1]
+    if tuple(weight.shape) == (d, ways) and tuple(bias.shape) == (ways,):
+        _fail(f"weight has shape {(d, ways)}: it is transposed; a linear head's weight is [ways, D], a row per class.",
+              "stack the prototypes as rows: weight[k] = 2 * c_k.")
+    if tuple(weight.shape) != (ways, d) or tuple(bias.shape) != (ways,):
+        _fail(f"expected weight {(ways, d)} and bias {(ways,)}, got {tuple(weight.shape)} and {tuple(bias.shape)}.",
+              "one row of weight and one bias per class.")
+    c = want_w / 2
+    sums = torch.stack([support[support_y == k].sum(0) for k in range(ways)])
+    if torch.allclose(weight, c) and torch.allclose(bias, -0.5 * c.pow(2).sum(-1)):
+        _fail("your head gives half of ProtoNet's logits (W = c, b = -||c||^2 / 2): the same ranking, but a "
+              "softmax twice as flat, so the loss and the inner loop see different logits.",
+              "expand -||x - c||^2 = 2 c.x - ||c||^2 - ||x||^2: W = 2c, b = -||c||^2.")
+    weight_wrong = {
+        "the weight is c, the identity gives 2c (the cross term of ||x - c||^2 is -2 c.x)": c,
+        "the weight has the wrong sign: -||x - c||^2 gives +2 c.x": -want_w,
+        "the weight uses class *sums*, not means: divide by the number of shots": 2 * sums,
+    }
+    if not torch.allclose(weight, want_w, atol=1e-6):
+        for diagnosis, value in weight_wrong.items():
+            if torch.allclose(weight, value, atol=1e-6):
+                _fail(f"your weight is not 2c: {diagnosis}.", "c_k = support[support_y == k].mean(0); weight = 2 * c.")
+        _fail("your weight differs from 2c (c_k: the mean support feature of class k).",
+              "c = torch.stack([support[support_y == k].mean(0) for k in range(ways)]); weight = 2 * c.")
+    bias_wrong = {
+        "the bias has the wrong sign: it is -||c||^2": c.pow(2).sum(-1),
+        "the bias is -||c||, not squared": -c.norm(dim=-1),
+        "the bias is missing (zero): without -||c||^2 a class with a long prototype wins every query":
+            torch.zeros(ways, dtype=bias.dtype),
+        "the bias is -||c||^2 / 2: that goes with W = c, not W = 2c": -0.5 * c.pow(2).sum(-1),
+    }
+    if not torch.allclose(bias, want_b, atol=1e-6):
+        for diagnosis, value in bias_wrong.items():
+            if torch.allclose(bias, value, atol=1e-6):
+                _fail(f"your weight is right but {diagnosis}.", "bias = -(c ** 2).sum(-1).")
+        _fail("your weight is right, your bias differs from -||c||^2.", "bias = -(c ** 2).sum(-1), one per class.")
+    shift = query @ weight.T + bias - prototype_logits(support[None], support_y[None], query[None], ways)[0]
+    assert torch.allclose(shift, query.pow(2).sum(-1, keepdim=True).expand(-1, ways), atol=1e-8)
+    print("Correct: W = 2c, b = -||c||^2; the logits differ from ProtoNet's by ||x||^2 per query, "
+          "which softmax ignores.")
+
+
+# --- lessons 06-07 (transfer learning, meta-transfer learning) -----------------------------------
 __all__ += ["check_nearest_centroid", "check_hardest_class"]
 
 

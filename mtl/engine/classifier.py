@@ -9,9 +9,10 @@ Images are paths, PIL images or tensors (``[C, H, W]`` / ``[n, C, H, W]``, uint8
 Omniglot's polarity (mtl stores Omniglot as bright strokes on black; a drawing of dark ink on white
 paper is inverted to match). Every learner the engine trains works: the MAML family adapts its
 weights on the support set (``steps`` inner steps, default the run's ``test_inner_steps``),
-ProtoNet and nearest centroid compare embeddings, meta-transfer learning and the fine-tuning
-baselines fit their head. A learner whose head has a fixed number of outputs (MAML, Reptile, ANIL,
-Meta-SGD, a meta-learned MTL head) needs that many classes and says so.
+ProtoNet and nearest centroid compare embeddings (Proto-MAML starts its head from them),
+meta-transfer learning and the fine-tuning baselines fit their head. A learner whose head has a
+fixed number of outputs (MAML, Reptile, ANIL, Meta-SGD, a meta-learned MTL head) needs that many
+classes and says so (``Learner.set_ways``).
 
 Batch norm of the Conv4 learners is transductive (as in MAML): the query images of one
 ``predict`` call are normalised together, so predict a task's queries in one call.
