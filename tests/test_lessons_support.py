@@ -330,3 +330,17 @@ def test_maml_graph_draws_one_inner_gradient_per_step():
         arrows = [p for p in ax.patches if isinstance(p, FancyArrowPatch)]
         assert len(arrows) == 5 * steps + 2  # 3 forward + 2 backward per step, query loss and back
         plt.close(fig)
+
+
+def test_label_points_keeps_labels_apart():
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    xs, ys = [1.0, 1.02, 1.04, 5.0, 1.01], [80.0, 80.2, 79.9, 50.0, 80.1]  # four points on top of each other
+    ax.scatter(xs, ys)
+    texts = viz.label_points(ax, xs, ys, ["MAML", "first-order MAML", "Reptile", "ProtoNet", "ANIL"])
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in texts]
+    assert len(texts) == 5
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    plt.close(fig)

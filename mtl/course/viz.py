@@ -13,6 +13,7 @@ returns the figure; no function calls ``plt.show()``, so a lesson cell ends with
 - ``figure_png``: a figure as PNG bytes (what the widgets display)
 - ``show_source``: the code of a function or class of mtl, headed by the file it lives in
 - ``maml_graph``: the computation graph of one MAML step (inner steps, query loss, second order)
+- ``label_points``: labels beside scatter points that do not overlap
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ from mtl.course import quadratic
 
 __all__ = ["quadratic_family", "meta_landscape", "gradient_arrows", "reptile_geometry", "fixed_point_paths",
            "episode_grid", "regression_fits", "mean_with_band", "learning_curves", "figure_png",
-           "show_source", "maml_graph", "METHOD_STYLE"]
+           "show_source", "maml_graph", "label_points", "METHOD_STYLE"]
 
 #: one colour and marker per method, the same in every lesson
 METHOD_STYLE = {
@@ -328,3 +329,29 @@ def maml_graph(steps: int = 2, *, ax=None) -> Figure:
     ax.text((steps + 1) / 2, -1.15, "first-order MAML keeps only the solid red path "
             "(dφ/dθ = identity); MAML keeps the dashed ones too", ha="center", va="center", fontsize=9.5)
     return fig
+
+
+def label_points(ax, xs: Sequence[float], ys: Sequence[float], labels: Sequence[str], *, fontsize: float = 8,
+                 max_moves: int = 40) -> list:
+    """Write ``labels`` beside the points ``(xs, ys)`` of ``ax`` so that no two labels overlap: each
+    label starts just right of its point and steps down, then up, a line at a time until its box is
+    clear of the labels already placed. Call it after the axes' scales and limits are set (the
+    boxes are measured on the screen). Returns the text artists."""
+    from matplotlib.transforms import ScaledTranslation
+
+    fig = ax.figure
+    ax.autoscale_view()
+    renderer = fig.canvas.get_renderer()
+    placed, texts = [], []
+    for i in sorted(range(len(labels)), key=lambda i: -ys[i]):  # top to bottom
+        for move in range(max_moves):
+            shift = (move + 1) // 2 * (1 if move % 2 else -1) * (fontsize + 2)  # 0, +h, -h, +2h, ... points
+            offset = ScaledTranslation(4 / 72, (3 - shift) / 72, fig.dpi_scale_trans)
+            text = ax.text(xs[i], ys[i], labels[i], fontsize=fontsize, transform=ax.transData + offset)
+            box = text.get_window_extent(renderer)
+            if not any(box.overlaps(other) for other in placed) or move == max_moves - 1:
+                placed.append(box)
+                texts.append(text)
+                break
+            text.remove()
+    return texts
