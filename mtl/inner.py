@@ -29,11 +29,13 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import types
 from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 from torch.func import functional_call, grad, vmap
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
@@ -41,15 +43,17 @@ from mtl.errors import ConfigError, InnerLoopError, TaskBatchError
 from mtl.norms import exact_norms, quiet, updates_running_stats
 
 __all__ = ["adapt", "maml_loss", "maml_outputs", "adapt_batch", "map_tasks", "STRATEGIES",
-           "resolve_strategy"]
+           "resolve_strategy", "last_auto_choice", "describe_auto_choice", "shared_step_refusal"]
 
 Params = dict[str, Tensor]
 LR = float | Mapping[str, Tensor]
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
-STRATEGIES = ("auto", "vmap", "loop")
-#: (device, shapes, settings) -> "vmap" | "loop", filled by "auto" the first time it meets a key.
+STRATEGIES = ("auto", "vmap", "loop", "shared", "loop+channels_last", "shared+channels_last")
+#: (device, shapes, settings) -> the chosen strategy, filled by "auto" the first time it meets a key.
 AUTO_DECISIONS: dict[tuple, str] = {}
+#: the same keys -> what "auto" measured: ``{"chosen", "timings_ms", "rejected", "setting"}``.
+AUTO_TIMINGS: dict[tuple, dict] = {}
 
 
 # ----------------------------------------------------------------------------- one task
@@ -154,7 +158,8 @@ def map_tasks(fn: Callable[..., object], shared: object, batched: tuple[Tensor, 
         shared: what every task shares (parameters, learning rates): a tensor or a nested
             dict/tuple of tensors (a "pytree"); gradients flow to it.
         batched: tensors with a leading task dimension B (task ``b`` gets ``t[b]`` of each).
-        strategy: "vmap" or "loop" (resolve "auto" with ``resolve_strategy`` first).
+        strategy: "vmap", "loop" or "loop+channels_last" (resolve "auto" with
+            ``resolve_strategy`` first; "shared" is ``maml_outputs``'s own).
         chunk_size: process this many tasks at a time; if autograd is recording, each chunk is
             recomputed during the backward pass instead of keeping its activations.
         model: the module ``fn`` calls; under "vmap" its batch, instance and layer norm layers run
@@ -164,12 +169,13 @@ def map_tasks(fn: Callable[..., object], shared: object, batched: tuple[Tensor, 
     Returns:
         ``fn``'s output structure with a leading dimension B on every tensor.
     """
-    if strategy not in ("vmap", "loop"):
-        raise ConfigError(f"strategy {strategy!r} is not one of 'vmap', 'loop' (resolve 'auto' "
-                          "with resolve_strategy first)")
+    base, channels_last = _parse(strategy)
+    if base not in ("vmap", "loop") or (channels_last and base != "loop"):
+        raise ConfigError(f"strategy {strategy!r} is not one of 'vmap', 'loop', 'loop+channels_last' "
+                          "(resolve 'auto' with resolve_strategy first)")
 
     def run(shared_: object, *args: Tensor) -> object:
-        if strategy == "vmap":
+        if base == "vmap":
             with exact_norms(model) if model is not None else contextlib.nullcontext():
                 try:
                     return vmap(fn, in_dims=(None,) + (0,) * len(args),
@@ -178,8 +184,15 @@ def map_tasks(fn: Callable[..., object], shared: object, batched: tuple[Tensor, 
                     if "in-place" not in str(error):
                         raise
                     raise ConfigError(_in_place_message(model, error)) from error
-        return _stack([fn(shared_, *(a[b] for a in args)) for b in range(args[0].shape[0])])
+        with _layout(model, channels_last):
+            return _stack([fn(shared_, *(a[b] for a in args)) for b in range(args[0].shape[0])])
 
+    return _chunked(run, shared, batched, chunk_size)
+
+
+def _chunked(run: Callable[..., object], shared: object, batched: tuple[Tensor, ...],
+             chunk_size: int | None) -> object:
+    """``run(shared, *batched)``, ``chunk_size`` tasks at a time (each recomputed in backward)."""
     batch = batched[0].shape[0]
     if chunk_size is None or chunk_size >= batch:
         return run(shared, *batched)
@@ -285,17 +298,32 @@ def maml_outputs(model: nn.Module, params: Mapping[str, Tensor], support_x: Tens
                                 steps=steps, lr=lr, loss_fn=loss_fn, first_order=first_order,
                                 chunk_size=chunk_size)
 
+    base, channels_last = _parse(strategy)
+    if base == "shared" and steps == 0:  # nothing to share: the loop
+        base, strategy = "loop", "loop+channels_last" if channels_last else "loop"
+    if base == "shared":
+        refusal = shared_step_refusal(model)
+        if refusal is not None:
+            raise ConfigError(f"strategy={strategy!r} cannot run this model: {refusal}. Use "
+                              "strategy='loop' (or 'auto', which then does not consider it)")
+
     def one_task(shared: dict, sx: Tensor, sy: Tensor, qx: Tensor,
                  qy: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         return _task_outputs(model, shared["params"], _shared_lr(shared, lr), shared["fixed"],
                              steps, loss_fn, first_order, sx, sy, qx, qy, strategy == "vmap")
 
+    def shared_tasks(shared: dict, *batched: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return _shared_outputs(model, shared, lr, steps, loss_fn, first_order, channels_last,
+                               *batched)
+
     shared = _shared(model, params, lr)
+    batched = (support_x, support_y, query_x, query_y)
     with _label_errors(model):
-        losses, outputs, inner_losses = map_tasks(one_task, shared,
-                                                  (support_x, support_y, query_x, query_y),
-                                                  strategy=strategy, chunk_size=chunk_size,
-                                                  model=model)
+        if base == "shared":
+            losses, outputs, inner_losses = _chunked(shared_tasks, shared, batched, chunk_size)
+        else:
+            losses, outputs, inner_losses = map_tasks(one_task, shared, batched, strategy=strategy,
+                                                      chunk_size=chunk_size, model=model)
     _check_finite(inner_losses, losses, steps, lr)
     return losses, outputs
 
@@ -353,9 +381,10 @@ def adapt_batch(model: nn.Module, params: Mapping[str, Tensor], x: Tensor, y: Te
     if x.shape[:2] != y.shape[:2] or (query_x is not None and query_x.shape[0] != x.shape[0]):
         raise TaskBatchError(f"x {tuple(x.shape)}, y {tuple(y.shape)} and query_x disagree in the "
                              "leading dimensions [B, n]; pass one target per example of each task")
+    _check_strategy(strategy)
     if strategy == "auto":  # no query loss to time here: the usual winner per device
         strategy = "vmap" if x.device.type == "cuda" and not updates_running_stats(model) else "loop"
-    _check_strategy(strategy)
+    strategy = strategy.replace("shared", "loop")  # the adapted weights are kept: no merged step
 
     def one_task(shared: dict, tx: Tensor, ty: Tensor, *rest: Tensor) -> tuple:
         adapted, inner_losses = _adapt(model, shared["params"], tx, ty, steps,
@@ -380,6 +409,235 @@ def _shared(model: nn.Module, params: Params, lr: LR) -> dict:
 
 def _shared_lr(shared: dict, lr: LR) -> LR:
     return shared["lr"] if shared["lr"] is not None else lr
+
+
+# ----------------------------------------------------------------------------- "shared"
+
+CHANNELS_LAST = "+channels_last"
+
+
+def _parse(strategy: str) -> tuple[str, bool]:
+    """``"loop+channels_last"`` -> ``("loop", True)``; ``"vmap"`` -> ``("vmap", False)``."""
+    if strategy.endswith(CHANNELS_LAST):
+        return strategy[:-len(CHANNELS_LAST)], True
+    return strategy, False
+
+
+def _to_channels_last(module: nn.Module, inputs: tuple, output: object) -> object:
+    if isinstance(output, Tensor) and output.dim() == 4:
+        return output.contiguous(memory_format=torch.channels_last)
+    return output
+
+
+@contextlib.contextmanager
+def _layout(model: nn.Module | None, channels_last: bool):
+    """Within the block, every ``nn.Conv2d`` of ``model`` returns channels-last tensors.
+
+    The layers after it (batch norm, ReLU, max-pool, the next convolution) then run torch's
+    channels-last CPU kernels, several times faster than the contiguous ones for max-pool and
+    batch norm (torch 2.14). The same numbers up to the order of floating-point sums. A hook on
+    the convolution's output, not the input, because a one-channel image (Omniglot) is both
+    contiguous and channels-last, and torch then keeps the contiguous kernels.
+    """
+    if not channels_last or model is None:
+        yield
+        return
+    handles = [m.register_forward_hook(_to_channels_last) for m in model.modules()
+               if isinstance(m, nn.Conv2d)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _batch_norm_types() -> tuple[type, ...]:
+    from mtl.models import BatchNorm  # mtl.models imports mtl.norms only: no cycle
+
+    return (BatchNorm, _BatchNorm)
+
+
+def shared_step_refusal(model: nn.Module) -> str | None:
+    """Why ``strategy="shared"`` cannot run ``model`` (None when it can).
+
+    The shared first step computes each task's gradient from one merged forward and backward
+    with a rule per layer kind, so every module that holds parameters must be one of:
+    ``nn.Conv1d/2d/3d`` (zero padding, numeric padding), ``nn.Linear``, ``mtl.models.BatchNorm``,
+    ``nn.BatchNorm1d/2d/3d`` (batch statistics without running statistics, or eval mode with
+    them). Modules without parameters must treat examples independently (ReLU, pooling,
+    flatten, ...). Parameters must be used through their module's forward.
+    """
+    bn_types = _batch_norm_types()
+    for name, module in model.named_modules():
+        label = f"{type(module).__name__} ({name or 'the model'})"
+        if "forward" in module.__dict__:
+            return f"{label} has a forward replaced on the instance"
+        if isinstance(module, _BatchNorm) and module.training and module.track_running_stats \
+                and module.running_mean is not None:
+            return (f"{label} updates running statistics in training mode (the merged first step "
+                    "would update them once for all tasks instead of once per task); use "
+                    "track_running_stats=False, eval mode, or strategy='loop'")
+        if isinstance(module, nn.modules.instancenorm._InstanceNorm) and updates_running_stats(module):
+            return f"{label} updates running statistics in training mode"
+        if isinstance(module, nn.modules.dropout._DropoutNd) and module.training and module.p > 0:
+            return f"{label} draws random masks (the merged step would draw other ones than the loop)"
+        if not any(True for _ in module.parameters(recurse=False)):
+            continue
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            if module.padding_mode != "zeros" or isinstance(module.padding, str) or module.transposed:
+                return f"{label} uses padding {module.padding!r} / mode {module.padding_mode!r}"
+        elif not isinstance(module, (nn.Linear, *bn_types)):
+            return f"{label} holds parameters and has no per-task gradient rule"
+    return None
+
+
+def _shared_first_step(model: nn.Module, params: Params, fixed: Params, sx: Tensor, sy: Tensor,
+                       lr: LR, loss_fn: LossFn, first_order: bool,
+                       channels_last: bool) -> tuple[dict[str, Tensor], Tensor]:
+    """Inner step 0 of B tasks from the same ``params`` as one merged forward and backward.
+
+    Returns ``(adapted, losses)``: name -> ``[B, *shape]`` (each task's parameters after one
+    step, exactly as the per-task loop computes them) and the B step-0 inner losses.
+
+    The merged batch ``[B*n, ...]`` runs the model once; batch norm takes its statistics per task
+    (the merged batch viewed as ``[B, n, ...]``), so each task's activations are exactly its own.
+    The merged loss is the *sum* of the B per-task losses, so the gradient of the merged loss
+    with respect to a layer's output is, on task b's rows, the gradient of task b's loss. From
+    those, one backward for all tasks, each task's parameter gradient follows by the layer's own
+    rule on its rows (convolution: ``convolution_backward`` for the weight; linear: ``dY^T X``;
+    batch-norm scale: ``sum dY * x_hat``; biases: ``sum dY``), all differentiable, so second
+    order holds.
+    """
+    batch, n = sx.shape[:2]
+    graph = not first_order and torch.is_grad_enabled() and any(
+        p.requires_grad for p in params.values())
+    at = params if graph else {k: p.detach().requires_grad_() for k, p in params.items()}
+    names = {id(p): k for k, p in model.named_parameters()}  # canonical names (tied: the first)
+    calls: list[tuple[str, nn.Module, Tensor, Tensor]] = []
+    bn_types = _batch_norm_types()
+
+    def conv_forward(self: nn.Module, x: Tensor) -> Tensor:
+        y = self._conv_forward(x, self.weight, self.bias)
+        if channels_last and y.dim() == 4:
+            y = y.contiguous(memory_format=torch.channels_last)
+        calls.append(("conv", self, x, y))
+        return y
+
+    def linear_forward(self: nn.Module, x: Tensor) -> Tensor:
+        y = F.linear(x, self.weight, self.bias)
+        calls.append(("linear", self, x, y))
+        return y
+
+    def norm_forward(self: nn.Module, x: Tensor) -> Tensor:
+        channels = (1, -1) + (1,) * (x.dim() - 2)
+        running = getattr(self, "running_mean", None)
+        if isinstance(self, _BatchNorm):
+            self._check_input_dim(x)
+        if self.training or running is None:  # per-task batch statistics
+            x5 = x.unflatten(0, (batch, n))
+            dims = (1,) + tuple(range(3, x5.dim()))
+            mean = x5.mean(dims, keepdim=True)
+            var = x5.var(dims, unbiased=False, keepdim=True)
+            x_hat = ((x5 - mean) * torch.rsqrt(var + self.eps)).flatten(0, 1)
+        else:
+            x_hat = (x - running.view(channels)) * torch.rsqrt(self.running_var.view(channels) + self.eps)
+        weight, bias = getattr(self, "weight", None), getattr(self, "bias", None)
+        y = x_hat if weight is None else x_hat * weight.view(channels)
+        y = y if bias is None else y + bias.view(channels)
+        if weight is not None or bias is not None:
+            calls.append(("norm", self, x_hat, y))
+        return y
+
+    patched = []
+    for module in model.modules():
+        forward = (conv_forward if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) else
+                   linear_forward if isinstance(module, nn.Linear) else
+                   norm_forward if isinstance(module, bn_types) else None)
+        if forward is not None:
+            module.forward = types.MethodType(forward, module)
+            patched.append(module)
+    try:
+        with torch.enable_grad():
+            out = functional_call(model, {**fixed, **at}, (sx.flatten(0, 1),))
+            out = out.unflatten(0, (batch, n))
+            losses = torch.stack([loss_fn(out[b], sy[b]) for b in range(batch)])
+            wanted = [(kind, m, x, y) for kind, m, x, y in calls if y.requires_grad]
+            grads_y = torch.autograd.grad(losses.sum(), [y for *_, y in wanted], create_graph=graph,
+                                          allow_unused=True, materialize_grads=True)
+            grads = _per_task_grads(wanted, grads_y, model, names, batch, n)
+    finally:
+        for module in patched:
+            del module.forward
+    adapted = {}
+    for k, p in params.items():
+        g = grads.get(k)
+        if g is None:
+            g = p.new_zeros((batch, *p.shape))
+        elif not graph:
+            g = g.detach()
+        adapted[k] = p - _lr_of(lr, k) * g
+    return adapted, losses.detach()
+
+
+def _per_task_grads(calls: list, grads_y: tuple, model: nn.Module, names: dict[int, str],
+                    batch: int, n: int) -> dict[str, Tensor]:
+    """name -> ``[B, *shape]``: each task's gradient from the layers' merged inputs and output grads."""
+    out: dict[str, Tensor] = {}
+    originals = {id(m): m for m in model.modules()}
+
+    def add(module: nn.Module, attr: str, g: Tensor) -> None:
+        original = originals[id(module)]._parameters.get(attr)
+        name = names.get(id(original)) if original is not None else None
+        if name is None:
+            return
+        out[name] = out[name] + g if name in out else g
+
+    for (kind, module, x, _), dy in zip(calls, grads_y):
+        rows = dy.unflatten(0, (batch, n))
+        if kind == "conv":
+            dims = x.dim() - 2
+            weight = module.weight
+            per_task = [torch.ops.aten.convolution_backward(
+                dy[b * n:(b + 1) * n], x[b * n:(b + 1) * n], weight, None, list(module.stride),
+                list(module.padding), list(module.dilation), False, [0] * dims, module.groups,
+                (False, True, False))[1] for b in range(batch)]
+            add(module, "weight", torch.stack(per_task))
+            if module.bias is not None:
+                add(module, "bias", rows.sum((1,) + tuple(range(3, rows.dim()))))
+        elif kind == "linear":
+            xs = x.reshape(batch, -1, x.shape[-1])
+            ds = dy.reshape(batch, -1, dy.shape[-1])
+            add(module, "weight", ds.transpose(1, 2) @ xs)
+            if module.bias is not None:
+                add(module, "bias", ds.sum(1))
+        else:  # norm: y = x_hat * weight + bias, per channel (dim 1)
+            reduce = (1,) + tuple(range(3, rows.dim()))
+            if getattr(module, "weight", None) is not None:
+                add(module, "weight", (rows * x.unflatten(0, (batch, n))).sum(reduce))
+            if getattr(module, "bias", None) is not None:
+                add(module, "bias", rows.sum(reduce))
+    return out
+
+
+def _shared_outputs(model: nn.Module, shared: dict, lr: LR, steps: int, loss_fn: LossFn,
+                    first_order: bool, channels_last: bool, sx: Tensor, sy: Tensor, qx: Tensor,
+                    qy: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """B tasks with the shared first step, then per-task steps 1.. and query passes."""
+    params, fixed, lr = shared["params"], shared["fixed"], _shared_lr(shared, lr)
+    adapted, first = _shared_first_step(model, params, fixed, sx, sy, lr, loss_fn, first_order,
+                                        channels_last)
+    results = []
+    with _layout(model, channels_last):
+        for b in range(sx.shape[0]):
+            start = {k: v[b] for k, v in adapted.items()}
+            losses = first[b:b + 1]
+            if steps > 1:
+                start, later = _adapt(model, start, sx[b], sy[b], steps - 1, lr, loss_fn,
+                                      first_order, fixed, functional=False)
+                losses = torch.cat([losses, later])
+            out = functional_call(model, {**fixed, **start}, (qx[b],))
+            results.append((loss_fn(out, qy[b]), out, losses))
+    return _stack(results)
 
 
 # ----------------------------------------------------------------------------- checks
@@ -527,7 +785,8 @@ def resolve_strategy(strategy: str, model: nn.Module, params: Params, support_x:
     timed_steps = min(steps, 1)  # per-step work is the same at any step count: time one step
     key = (str(support_x.device), type(model).__name__, model.training, tuple(support_x.shape),
            tuple(query_x.shape), support_x.dtype, timed_steps, first_order, chunk_size,
-           isinstance(lr, Mapping), len(params), sum(p.numel() for p in params.values()))
+           isinstance(lr, Mapping), len(params), sum(p.numel() for p in params.values()),
+           _structure(model))
     if key not in AUTO_DECISIONS:
         AUTO_DECISIONS[key] = _measure(key, model, params, support_x, support_y, query_x, query_y,
                                        steps=timed_steps, lr=lr, loss_fn=loss_fn,
@@ -535,29 +794,99 @@ def resolve_strategy(strategy: str, model: nn.Module, params: Params, support_x:
     return AUTO_DECISIONS[key]
 
 
-#: settings for which "auto" found vmap's meta-gradient different from the loop's -> relative error.
+def _structure(model: nn.Module) -> int:
+    """A hash of the model's layer kinds and modes: two models with the same parameter count but
+    other layers (batch norm or instance norm, running statistics or not) get their own timing."""
+    return hash(tuple((type(m).__name__, m.training, getattr(m, "track_running_stats", None))
+                      for m in model.modules()))
+
+
+#: settings for which "auto" found a candidate's meta-gradient different from the loop's -> relative error.
 AUTO_REJECTED: dict[tuple, float] = {}
 
 
+def _candidates(model: nn.Module, device: torch.device, steps: int) -> list[str]:
+    """The strategies "auto" times here: the loop first (the reference), then the others."""
+    found = ["loop"]
+    convolutional = any(isinstance(m, nn.Conv2d) for m in model.modules())
+    if device.type == "cpu" and convolutional:
+        found.append("loop+channels_last")
+    if steps >= 1 and shared_step_refusal(model) is None:
+        found.append("shared")
+        if device.type == "cpu" and convolutional:
+            found.append("shared+channels_last")
+    return found + ["vmap"]
+
+
 def _measure(key: tuple, model: nn.Module, params: Params, support_x: Tensor, support_y: Tensor,
-             query_x: Tensor, query_y: Tensor, **settings) -> str:
-    """Time one meta-step (forward + backward) of each strategy on a detached copy of params."""
-    timings, grads = {}, {}
-    for strategy in ("loop", "vmap"):
-        try:
-            with quiet():
-                runs = [_time_once(strategy, model, params, support_x, support_y, query_x,
-                                   query_y, **settings) for _ in range(2)]
-            timings[strategy] = min(t for t, _ in runs)
-            grads[strategy] = runs[-1][1]
-        except Exception:  # noqa: BLE001 - a strategy that cannot run here is simply not chosen
-            timings[strategy] = float("inf")
-    if timings["vmap"] < timings["loop"] and not _random(model):
-        error = _relative_error(grads["vmap"], grads["loop"])
-        if error > (1e-8 if support_x.dtype == torch.float64 else 1e-3):
-            AUTO_REJECTED[key] = error
-            return "loop"
-    return min(timings, key=timings.get)
+             query_x: Tensor, query_y: Tensor, rounds: int = 2, **settings) -> str:
+    """Time one meta-step (forward + backward) of each candidate on a detached copy of params.
+
+    The candidates run round-robin (``rounds`` rounds, the fastest of each kept), so a change of
+    load on a shared CPU reaches all of them alike. A candidate other than the loop is chosen
+    only if its meta-gradient on the trial agrees with the loop's (``AUTO_REJECTED`` otherwise).
+    """
+    candidates = _candidates(model, support_x.device, settings["steps"])
+    timings: dict[str, float] = {c: float("inf") for c in candidates}
+    grads: dict[str, list[Tensor]] = {}
+    failed: dict[str, str] = {}
+    for _ in range(rounds):
+        for strategy in candidates:
+            if strategy in failed:
+                continue
+            try:
+                with quiet():
+                    seconds, grads[strategy] = _time_once(strategy, model, params, support_x,
+                                                          support_y, query_x, query_y, **settings)
+                timings[strategy] = min(timings[strategy], seconds)
+            except Exception as error:  # noqa: BLE001 - a strategy that cannot run here is not chosen
+                failed[strategy] = f"{type(error).__name__}: {str(error)[:200]}"
+                timings[strategy] = float("inf")
+    tolerance = 1e-8 if support_x.dtype == torch.float64 else 1e-3
+    rejected: dict[str, float] = {}
+    chosen = "loop"
+    for strategy in sorted(candidates, key=lambda c: (timings[c], candidates.index(c))):
+        if timings[strategy] == float("inf"):
+            break
+        if strategy != "loop" and "loop" in grads and not _random(model):
+            error = _relative_error(grads[strategy], grads["loop"])
+            if error > tolerance:
+                rejected[strategy] = error
+                AUTO_REJECTED[key] = error
+                continue
+        chosen = strategy
+        break
+    AUTO_TIMINGS[key] = {
+        "chosen": chosen,
+        "timings_ms": {c: round(1000 * t, 2) if t != float("inf") else None for c, t in timings.items()},
+        "rejected": rejected, "failed": failed,
+        "setting": {"device": key[0], "model": key[1], "support": key[3], "query": key[4],
+                    "dtype": str(key[5]), "timed_steps": key[6], "first_order": key[7]}}
+    return chosen
+
+
+def last_auto_choice() -> dict | None:
+    """What "auto" decided most recently (None before its first decision), for a log line.
+
+    ``{"chosen": "loop+channels_last", "timings_ms": {"loop": 812.4, ...}, "rejected": {...},
+    "failed": {...}, "setting": {...}}``; every decision so far is in ``AUTO_TIMINGS``.
+    """
+    return dict(list(AUTO_TIMINGS.values())[-1]) if AUTO_TIMINGS else None
+
+
+def describe_auto_choice(record: dict | None = None) -> str:
+    """One line: ``auto chose loop+channels_last (loop+channels_last 690 ms, loop 812 ms, ...)``."""
+    record = record or last_auto_choice()
+    if record is None:
+        return "auto has not chosen a strategy yet"
+    times = ", ".join(f"{c} {'failed' if t is None else f'{t:.0f} ms'}"
+                      for c, t in sorted(record["timings_ms"].items(),
+                                         key=lambda kv: float("inf") if kv[1] is None else kv[1]))
+    rejected = "".join(f"; {c} rejected (meta-gradient off by {e:.1e})"
+                       for c, e in record["rejected"].items())
+    steps = record["setting"]["timed_steps"]
+    return (f"auto chose {record['chosen']} ({times}{rejected}; one meta-step with {steps} inner "
+            f"step{'s' if steps != 1 else ''}, on {record['setting']['device']})")
 
 
 def _random(model: nn.Module) -> bool:
