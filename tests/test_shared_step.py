@@ -263,3 +263,23 @@ def test_auto_rejects_a_shared_step_whose_meta_gradient_disagrees(monkeypatch):
                                     loss_fn=F.cross_entropy, first_order=False, chunk_size=None)
     assert chosen != "shared"
     assert inner.last_auto_choice()["rejected"]["shared"] == pytest.approx(0.01, rel=1e-6)
+
+
+@pytest.mark.parametrize("first_order", [False, True], ids=["second", "first"])
+def test_the_benchmarks_peers_compute_the_same_meta_gradient(first_order):
+    """``python -m mtl bench`` compares speed only: its l2l-style, functional and higher peers
+    must do the same work, so their .grad must equal mtl's meta-gradient."""
+    from mtl import bench
+
+    model, shape = _build("standard-bn2d")
+    params = dict(model.named_parameters())
+    tasks = _tasks(shape, seed=7)
+    loss = mtl.maml_loss(model, params, *tasks, steps=2, lr=LR, first_order=first_order,
+                         strategy="loop")
+    want = torch.autograd.grad(loss, list(params.values()))
+    for peer in (bench._l2l_step, bench._functional_step, bench._higher_step):
+        model.zero_grad(set_to_none=True)
+        peer(model, tasks, LR, first_order, 2)()
+        got = [p.grad for p in params.values()]
+        assert _rel(got, want) <= TOL, peer.__name__
+    model.zero_grad(set_to_none=True)
