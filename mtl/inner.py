@@ -10,15 +10,26 @@ adapting to a task is a few lines of arithmetic on that dict::
 and the outer (meta-) gradient is ordinary autograd through those lines: second order by default,
 first order when the inner gradients are treated as constants (``first_order=True``).
 
-A batch of B tasks is handled by one of two *strategies* (same numbers, different speed):
+A batch of B tasks is handled by one of these *strategies* (same numbers, different speed):
 
 - ``"vmap"``: ``torch.func.vmap`` runs all B inner loops at once, as one batched computation
   (what keeps a GPU busy);
 - ``"loop"``: a Python loop over tasks (less overhead on a CPU);
-- ``"auto"``: times both once per (device, shapes, settings) and keeps the faster one. The
-  number of inner steps is not part of the key: both strategies repeat the same per-step work, so
-  one inner step is timed and the decision holds for any step count (a 10-step evaluation after
-  1-step training does not time again).
+- ``"shared"``: inner step 0 of all B tasks as one merged batch ``[B*n, ...]`` (every task starts
+  from the same parameters; batch norm still takes each task's own statistics), each task's
+  step-0 gradient split out of the merged backward by a rule per layer kind; steps 1.. and the
+  query pass per task, as in the loop. Exact (float64: the loop's numbers to rounding); models of
+  Conv/Linear/BatchNorm layers (``shared_step_refusal`` says why another cannot);
+- ``"loop+channels_last"``, ``"shared+channels_last"``: the same with every ``nn.Conv2d``'s output
+  in channels-last memory format, where torch's CPU max-pool and batch-norm kernels are several
+  times faster (torch 2.14);
+- ``"auto"``: times every strategy that can run the model once per (device, model, shapes,
+  settings), round-robin, and keeps the fastest whose trial meta-gradient agrees with the loop's.
+  The number of inner steps is not part of the key: the strategies repeat the same per-step work
+  (the shared step saves the same time at any step count), so one inner step is timed and the
+  decision holds for any step count (a 10-step evaluation after 1-step training does not time
+  again). ``last_auto_choice()`` / ``AUTO_TIMINGS`` hold the choice and every timing,
+  ``describe_auto_choice()`` one line for a log.
 
 ``chunk_size`` processes the tasks this many at a time and, when gradients are needed, recomputes
 each chunk during the backward pass (activation checkpointing), so the memory held for the outer
@@ -338,8 +349,9 @@ def maml_loss(model: nn.Module, params: Mapping[str, Tensor], support_x: Tensor,
         model, params, steps, lr, loss_fn, first_order: as in ``adapt``.
         support_x: ``[B, n_s, ...]`` (``[B, N*K, C, H, W]``); support_y ``[B, n_s]``.
         query_x: ``[B, n_q, ...]``; query_y ``[B, n_q]``.
-        strategy: "vmap", "loop" or "auto" (the faster of the two, measured once per device and
-            shapes; see ``AUTO_DECISIONS``).
+        strategy: "auto" (the fastest strategy here, measured once per device and shapes; see
+            ``last_auto_choice``), or one of ``STRATEGIES``: "loop", "shared", "vmap",
+            "loop+channels_last", "shared+channels_last" (module docstring).
         chunk_size: at most this many tasks at a time (bounds peak memory; slower).
 
     Returns:
@@ -770,12 +782,15 @@ def _check_finite(inner_losses: Tensor, query_losses: Tensor | None, steps: int,
 def resolve_strategy(strategy: str, model: nn.Module, params: Params, support_x: Tensor,
                      support_y: Tensor, query_x: Tensor, query_y: Tensor, *, steps: int, lr: LR,
                      loss_fn: LossFn, first_order: bool, chunk_size: int | None) -> str:
-    """"vmap"/"loop" unchanged; "auto": the faster of the two here, timed once per setting.
+    """A named strategy unchanged; "auto": the fastest here, timed once per setting.
 
     "auto" keeps the loop, untimed, for a model whose norm layers would update running
-    statistics (only the loop updates them as plain PyTorch does), and chooses "vmap" only if its
+    statistics (only the loop updates them as plain PyTorch does); otherwise it times every
+    candidate (``_candidates``: the loop, its channels-last variant on a CPU, the shared first
+    step where the model allows it, vmap) and chooses one other than the loop only if its
     meta-gradient on the timed trial agrees with the loop's (a guard against layers whose
-    derivatives are wrong under ``vmap``; ``AUTO_REJECTED`` records such settings).
+    derivatives are wrong under ``vmap`` or outside the shared step's rules; ``AUTO_REJECTED``
+    records such settings). ``AUTO_TIMINGS[key]`` / ``last_auto_choice()`` keep what was measured.
     """
     _check_strategy(strategy)
     if strategy != "auto":
