@@ -60,11 +60,14 @@ Params = dict[str, Tensor]
 LR = float | Mapping[str, Tensor]
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
-STRATEGIES = ("auto", "vmap", "loop", "shared", "loop+channels_last", "shared+channels_last")
+STRATEGIES = ("auto", "vmap", "loop", "shared", "loop+channels_last", "shared+channels_last",
+              "loop+task_backward", "shared+task_backward", "loop+channels_last+task_backward",
+              "shared+channels_last+task_backward")
 #: (device, shapes, settings) -> the chosen strategy, filled by "auto" the first time it meets a key.
 AUTO_DECISIONS: dict[tuple, str] = {}
 #: the same keys -> what "auto" measured: ``{"chosen", "timings_ms", "rejected", "setting"}``.
 AUTO_TIMINGS: dict[tuple, dict] = {}
+_LAST_KEY: list = [None]  # the key "auto" resolved last (decided then or before)
 
 
 # ----------------------------------------------------------------------------- one task
@@ -309,6 +312,7 @@ def maml_outputs(model: nn.Module, params: Mapping[str, Tensor], support_x: Tens
                                 steps=steps, lr=lr, loss_fn=loss_fn, first_order=first_order,
                                 chunk_size=chunk_size)
 
+    strategy, task_backward = _split_task_backward(strategy)
     base, channels_last = _parse(strategy)
     if base == "shared" and steps == 0:  # nothing to share: the loop
         base, strategy = "loop", "loop+channels_last" if channels_last else "loop"
@@ -329,8 +333,14 @@ def maml_outputs(model: nn.Module, params: Mapping[str, Tensor], support_x: Tens
 
     shared = _shared(model, params, lr)
     batched = (support_x, support_y, query_x, query_y)
+    task_backward = task_backward and torch.is_grad_enabled() and not any(
+        t.requires_grad for t in batched) and any(
+        t.requires_grad for t in tree_flatten(shared)[0] if isinstance(t, Tensor))
     with _label_errors(model):
-        if base == "shared":
+        if task_backward:  # one task at a time already: chunk_size has nothing left to bound
+            losses, outputs, inner_losses = _task_backward_outputs(
+                model, shared, lr, steps, loss_fn, first_order, base, channels_last, batched)
+        elif base == "shared":
             losses, outputs, inner_losses = _chunked(shared_tasks, shared, batched, chunk_size)
         else:
             losses, outputs, inner_losses = map_tasks(one_task, shared, batched, strategy=strategy,
@@ -396,7 +406,7 @@ def adapt_batch(model: nn.Module, params: Mapping[str, Tensor], x: Tensor, y: Te
     _check_strategy(strategy)
     if strategy == "auto":  # no query loss to time here: the usual winner per device
         strategy = "vmap" if x.device.type == "cuda" and not updates_running_stats(model) else "loop"
-    strategy = strategy.replace("shared", "loop")  # the adapted weights are kept: no merged step
+    strategy = strategy.replace("shared", "loop").replace(TASK_BACKWARD, "")  # no query loss here
 
     def one_task(shared: dict, tx: Tensor, ty: Tensor, *rest: Tensor) -> tuple:
         adapted, inner_losses = _adapt(model, shared["params"], tx, ty, steps,
@@ -652,6 +662,136 @@ def _shared_outputs(model: nn.Module, shared: dict, lr: LR, steps: int, loss_fn:
     return _stack(results)
 
 
+# ----------------------------------------------------------------------------- "+task_backward"
+
+TASK_BACKWARD = "+task_backward"
+#: above this many gradient elements (tasks x parameters) only the sum of the per-task gradients
+#: is kept: enough for ``losses.mean()`` / ``.sum()``, not for tasks weighted unequally.
+PER_TASK_GRADS_LIMIT = 2 ** 25
+
+
+def _split_task_backward(strategy: str) -> tuple[str, bool]:
+    if strategy.endswith(TASK_BACKWARD):
+        return strategy[:-len(TASK_BACKWARD)], True
+    return strategy, False
+
+
+def _task_backward_outputs(model: nn.Module, shared: dict, lr: LR, steps: int, loss_fn: LossFn,
+                           first_order: bool, base: str, channels_last: bool,
+                           batched: tuple[Tensor, ...]) -> tuple[Tensor, Tensor, Tensor]:
+    """The loop (or the shared step, then the loop) with one backward per task, during the forward.
+
+    What the peers do by hand (``loss_b.backward()`` per task): each task's graph is freed as soon
+    as its gradient is known, instead of all B graphs living until one backward (on a CPU the
+    memory traffic of B kept graphs costs more than the arithmetic once B x steps is large). The
+    losses come back through an autograd function whose backward hands over the stored per-task
+    gradients (weighted by the incoming gradient of each task's loss), so ``losses.mean()
+    .backward()`` and ``torch.autograd.grad`` work as usual. Not possible: differentiating the
+    query outputs, or the meta-gradient itself (``create_graph=True``); both raise.
+    """
+    flat, spec = tree_flatten(shared)
+    wanted = [i for i, t in enumerate(flat) if isinstance(t, Tensor) and t.requires_grad]
+
+    def run(leaves: list[Tensor]):
+        full = list(flat)
+        for i, t in zip(wanted, leaves):
+            full[i] = t
+        shared_ = tree_unflatten(full, spec)
+        lr_ = _shared_lr(shared_, lr)
+        sx, sy, qx, qy = batched
+        per_task, results = [], []
+        merged = None
+        if base == "shared":
+            with torch.enable_grad():
+                adapted, first = _shared_first_step(model, shared_["params"], shared_["fixed"], sx,
+                                                    sy, lr_, loss_fn, first_order, channels_last)
+            merged = adapted
+        with _layout(model, channels_last):
+            for b in range(sx.shape[0]):
+                with torch.enable_grad():
+                    if merged is None:
+                        loss, out, inner_losses = _task_outputs(
+                            model, shared_["params"], lr_, shared_["fixed"], steps, loss_fn,
+                            first_order, sx[b], sy[b], qx[b], qy[b], False)
+                        cut = []
+                    else:
+                        start = {k: v[b].detach().requires_grad_() for k, v in merged.items()}
+                        cut = list(start.values())
+                        inner_losses = first[b:b + 1]
+                        if steps > 1:
+                            start, later = _adapt(model, start, sx[b], sy[b], steps - 1, lr_,
+                                                  loss_fn, first_order, shared_["fixed"],
+                                                  functional=False)
+                            inner_losses = torch.cat([inner_losses, later])
+                        out = functional_call(model, {**shared_["fixed"], **start}, (qx[b],))
+                        loss = loss_fn(out, qy[b])
+                    grads = torch.autograd.grad(loss, cut + leaves, allow_unused=True,
+                                                materialize_grads=True)
+                per_task.append(grads)
+                results.append((loss.detach(), out.detach(), inner_losses.detach()))
+        losses, outputs, inner = _stack(results)
+        return losses, outputs, inner, per_task, merged
+
+    return _TaskBackward.apply(run, *[flat[i] for i in wanted])
+
+
+class _TaskBackward(torch.autograd.Function):
+    """Forward: every task's loss and its gradient (graph freed per task). Backward: their sum,
+    each weighted by the incoming gradient of that task's loss."""
+
+    @staticmethod
+    def forward(ctx, run, *leaves):  # noqa: D102 - autograd.Function protocol
+        ctx.set_materialize_grads(False)
+        detached = [t.detach().requires_grad_() for t in leaves]
+        losses, outputs, inner, per_task, merged = run(detached)
+        cut = 0 if merged is None else len(merged)
+        size = losses.shape[0] * sum(t.numel() for t in leaves)
+        stack = merged is not None or size <= PER_TASK_GRADS_LIMIT
+        ctx.merged = merged
+        ctx.detached = detached
+        ctx.cut = cut
+        if stack:
+            ctx.per_task = per_task
+            ctx.total = None
+        else:
+            ctx.per_task = None
+            ctx.total = [sum(g[i] for g in per_task) for i in range(len(per_task[0]))]
+        ctx.mark_non_differentiable(inner)
+        return losses, outputs, inner
+
+    @staticmethod
+    def backward(ctx, grad_losses, grad_outputs, _grad_inner):  # noqa: D102
+        if grad_outputs is not None:
+            raise InnerLoopError("a '+task_backward' strategy (what strategy='auto' uses) computed "
+                                 "each task's gradient during the forward pass, so the query "
+                                 "outputs carry no graph; to differentiate through them, pass "
+                                 "strategy='loop' (or 'shared', 'vmap')")
+        if torch.is_grad_enabled():
+            raise InnerLoopError("a '+task_backward' strategy (what strategy='auto' uses) cannot "
+                                 "differentiate the meta-gradient again (create_graph=True); pass "
+                                 "strategy='loop' (or 'shared', 'vmap') for that")
+        if grad_losses is None:
+            return (None, *[None] * len(ctx.detached))
+        weights = grad_losses.detach()
+        if ctx.per_task is not None:
+            parts = [[w * g for g in grads] for w, grads in zip(weights, ctx.per_task)]
+            totals = [sum(p[i] for p in parts) for i in range(len(parts[0]))]
+            cut = [torch.stack([p[i] for p in parts]) for i in range(ctx.cut)]
+        else:
+            if not bool((weights == weights[0]).all()):
+                raise InnerLoopError("the tasks' losses are weighted unequally, and this batch "
+                                     "kept only the sum of its per-task gradients (B x parameters "
+                                     f"> {PER_TASK_GRADS_LIMIT}); pass strategy='loop'")
+            totals = [weights[0] * g for g in ctx.total]
+            cut = []
+        grads = totals[ctx.cut:]
+        if ctx.merged is not None:
+            through = torch.autograd.grad(list(ctx.merged.values()), ctx.detached, cut,
+                                          allow_unused=True, materialize_grads=True)
+            grads = [g + t for g, t in zip(grads, through)]
+        return (None, *grads)
+
+
 # ----------------------------------------------------------------------------- checks
 
 def _check_settings(steps: int, lr: LR) -> None:
@@ -796,12 +936,17 @@ def resolve_strategy(strategy: str, model: nn.Module, params: Params, support_x:
     if strategy != "auto":
         return strategy
     if updates_running_stats(model):
+        _LAST_KEY[0] = key = ("untimed", type(model).__name__)
+        AUTO_TIMINGS[key] = {"chosen": "loop", "timings_ms": {}, "rejected": {}, "failed": {},
+                             "setting": {"reason": "norm layers update running statistics: only "
+                                                   "the loop updates them as plain PyTorch does"}}
         return "loop"
     timed_steps = min(steps, 1)  # per-step work is the same at any step count: time one step
     key = (str(support_x.device), type(model).__name__, model.training, tuple(support_x.shape),
            tuple(query_x.shape), support_x.dtype, timed_steps, first_order, chunk_size,
            isinstance(lr, Mapping), len(params), sum(p.numel() for p in params.values()),
            _structure(model))
+    _LAST_KEY[0] = key
     if key not in AUTO_DECISIONS:
         AUTO_DECISIONS[key] = _measure(key, model, params, support_x, support_y, query_x, query_y,
                                        steps=timed_steps, lr=lr, loss_fn=loss_fn,
@@ -822,14 +967,14 @@ AUTO_REJECTED: dict[tuple, float] = {}
 
 def _candidates(model: nn.Module, device: torch.device, steps: int) -> list[str]:
     """The strategies "auto" times here: the loop first (the reference), then the others."""
-    found = ["loop"]
+    found = ["loop", "loop+task_backward"]
     convolutional = any(isinstance(m, nn.Conv2d) for m in model.modules())
     if device.type == "cpu" and convolutional:
-        found.append("loop+channels_last")
+        found.append("loop+channels_last+task_backward")
     if steps >= 1 and shared_step_refusal(model) is None:
-        found.append("shared")
+        found.append("shared+task_backward")
         if device.type == "cpu" and convolutional:
-            found.append("shared+channels_last")
+            found.append("shared+channels_last+task_backward")
     return found + ["vmap"]
 
 
@@ -881,12 +1026,17 @@ def _measure(key: tuple, model: nn.Module, params: Params, support_x: Tensor, su
 
 
 def last_auto_choice() -> dict | None:
-    """What "auto" decided most recently (None before its first decision), for a log line.
+    """What "auto" used last (None before its first decision), for a log line.
 
     ``{"chosen": "loop+channels_last", "timings_ms": {"loop": 812.4, ...}, "rejected": {...},
     "failed": {...}, "setting": {...}}``; every decision so far is in ``AUTO_TIMINGS``.
     """
-    return dict(list(AUTO_TIMINGS.values())[-1]) if AUTO_TIMINGS else None
+    key = _LAST_KEY[0]
+    if key is None or (key not in AUTO_DECISIONS and key not in AUTO_TIMINGS):
+        return None
+    record = AUTO_TIMINGS.get(key) or {"chosen": AUTO_DECISIONS[key], "timings_ms": {},
+                                       "rejected": {}, "failed": {}, "setting": {}}
+    return dict(record)
 
 
 def describe_auto_choice(record: dict | None = None) -> str:
@@ -899,6 +1049,9 @@ def describe_auto_choice(record: dict | None = None) -> str:
                                          key=lambda kv: float("inf") if kv[1] is None else kv[1]))
     rejected = "".join(f"; {c} rejected (meta-gradient off by {e:.1e})"
                        for c, e in record["rejected"].items())
+    if not record["timings_ms"]:
+        reason = record["setting"].get("reason")
+        return f"auto chose {record['chosen']}" + (f" (untimed: {reason})" if reason else "")
     steps = record["setting"]["timed_steps"]
     return (f"auto chose {record['chosen']} ({times}{rejected}; one meta-step with {steps} inner "
             f"step{'s' if steps != 1 else ''}, on {record['setting']['device']})")

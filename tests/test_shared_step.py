@@ -14,6 +14,7 @@ from torch.func import functional_call
 
 import mtl
 from mtl import inner
+import mtl.errors
 from mtl.errors import ConfigError
 from mtl.models import MLP, Conv4
 
@@ -110,7 +111,9 @@ def test_shared_first_step_matches_the_per_task_loop_and_higher(name, first_orde
     want_loss, reference = _per_task_loop(model, params, sx, sy, qx, qy, steps, first_order)
     assert _rel(_higher(model, sx, sy, qx, qy, steps, first_order), reference) <= TOL
     for strategy, chunk in [("shared", None), ("shared+channels_last", None), ("shared", 2),
-                            ("loop+channels_last", None)]:
+                            ("loop+channels_last", None), ("loop+task_backward", None),
+                            ("shared+task_backward", None),
+                            ("shared+channels_last+task_backward", None)]:
         loss = mtl.maml_loss(model, params, sx, sy, qx, qy, steps=steps, lr=LR,
                              first_order=first_order, strategy=strategy, chunk_size=chunk)
         torch.testing.assert_close(loss, want_loss, rtol=1e-12, atol=1e-12)
@@ -229,17 +232,18 @@ def test_auto_considers_the_shared_step_and_records_every_timing(monkeypatch):
 
     def shared_fastest(strategy, *args, **kwargs):
         seconds, grads = real(strategy, *args, **kwargs)
-        return (0.0 if strategy == "shared" else 1.0 + seconds), grads
+        return (0.0 if strategy == "shared+task_backward" else 1.0 + seconds), grads
 
     monkeypatch.setattr(inner, "_time_once", shared_fastest)
     monkeypatch.setattr(inner, "AUTO_DECISIONS", {})
     monkeypatch.setattr(inner, "AUTO_TIMINGS", {})
     loss = mtl.maml_loss(model, params, *tasks, steps=2, lr=LR, strategy="auto")
     record = inner.last_auto_choice()
-    assert record["chosen"] == "shared" and record["rejected"] == {}
-    assert set(record["timings_ms"]) == {"loop", "loop+channels_last", "shared",
-                                         "shared+channels_last", "vmap"}
-    assert "auto chose shared" in inner.describe_auto_choice()
+    assert record["chosen"] == "shared+task_backward" and record["rejected"] == {}
+    assert set(record["timings_ms"]) == {"loop", "loop+task_backward", "loop+channels_last+task_backward",
+                                         "shared+task_backward", "shared+channels_last+task_backward",
+                                         "vmap"}
+    assert "auto chose shared+task_backward" in inner.describe_auto_choice()
     want = mtl.maml_loss(model, params, *tasks, steps=2, lr=LR, strategy="loop")
     torch.testing.assert_close(loss, want, rtol=1e-12, atol=1e-12)
 
@@ -252,7 +256,7 @@ def test_auto_rejects_a_shared_step_whose_meta_gradient_disagrees(monkeypatch):
 
     def shared_fast_and_wrong(strategy, *args, **kwargs):
         seconds, grads = real(strategy, *args, **kwargs)
-        if strategy == "shared":
+        if strategy == "shared+task_backward":
             return 0.0, [g * 1.01 for g in grads]
         return 1.0 + seconds, grads
 
@@ -261,8 +265,8 @@ def test_auto_rejects_a_shared_step_whose_meta_gradient_disagrees(monkeypatch):
     monkeypatch.setattr(inner, "AUTO_REJECTED", {})
     chosen = inner.resolve_strategy("auto", model, params, *tasks, steps=1, lr=LR,
                                     loss_fn=F.cross_entropy, first_order=False, chunk_size=None)
-    assert chosen != "shared"
-    assert inner.last_auto_choice()["rejected"]["shared"] == pytest.approx(0.01, rel=1e-6)
+    assert chosen != "shared+task_backward"
+    assert inner.last_auto_choice()["rejected"]["shared+task_backward"] == pytest.approx(0.01, rel=1e-6)
 
 
 @pytest.mark.parametrize("first_order", [False, True], ids=["second", "first"])
@@ -283,3 +287,38 @@ def test_the_benchmarks_peers_compute_the_same_meta_gradient(first_order):
         got = [p.grad for p in params.values()]
         assert _rel(got, want) <= TOL, peer.__name__
     model.zero_grad(set_to_none=True)
+
+
+@pytest.mark.parametrize("strategy", ["loop+task_backward", "shared+task_backward",
+                                      "shared+channels_last+task_backward"])
+@pytest.mark.parametrize("first_order", [False, True], ids=["second", "first"])
+def test_one_backward_per_task_weights_each_task_by_its_incoming_gradient(strategy, first_order):
+    """The per-task gradients are kept separately: unequal task weights, learned rates."""
+    model, shape = _build("standard-bn2d")
+    params = dict(model.named_parameters())
+    rates = {n: torch.full_like(p, LR).requires_grad_() for n, p in params.items()}
+    tasks = _tasks(shape, seed=8)
+    weights = torch.tensor([0.2, 0.5, 0.3], dtype=torch.float64)
+    leaves = list(params.values()) + list(rates.values())
+    grads = {}
+    for name in ("loop", strategy):
+        losses, _ = inner.maml_outputs(model, params, *tasks, steps=2, lr=rates,
+                                       first_order=first_order, strategy=name)
+        grads[name] = torch.autograd.grad((losses * weights).sum(), leaves)
+    assert _rel(grads[strategy], grads["loop"]) <= TOL
+
+
+def test_one_backward_per_task_refuses_what_it_cannot_give():
+    model, shape = _build("mtl-conv4")
+    params = dict(model.named_parameters())
+    tasks = _tasks(shape, seed=9)
+    losses, outputs = inner.maml_outputs(model, params, *tasks, steps=1, lr=LR,
+                                         strategy="loop+task_backward")
+    with pytest.raises(mtl.errors.InnerLoopError, match="query outputs carry no graph"):
+        (losses.mean() + outputs.sum()).backward()
+    loss = mtl.maml_loss(model, params, *tasks, steps=1, lr=LR, strategy="loop+task_backward")
+    with pytest.raises(mtl.errors.InnerLoopError, match="create_graph"):
+        torch.autograd.grad(loss, list(params.values()), create_graph=True)
+    with torch.no_grad():  # evaluation: nothing to differentiate, the plain loop runs
+        got = mtl.maml_loss(model, params, *tasks, steps=1, lr=LR, strategy="loop+task_backward")
+    torch.testing.assert_close(got, loss.detach(), rtol=1e-12, atol=1e-12)
