@@ -23,8 +23,16 @@ A batch of B tasks is handled by one of these *strategies* (same numbers, differ
 - ``"loop+channels_last"``, ``"shared+channels_last"``: the same with every ``nn.Conv2d``'s output
   in channels-last memory format, where torch's CPU max-pool and batch-norm kernels are several
   times faster (torch 2.14);
+- ``"...+task_backward"`` (``"loop+task_backward"``, ``"shared+channels_last+task_backward"``, ...):
+  each task's gradient is computed during the forward pass and its graph freed at once (what a
+  hand-written loop does with ``loss_b.backward()`` per task), instead of keeping all B graphs
+  until one backward; ``losses.mean().backward()`` then hands over the stored gradients. The
+  query outputs carry no graph then, and the meta-gradient cannot be differentiated again (both
+  raise InnerLoopError);
 - ``"auto"``: times every strategy that can run the model once per (device, model, shapes,
-  settings), round-robin, and keeps the fastest whose trial meta-gradient agrees with the loop's.
+  settings), round-robin (the loop, and the ``+task_backward`` variants of the loop, the shared
+  step and channels-last where they apply, and vmap), and keeps the fastest whose trial
+  meta-gradient agrees with the loop's.
   The number of inner steps is not part of the key: the strategies repeat the same per-step work
   (the shared step saves the same time at any step count), so one inner step is timed and the
   decision holds for any step count (a 10-step evaluation after 1-step training does not time
@@ -360,8 +368,8 @@ def maml_loss(model: nn.Module, params: Mapping[str, Tensor], support_x: Tensor,
         support_x: ``[B, n_s, ...]`` (``[B, N*K, C, H, W]``); support_y ``[B, n_s]``.
         query_x: ``[B, n_q, ...]``; query_y ``[B, n_q]``.
         strategy: "auto" (the fastest strategy here, measured once per device and shapes; see
-            ``last_auto_choice``), or one of ``STRATEGIES``: "loop", "shared", "vmap",
-            "loop+channels_last", "shared+channels_last" (module docstring).
+            ``last_auto_choice``), or one of ``STRATEGIES``: "loop", "shared", "vmap", and the
+            "+channels_last" / "+task_backward" variants of the first two (module docstring).
         chunk_size: at most this many tasks at a time (bounds peak memory; slower).
 
     Returns:
