@@ -1023,12 +1023,7 @@ def _measure(key: tuple, model: nn.Module, params: Params, support_x: Tensor, su
     tolerance = 1e-8 if support_x.dtype == torch.float64 else 1e-3
     rejected: dict[str, float] = {}
     chosen = "loop"
-    # The plain loop is timed as the reference, not chosen when its one-backward-per-task variant
-    # runs: one inner step hides what keeping every task's graph costs at 5 steps (measured:
-    # within 5% of each other at one step, the kept graphs 15% slower at five, mini-ImageNet 5w5s).
-    choosable = [c for c in candidates
-                 if c != "loop" or timings.get("loop+task_backward", float("inf")) == float("inf")]
-    for strategy in sorted(choosable, key=lambda c: (timings[c], candidates.index(c))):
+    for strategy in sorted(candidates, key=lambda c: (timings[c], candidates.index(c))):
         if timings[strategy] == float("inf"):
             break
         if strategy != "loop" and "loop" in grads and not _random(model):
