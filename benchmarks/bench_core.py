@@ -2,7 +2,7 @@
 
     python benchmarks/bench_core.py --device cuda                 # the full table, < 5 min on an H100
     python benchmarks/bench_core.py --device cpu --interleave \\
-        --configs omniglot-5w1s --meta-batch 4 --impls loop auto higher
+        --configs omniglot-5w1s-b8-s1 --impls auto l2l functional higher floor
 
 The same as ``python -m mtl bench`` (see ``mtl/cli/bench.py`` for every option), with the JSON
 written to ``runs/bench/core-<device>-<UTC date>.json`` unless ``--json`` is given, and the

@@ -240,7 +240,9 @@ def test_every_registered_learner_implements_the_contract():
     """The engine, evaluation, FewShotClassifier and the capstone's table call only these hooks."""
     from mtl.algorithms import Learner
 
-    for name, cls in ALGORITHMS.items():
+    built_in = {name: cls for name, cls in ALGORITHMS.items() if cls.__module__.startswith("mtl.")}
+    assert len(built_in) >= 14  # (other tests register classes of their own)
+    for name, cls in built_in.items():
         assert issubclass(cls, Learner), name
         for hook in ("meta_gradient", "predict", "per_task_parameters"):
             assert getattr(cls, hook) is not getattr(Learner, hook), f"{name} does not define {hook}"

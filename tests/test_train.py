@@ -268,3 +268,17 @@ def test_an_overwrite_that_fails_before_its_first_checkpoint_restores_the_old_ru
     assert _snapshot(run) == before
     train(_tiny(iterations=4, val_every=2), out=run, overwrite=True, progress=False)
     assert not (run / ".replaced-run").exists() and _snapshot(run) != before
+
+
+def test_an_auto_run_logs_the_strategy_it_chose_and_its_timings(tmp_path):
+    run = tmp_path / "run"
+    train(_tiny(iterations=2, val_every=2, strategy="auto"), out=run, progress=False)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    (row,) = [r for r in rows if r["kind"] == "strategy"]
+    assert row["step"] == 1
+    assert row["chosen"] in row["timings_ms"] or not row["timings_ms"]  # timed, or untimed with a reason
+    assert row["note"].startswith("auto chose " + row["chosen"])
+    fixed = tmp_path / "fixed"
+    train(_tiny(iterations=2, val_every=2, strategy="loop"), out=fixed, progress=False)
+    fixed_rows = [json.loads(line) for line in (fixed / "metrics.jsonl").read_text().splitlines()]
+    assert not any(r["kind"] == "strategy" for r in fixed_rows)

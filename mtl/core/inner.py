@@ -10,15 +10,34 @@ adapting to a task is a few lines of arithmetic on that dict::
 and the outer (meta-) gradient is ordinary autograd through those lines: second order by default,
 first order when the inner gradients are treated as constants (``first_order=True``).
 
-A batch of B tasks is handled by one of two *strategies* (same numbers, different speed):
+A batch of B tasks is handled by one of these *strategies* (same numbers, different speed):
 
 - ``"vmap"``: ``torch.func.vmap`` runs all B inner loops at once, as one batched computation
   (what keeps a GPU busy);
 - ``"loop"``: a Python loop over tasks (less overhead on a CPU);
-- ``"auto"``: times both once per (device, shapes, settings) and keeps the faster one. The
-  number of inner steps is not part of the key: both strategies repeat the same per-step work, so
-  one inner step is timed and the decision holds for any step count (a 10-step evaluation after
-  1-step training does not time again).
+- ``"shared"``: inner step 0 of all B tasks as one merged batch ``[B*n, ...]`` (every task starts
+  from the same parameters; batch norm still takes each task's own statistics), each task's
+  step-0 gradient split out of the merged backward by a rule per layer kind; steps 1.. and the
+  query pass per task, as in the loop. Exact (float64: the loop's numbers to rounding); models of
+  Conv/Linear/BatchNorm layers (``shared_step_refusal`` says why another cannot);
+- ``"loop+channels_last"``, ``"shared+channels_last"``: the same with every ``nn.Conv2d``'s output
+  in channels-last memory format, where torch's CPU max-pool and batch-norm kernels are several
+  times faster (torch 2.14);
+- ``"...+task_backward"`` (``"loop+task_backward"``, ``"shared+channels_last+task_backward"``, ...):
+  each task's gradient is computed during the forward pass and its graph freed at once (what a
+  hand-written loop does with ``loss_b.backward()`` per task), instead of keeping all B graphs
+  until one backward; ``losses.mean().backward()`` then hands over the stored gradients. The
+  query outputs carry no graph then, and the meta-gradient cannot be differentiated again (both
+  raise InnerLoopError);
+- ``"auto"``: times every strategy that can run the model once per (device, model, shapes,
+  settings), round-robin (the loop, and the ``+task_backward`` variants of the loop, the shared
+  step and channels-last where they apply, and vmap), and keeps the fastest whose trial
+  meta-gradient agrees with the loop's.
+  The number of inner steps is not part of the key: the strategies repeat the same per-step work
+  (the shared step saves the same time at any step count), so one inner step is timed and the
+  decision holds for any step count (a 10-step evaluation after 1-step training does not time
+  again). ``last_auto_choice()`` / ``AUTO_TIMINGS`` hold the choice and every timing,
+  ``describe_auto_choice()`` one line for a log.
 
 ``chunk_size`` processes the tasks this many at a time and, when gradients are needed, recomputes
 each chunk during the backward pass (activation checkpointing), so the memory held for the outer
@@ -29,11 +48,13 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import types
 from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 from torch.func import functional_call, grad, vmap
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
@@ -41,15 +62,20 @@ from mtl.errors import ConfigError, InnerLoopError, TaskBatchError
 from mtl.core.norms import exact_norms, quiet, updates_running_stats
 
 __all__ = ["adapt", "maml_loss", "maml_outputs", "adapt_batch", "map_tasks", "STRATEGIES",
-           "resolve_strategy"]
+           "resolve_strategy", "last_auto_choice", "describe_auto_choice", "shared_step_refusal"]
 
 Params = dict[str, Tensor]
 LR = float | Mapping[str, Tensor]
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
-STRATEGIES = ("auto", "vmap", "loop")
-#: (device, shapes, settings) -> "vmap" | "loop", filled by "auto" the first time it meets a key.
+STRATEGIES = ("auto", "vmap", "loop", "shared", "loop+channels_last", "shared+channels_last",
+              "loop+task_backward", "shared+task_backward", "loop+channels_last+task_backward",
+              "shared+channels_last+task_backward")
+#: (device, shapes, settings) -> the chosen strategy, filled by "auto" the first time it meets a key.
 AUTO_DECISIONS: dict[tuple, str] = {}
+#: the same keys -> what "auto" measured: ``{"chosen", "timings_ms", "rejected", "setting"}``.
+AUTO_TIMINGS: dict[tuple, dict] = {}
+_LAST_KEY: list = [None]  # the key "auto" resolved last (decided then or before)
 
 
 # ----------------------------------------------------------------------------- one task
@@ -154,7 +180,8 @@ def map_tasks(fn: Callable[..., object], shared: object, batched: tuple[Tensor, 
         shared: what every task shares (parameters, learning rates): a tensor or a nested
             dict/tuple of tensors (a "pytree"); gradients flow to it.
         batched: tensors with a leading task dimension B (task ``b`` gets ``t[b]`` of each).
-        strategy: "vmap" or "loop" (resolve "auto" with ``resolve_strategy`` first).
+        strategy: "vmap", "loop" or "loop+channels_last" (resolve "auto" with
+            ``resolve_strategy`` first; "shared" is ``maml_outputs``'s own).
         chunk_size: process this many tasks at a time; if autograd is recording, each chunk is
             recomputed during the backward pass instead of keeping its activations.
         model: the module ``fn`` calls; under "vmap" its batch, instance and layer norm layers run
@@ -164,12 +191,13 @@ def map_tasks(fn: Callable[..., object], shared: object, batched: tuple[Tensor, 
     Returns:
         ``fn``'s output structure with a leading dimension B on every tensor.
     """
-    if strategy not in ("vmap", "loop"):
-        raise ConfigError(f"strategy {strategy!r} is not one of 'vmap', 'loop' (resolve 'auto' "
-                          "with resolve_strategy first)")
+    base, channels_last = _parse(strategy)
+    if base not in ("vmap", "loop") or (channels_last and base != "loop"):
+        raise ConfigError(f"strategy {strategy!r} is not one of 'vmap', 'loop', 'loop+channels_last' "
+                          "(resolve 'auto' with resolve_strategy first)")
 
     def run(shared_: object, *args: Tensor) -> object:
-        if strategy == "vmap":
+        if base == "vmap":
             with exact_norms(model) if model is not None else contextlib.nullcontext():
                 try:
                     return vmap(fn, in_dims=(None,) + (0,) * len(args),
@@ -178,8 +206,15 @@ def map_tasks(fn: Callable[..., object], shared: object, batched: tuple[Tensor, 
                     if "in-place" not in str(error):
                         raise
                     raise ConfigError(_in_place_message(model, error)) from error
-        return _stack([fn(shared_, *(a[b] for a in args)) for b in range(args[0].shape[0])])
+        with _layout(model, channels_last):
+            return _stack([fn(shared_, *(a[b] for a in args)) for b in range(args[0].shape[0])])
 
+    return _chunked(run, shared, batched, chunk_size)
+
+
+def _chunked(run: Callable[..., object], shared: object, batched: tuple[Tensor, ...],
+             chunk_size: int | None) -> object:
+    """``run(shared, *batched)``, ``chunk_size`` tasks at a time (each recomputed in backward)."""
     batch = batched[0].shape[0]
     if chunk_size is None or chunk_size >= batch:
         return run(shared, *batched)
@@ -285,17 +320,39 @@ def maml_outputs(model: nn.Module, params: Mapping[str, Tensor], support_x: Tens
                                 steps=steps, lr=lr, loss_fn=loss_fn, first_order=first_order,
                                 chunk_size=chunk_size)
 
+    strategy, task_backward = _split_task_backward(strategy)
+    base, channels_last = _parse(strategy)
+    if base == "shared" and steps == 0:  # nothing to share: the loop
+        base, strategy = "loop", "loop+channels_last" if channels_last else "loop"
+    if base == "shared":
+        refusal = shared_step_refusal(model)
+        if refusal is not None:
+            raise ConfigError(f"strategy={strategy!r} cannot run this model: {refusal}. Use "
+                              "strategy='loop' (or 'auto', which then does not consider it)")
+
     def one_task(shared: dict, sx: Tensor, sy: Tensor, qx: Tensor,
                  qy: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         return _task_outputs(model, shared["params"], _shared_lr(shared, lr), shared["fixed"],
                              steps, loss_fn, first_order, sx, sy, qx, qy, strategy == "vmap")
 
+    def shared_tasks(shared: dict, *batched: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return _shared_outputs(model, shared, lr, steps, loss_fn, first_order, channels_last,
+                               *batched)
+
     shared = _shared(model, params, lr)
+    batched = (support_x, support_y, query_x, query_y)
+    task_backward = task_backward and torch.is_grad_enabled() and not any(
+        t.requires_grad for t in batched) and any(
+        t.requires_grad for t in tree_flatten(shared)[0] if isinstance(t, Tensor))
     with _label_errors(model):
-        losses, outputs, inner_losses = map_tasks(one_task, shared,
-                                                  (support_x, support_y, query_x, query_y),
-                                                  strategy=strategy, chunk_size=chunk_size,
-                                                  model=model)
+        if task_backward:  # one task at a time already: chunk_size has nothing left to bound
+            losses, outputs, inner_losses = _task_backward_outputs(
+                model, shared, lr, steps, loss_fn, first_order, base, channels_last, batched)
+        elif base == "shared":
+            losses, outputs, inner_losses = _chunked(shared_tasks, shared, batched, chunk_size)
+        else:
+            losses, outputs, inner_losses = map_tasks(one_task, shared, batched, strategy=strategy,
+                                                      chunk_size=chunk_size, model=model)
     _check_finite(inner_losses, losses, steps, lr)
     return losses, outputs
 
@@ -310,8 +367,9 @@ def maml_loss(model: nn.Module, params: Mapping[str, Tensor], support_x: Tensor,
         model, params, steps, lr, loss_fn, first_order: as in ``adapt``.
         support_x: ``[B, n_s, ...]`` (``[B, N*K, C, H, W]``); support_y ``[B, n_s]``.
         query_x: ``[B, n_q, ...]``; query_y ``[B, n_q]``.
-        strategy: "vmap", "loop" or "auto" (the faster of the two, measured once per device and
-            shapes; see ``AUTO_DECISIONS``).
+        strategy: "auto" (the fastest strategy here, measured once per device and shapes; see
+            ``last_auto_choice``), or one of ``STRATEGIES``: "loop", "shared", "vmap", and the
+            "+channels_last" / "+task_backward" variants of the first two (module docstring).
         chunk_size: at most this many tasks at a time (bounds peak memory; slower).
 
     Returns:
@@ -353,9 +411,10 @@ def adapt_batch(model: nn.Module, params: Mapping[str, Tensor], x: Tensor, y: Te
     if x.shape[:2] != y.shape[:2] or (query_x is not None and query_x.shape[0] != x.shape[0]):
         raise TaskBatchError(f"x {tuple(x.shape)}, y {tuple(y.shape)} and query_x disagree in the "
                              "leading dimensions [B, n]; pass one target per example of each task")
+    _check_strategy(strategy)
     if strategy == "auto":  # no query loss to time here
         strategy = untimed_strategy(model, x.device)
-    _check_strategy(strategy)
+    strategy = strategy.replace("shared", "loop").replace(TASK_BACKWARD, "")  # no query loss here
 
     def one_task(shared: dict, tx: Tensor, ty: Tensor, *rest: Tensor) -> tuple:
         adapted, inner_losses = _adapt(model, shared["params"], tx, ty, steps,
@@ -380,6 +439,375 @@ def _shared(model: nn.Module, params: Params, lr: LR) -> dict:
 
 def _shared_lr(shared: dict, lr: LR) -> LR:
     return shared["lr"] if shared["lr"] is not None else lr
+
+
+# ----------------------------------------------------------------------------- "shared"
+
+CHANNELS_LAST = "+channels_last"
+
+
+def _parse(strategy: str) -> tuple[str, bool]:
+    """``"loop+channels_last"`` -> ``("loop", True)``; ``"vmap"`` -> ``("vmap", False)``."""
+    if strategy.endswith(CHANNELS_LAST):
+        return strategy[:-len(CHANNELS_LAST)], True
+    return strategy, False
+
+
+def _to_channels_last(module: nn.Module, inputs: tuple, output: object) -> object:
+    if isinstance(output, Tensor) and output.dim() == 4:
+        return output.contiguous(memory_format=torch.channels_last)
+    return output
+
+
+def _to_contiguous(module: nn.Module, inputs: tuple) -> tuple:
+    return tuple(x.contiguous() if isinstance(x, Tensor) else x for x in inputs)
+
+
+@contextlib.contextmanager
+def _layout(model: nn.Module | None, channels_last: bool):
+    """Within the block, every ``nn.Conv2d`` of ``model`` returns channels-last tensors.
+
+    The layers after it (batch norm, ReLU, max-pool, the next convolution) then run torch's
+    channels-last CPU kernels, several times faster than the contiguous ones for max-pool and
+    batch norm (torch 2.14). The same numbers up to the order of floating-point sums. A hook on
+    the convolution's output, not the input, because a one-channel image (Omniglot) is both
+    contiguous and channels-last, and torch then keeps the contiguous kernels.
+    """
+    if not channels_last or model is None:
+        yield
+        return
+    handles = [m.register_forward_hook(_to_channels_last) for m in model.modules()
+               if isinstance(m, nn.Conv2d)]
+    # torch's channels-last batch-norm CPU kernel loses precision in float32 (relative error
+    # ~1e-4 against ~1e-7 for the contiguous one, torch 2.14): batch norm runs contiguous, its
+    # output goes back to channels-last for the ReLU and max-pool after it.
+    for m in model.modules():
+        if isinstance(m, _batch_norm_types()):
+            handles.append(m.register_forward_pre_hook(_to_contiguous))
+            handles.append(m.register_forward_hook(_to_channels_last))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _batch_norm_types() -> tuple[type, ...]:
+    from mtl.models import BatchNorm  # mtl.models imports mtl.core.norms only: no cycle
+
+    return (BatchNorm, _BatchNorm)
+
+
+def shared_step_refusal(model: nn.Module) -> str | None:
+    """Why ``strategy="shared"`` cannot run ``model`` (None when it can).
+
+    The shared first step computes each task's gradient from one merged forward and backward
+    with a rule per layer kind, so every module that holds parameters must be one of:
+    ``nn.Conv1d/2d/3d`` (zero padding, numeric padding), ``nn.Linear``, ``mtl.models.BatchNorm``,
+    ``nn.BatchNorm1d/2d/3d`` (batch statistics without running statistics, or eval mode with
+    them). Modules without parameters must treat examples independently (ReLU, pooling,
+    flatten, ...). Parameters must be used through their module's forward.
+    """
+    bn_types = _batch_norm_types()
+    for name, module in model.named_modules():
+        label = f"{type(module).__name__} ({name or 'the model'})"
+        if "forward" in module.__dict__:
+            return f"{label} has a forward replaced on the instance"
+        if isinstance(module, _BatchNorm) and module.training and module.track_running_stats \
+                and module.running_mean is not None:
+            return (f"{label} updates running statistics in training mode (the merged first step "
+                    "would update them once for all tasks instead of once per task); use "
+                    "track_running_stats=False, eval mode, or strategy='loop'")
+        if isinstance(module, nn.modules.instancenorm._InstanceNorm) and updates_running_stats(module):
+            return f"{label} updates running statistics in training mode"
+        if isinstance(module, nn.modules.dropout._DropoutNd) and module.training and module.p > 0:
+            return f"{label} draws random masks (the merged step would draw other ones than the loop)"
+        if not any(True for _ in module.parameters(recurse=False)):
+            continue
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            if module.padding_mode != "zeros" or isinstance(module.padding, str) or module.transposed:
+                return f"{label} uses padding {module.padding!r} / mode {module.padding_mode!r}"
+        elif not isinstance(module, (nn.Linear, *bn_types)):
+            return f"{label} holds parameters and has no per-task gradient rule"
+    return None
+
+
+def _shared_first_step(model: nn.Module, params: Params, fixed: Params, sx: Tensor, sy: Tensor,
+                       lr: LR, loss_fn: LossFn, first_order: bool,
+                       channels_last: bool) -> tuple[dict[str, Tensor], Tensor]:
+    """Inner step 0 of B tasks from the same ``params`` as one merged forward and backward.
+
+    Returns ``(adapted, losses)``: name -> ``[B, *shape]`` (each task's parameters after one
+    step, exactly as the per-task loop computes them) and the B step-0 inner losses.
+
+    The merged batch ``[B*n, ...]`` runs the model once; batch norm takes its statistics per task
+    (the merged batch viewed as ``[B, n, ...]``), so each task's activations are exactly its own.
+    The merged loss is the *sum* of the B per-task losses, so the gradient of the merged loss
+    with respect to a layer's output is, on task b's rows, the gradient of task b's loss. From
+    those, one backward for all tasks, each task's parameter gradient follows by the layer's own
+    rule on its rows (convolution: ``convolution_backward`` for the weight; linear: ``dY^T X``;
+    batch-norm scale: ``sum dY * x_hat``; biases: ``sum dY``), all differentiable, so second
+    order holds.
+    """
+    batch, n = sx.shape[:2]
+    graph = not first_order and torch.is_grad_enabled() and any(
+        p.requires_grad for p in params.values())
+    at = params if graph else {k: p.detach().requires_grad_() for k, p in params.items()}
+    names = {id(p): k for k, p in model.named_parameters()}  # canonical names (tied: the first)
+    calls: list[tuple[str, nn.Module, Tensor, Tensor]] = []
+    bn_types = _batch_norm_types()
+
+    def conv_forward(self: nn.Module, x: Tensor) -> Tensor:
+        y = self._conv_forward(x, self.weight, self.bias)
+        if channels_last and y.dim() == 4:
+            y = y.contiguous(memory_format=torch.channels_last)
+        calls.append(("conv", self, x, y))
+        return y
+
+    def linear_forward(self: nn.Module, x: Tensor) -> Tensor:
+        y = F.linear(x, self.weight, self.bias)
+        calls.append(("linear", self, x, y))
+        return y
+
+    def norm_forward(self: nn.Module, x: Tensor) -> Tensor:
+        channels = (1, -1) + (1,) * (x.dim() - 2)
+        running = getattr(self, "running_mean", None)
+        if isinstance(self, _BatchNorm):
+            self._check_input_dim(x)
+        if self.training or running is None:  # per-task batch statistics: tasks as channels
+            rest = x.shape[1:]
+            grouped = x.unflatten(0, (batch, n)).transpose(0, 1).reshape(n, batch * rest[0], *rest[1:])
+            x_hat = F.batch_norm(grouped, None, None, None, None, True, 0.0, self.eps)
+            x_hat = x_hat.reshape(n, batch, *rest).transpose(0, 1).reshape(batch * n, *rest)
+        else:
+            x_hat = (x - running.view(channels)) * torch.rsqrt(self.running_var.view(channels) + self.eps)
+        weight, bias = getattr(self, "weight", None), getattr(self, "bias", None)
+        y = x_hat if weight is None else x_hat * weight.view(channels)
+        y = y if bias is None else y + bias.view(channels)
+        if weight is not None or bias is not None:
+            calls.append(("norm", self, x_hat, y))
+        return y
+
+    patched = []
+    for module in model.modules():
+        forward = (conv_forward if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) else
+                   linear_forward if isinstance(module, nn.Linear) else
+                   norm_forward if isinstance(module, bn_types) else None)
+        if forward is not None:
+            module.forward = types.MethodType(forward, module)
+            patched.append(module)
+    try:
+        with torch.enable_grad():
+            out = functional_call(model, {**fixed, **at}, (sx.flatten(0, 1),))
+            out = out.unflatten(0, (batch, n))
+            losses = torch.stack([loss_fn(out[b], sy[b]) for b in range(batch)])
+            wanted = [(kind, m, x, y) for kind, m, x, y in calls if y.requires_grad]
+            grads_y = torch.autograd.grad(losses.sum(), [y for *_, y in wanted], create_graph=graph,
+                                          allow_unused=True, materialize_grads=True)
+            grads = _per_task_grads(wanted, grads_y, model, names, batch, n)
+    finally:
+        for module in patched:
+            del module.forward
+    adapted = {}
+    for k, p in params.items():
+        g = grads.get(k)
+        if g is None:
+            g = p.new_zeros((batch, *p.shape))
+        elif not graph:
+            g = g.detach()
+        adapted[k] = p - _lr_of(lr, k) * g
+    return adapted, losses.detach()
+
+
+def _per_task_grads(calls: list, grads_y: tuple, model: nn.Module, names: dict[int, str],
+                    batch: int, n: int) -> dict[str, Tensor]:
+    """name -> ``[B, *shape]``: each task's gradient from the layers' merged inputs and output grads."""
+    out: dict[str, Tensor] = {}
+    originals = {id(m): m for m in model.modules()}
+
+    def add(module: nn.Module, attr: str, g: Tensor) -> None:
+        original = originals[id(module)]._parameters.get(attr)
+        name = names.get(id(original)) if original is not None else None
+        if name is None:
+            return
+        out[name] = out[name] + g if name in out else g
+
+    for (kind, module, x, _), dy in zip(calls, grads_y):
+        rows = dy.unflatten(0, (batch, n))
+        if kind == "conv":
+            dims = x.dim() - 2
+            weight = module.weight
+            per_task = [torch.ops.aten.convolution_backward(
+                dy[b * n:(b + 1) * n], x[b * n:(b + 1) * n], weight, None, list(module.stride),
+                list(module.padding), list(module.dilation), False, [0] * dims, module.groups,
+                (False, True, False))[1] for b in range(batch)]
+            add(module, "weight", torch.stack(per_task))
+            if module.bias is not None:
+                add(module, "bias", rows.sum((1,) + tuple(range(3, rows.dim()))))
+        elif kind == "linear":
+            xs = x.reshape(batch, -1, x.shape[-1])
+            ds = dy.reshape(batch, -1, dy.shape[-1])
+            add(module, "weight", ds.transpose(1, 2) @ xs)
+            if module.bias is not None:
+                add(module, "bias", ds.sum(1))
+        else:  # norm: y = x_hat * weight + bias, per channel (dim 1)
+            reduce = (1,) + tuple(range(3, rows.dim()))
+            if getattr(module, "weight", None) is not None:
+                add(module, "weight", (rows * x.unflatten(0, (batch, n))).sum(reduce))
+            if getattr(module, "bias", None) is not None:
+                add(module, "bias", rows.sum(reduce))
+    return out
+
+
+def _shared_outputs(model: nn.Module, shared: dict, lr: LR, steps: int, loss_fn: LossFn,
+                    first_order: bool, channels_last: bool, sx: Tensor, sy: Tensor, qx: Tensor,
+                    qy: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """B tasks with the shared first step, then per-task steps 1.. and query passes."""
+    params, fixed, lr = shared["params"], shared["fixed"], _shared_lr(shared, lr)
+    adapted, first = _shared_first_step(model, params, fixed, sx, sy, lr, loss_fn, first_order,
+                                        channels_last)
+    results = []
+    with _layout(model, channels_last):
+        for b in range(sx.shape[0]):
+            start = {k: v[b] for k, v in adapted.items()}
+            losses = first[b:b + 1]
+            if steps > 1:
+                start, later = _adapt(model, start, sx[b], sy[b], steps - 1, lr, loss_fn,
+                                      first_order, fixed, functional=False)
+                losses = torch.cat([losses, later])
+            out = functional_call(model, {**fixed, **start}, (qx[b],))
+            results.append((loss_fn(out, qy[b]), out, losses))
+    return _stack(results)
+
+
+# ----------------------------------------------------------------------------- "+task_backward"
+
+TASK_BACKWARD = "+task_backward"
+#: above this many gradient elements (tasks x parameters) only the sum of the per-task gradients
+#: is kept: enough for ``losses.mean()`` / ``.sum()``, not for tasks weighted unequally.
+PER_TASK_GRADS_LIMIT = 2 ** 25
+
+
+def _split_task_backward(strategy: str) -> tuple[str, bool]:
+    if strategy.endswith(TASK_BACKWARD):
+        return strategy[:-len(TASK_BACKWARD)], True
+    return strategy, False
+
+
+def _task_backward_outputs(model: nn.Module, shared: dict, lr: LR, steps: int, loss_fn: LossFn,
+                           first_order: bool, base: str, channels_last: bool,
+                           batched: tuple[Tensor, ...]) -> tuple[Tensor, Tensor, Tensor]:
+    """The loop (or the shared step, then the loop) with one backward per task, during the forward.
+
+    What the peers do by hand (``loss_b.backward()`` per task): each task's graph is freed as soon
+    as its gradient is known, instead of all B graphs living until one backward (on a CPU the
+    memory traffic of B kept graphs costs more than the arithmetic once B x steps is large). The
+    losses come back through an autograd function whose backward hands over the stored per-task
+    gradients (weighted by the incoming gradient of each task's loss), so ``losses.mean()
+    .backward()`` and ``torch.autograd.grad`` work as usual. Not possible: differentiating the
+    query outputs, or the meta-gradient itself (``create_graph=True``); both raise.
+    """
+    flat, spec = tree_flatten(shared)
+    wanted = [i for i, t in enumerate(flat) if isinstance(t, Tensor) and t.requires_grad]
+
+    def run(leaves: list[Tensor]):
+        full = list(flat)
+        for i, t in zip(wanted, leaves):
+            full[i] = t
+        shared_ = tree_unflatten(full, spec)
+        lr_ = _shared_lr(shared_, lr)
+        sx, sy, qx, qy = batched
+        per_task, results = [], []
+        merged = None
+        if base == "shared":
+            with torch.enable_grad():
+                adapted, first = _shared_first_step(model, shared_["params"], shared_["fixed"], sx,
+                                                    sy, lr_, loss_fn, first_order, channels_last)
+            merged = adapted
+        with _layout(model, channels_last):
+            for b in range(sx.shape[0]):
+                with torch.enable_grad():
+                    if merged is None:
+                        loss, out, inner_losses = _task_outputs(
+                            model, shared_["params"], lr_, shared_["fixed"], steps, loss_fn,
+                            first_order, sx[b], sy[b], qx[b], qy[b], False)
+                        cut = []
+                    else:
+                        start = {k: v[b].detach().requires_grad_() for k, v in merged.items()}
+                        cut = list(start.values())
+                        inner_losses = first[b:b + 1]
+                        if steps > 1:
+                            start, later = _adapt(model, start, sx[b], sy[b], steps - 1, lr_,
+                                                  loss_fn, first_order, shared_["fixed"],
+                                                  functional=False)
+                            inner_losses = torch.cat([inner_losses, later])
+                        out = functional_call(model, {**shared_["fixed"], **start}, (qx[b],))
+                        loss = loss_fn(out, qy[b])
+                    grads = torch.autograd.grad(loss, cut + leaves, allow_unused=True,
+                                                materialize_grads=True)
+                per_task.append(grads)
+                results.append((loss.detach(), out.detach(), inner_losses.detach()))
+        losses, outputs, inner = _stack(results)
+        return losses, outputs, inner, per_task, merged
+
+    return _TaskBackward.apply(run, *[flat[i] for i in wanted])
+
+
+class _TaskBackward(torch.autograd.Function):
+    """Forward: every task's loss and its gradient (graph freed per task). Backward: their sum,
+    each weighted by the incoming gradient of that task's loss."""
+
+    @staticmethod
+    def forward(ctx, run, *leaves):  # noqa: D102 - autograd.Function protocol
+        ctx.set_materialize_grads(False)
+        detached = [t.detach().requires_grad_() for t in leaves]
+        losses, outputs, inner, per_task, merged = run(detached)
+        cut = 0 if merged is None else len(merged)
+        size = losses.shape[0] * sum(t.numel() for t in leaves)
+        stack = merged is not None or size <= PER_TASK_GRADS_LIMIT
+        ctx.merged = merged
+        ctx.detached = detached
+        ctx.cut = cut
+        if stack:
+            ctx.per_task = per_task
+            ctx.total = None
+        else:
+            ctx.per_task = None
+            ctx.total = [sum(g[i] for g in per_task) for i in range(len(per_task[0]))]
+        ctx.mark_non_differentiable(inner)
+        return losses, outputs, inner
+
+    @staticmethod
+    def backward(ctx, grad_losses, grad_outputs, _grad_inner):  # noqa: D102
+        if grad_outputs is not None:
+            raise InnerLoopError("a '+task_backward' strategy (what strategy='auto' uses) computed "
+                                 "each task's gradient during the forward pass, so the query "
+                                 "outputs carry no graph; to differentiate through them, pass "
+                                 "strategy='loop' (or 'shared', 'vmap')")
+        if torch.is_grad_enabled():
+            raise InnerLoopError("a '+task_backward' strategy (what strategy='auto' uses) cannot "
+                                 "differentiate the meta-gradient again (create_graph=True); pass "
+                                 "strategy='loop' (or 'shared', 'vmap') for that")
+        if grad_losses is None:
+            return (None, *[None] * len(ctx.detached))
+        weights = grad_losses.detach()
+        if ctx.per_task is not None:
+            parts = [[w * g for g in grads] for w, grads in zip(weights, ctx.per_task)]
+            totals = [sum(p[i] for p in parts) for i in range(len(parts[0]))]
+            cut = [torch.stack([p[i] for p in parts]) for i in range(ctx.cut)]
+        else:
+            if not bool((weights == weights[0]).all()):
+                raise InnerLoopError("the tasks' losses are weighted unequally, and this batch "
+                                     "kept only the sum of its per-task gradients (B x parameters "
+                                     f"> {PER_TASK_GRADS_LIMIT}); pass strategy='loop'")
+            totals = [weights[0] * g for g in ctx.total]
+            cut = []
+        grads = totals[ctx.cut:]
+        if ctx.merged is not None:
+            through = torch.autograd.grad(list(ctx.merged.values()), ctx.detached, cut,
+                                          allow_unused=True, materialize_grads=True)
+            grads = [g + t for g, t in zip(grads, through)]
+        return (None, *grads)
 
 
 # ----------------------------------------------------------------------------- checks
@@ -512,22 +940,31 @@ def _check_finite(inner_losses: Tensor, query_losses: Tensor | None, steps: int,
 def resolve_strategy(strategy: str, model: nn.Module, params: Params, support_x: Tensor,
                      support_y: Tensor, query_x: Tensor, query_y: Tensor, *, steps: int, lr: LR,
                      loss_fn: LossFn, first_order: bool, chunk_size: int | None) -> str:
-    """"vmap"/"loop" unchanged; "auto": the faster of the two here, timed once per setting.
+    """A named strategy unchanged; "auto": the fastest here, timed once per setting.
 
     "auto" keeps the loop, untimed, for a model whose norm layers would update running
-    statistics (only the loop updates them as plain PyTorch does), and chooses "vmap" only if its
+    statistics (only the loop updates them as plain PyTorch does); otherwise it times every
+    candidate (``_candidates``: the loop, its channels-last variant on a CPU, the shared first
+    step where the model allows it, vmap) and chooses one other than the loop only if its
     meta-gradient on the timed trial agrees with the loop's (a guard against layers whose
-    derivatives are wrong under ``vmap``; ``AUTO_REJECTED`` records such settings).
+    derivatives are wrong under ``vmap`` or outside the shared step's rules; ``AUTO_REJECTED``
+    records such settings). ``AUTO_TIMINGS[key]`` / ``last_auto_choice()`` keep what was measured.
     """
     _check_strategy(strategy)
     if strategy != "auto":
         return strategy
     if updates_running_stats(model):
+        _LAST_KEY[0] = key = ("untimed", type(model).__name__)
+        AUTO_TIMINGS[key] = {"chosen": "loop", "timings_ms": {}, "rejected": {}, "failed": {},
+                             "setting": {"reason": "norm layers update running statistics: only "
+                                                   "the loop updates them as plain PyTorch does"}}
         return "loop"
     timed_steps = min(steps, 1)  # per-step work is the same at any step count: time one step
     key = (str(support_x.device), type(model).__name__, model.training, tuple(support_x.shape),
            tuple(query_x.shape), support_x.dtype, timed_steps, first_order, chunk_size,
-           isinstance(lr, Mapping), len(params), sum(p.numel() for p in params.values()))
+           isinstance(lr, Mapping), len(params), sum(p.numel() for p in params.values()),
+           _structure(model))
+    _LAST_KEY[0] = key
     if key not in AUTO_DECISIONS:
         AUTO_DECISIONS[key] = _measure(key, model, params, support_x, support_y, query_x, query_y,
                                        steps=timed_steps, lr=lr, loss_fn=loss_fn,
@@ -535,29 +972,107 @@ def resolve_strategy(strategy: str, model: nn.Module, params: Params, support_x:
     return AUTO_DECISIONS[key]
 
 
-#: settings for which "auto" found vmap's meta-gradient different from the loop's -> relative error.
+def _structure(model: nn.Module) -> int:
+    """A hash of the model's layer kinds and modes: two models with the same parameter count but
+    other layers (batch norm or instance norm, running statistics or not) get their own timing."""
+    return hash(tuple((type(m).__name__, m.training, getattr(m, "track_running_stats", None))
+                      for m in model.modules()))
+
+
+#: settings for which "auto" found a candidate's meta-gradient different from the loop's -> relative error.
 AUTO_REJECTED: dict[tuple, float] = {}
 
 
+def _candidates(model: nn.Module, device: torch.device, steps: int) -> list[str]:
+    """The strategies "auto" times here: the loop first (the reference), then the others."""
+    found = ["loop", "loop+task_backward"]
+    convolutional = any(isinstance(m, nn.Conv2d) for m in model.modules())
+    if device.type == "cpu" and convolutional:
+        found.append("loop+channels_last+task_backward")
+    if steps >= 1 and shared_step_refusal(model) is None:
+        found.append("shared+task_backward")
+        if device.type == "cpu" and convolutional:
+            found.append("shared+channels_last+task_backward")
+    return found + ["vmap"]
+
+
 def _measure(key: tuple, model: nn.Module, params: Params, support_x: Tensor, support_y: Tensor,
-             query_x: Tensor, query_y: Tensor, **settings) -> str:
-    """Time one meta-step (forward + backward) of each strategy on a detached copy of params."""
-    timings, grads = {}, {}
-    for strategy in ("loop", "vmap"):
-        try:
-            with quiet():
-                runs = [_time_once(strategy, model, params, support_x, support_y, query_x,
-                                   query_y, **settings) for _ in range(2)]
-            timings[strategy] = min(t for t, _ in runs)
-            grads[strategy] = runs[-1][1]
-        except Exception:  # noqa: BLE001 - a strategy that cannot run here is simply not chosen
-            timings[strategy] = float("inf")
-    if timings["vmap"] < timings["loop"] and not _random(model):
-        error = _relative_error(grads["vmap"], grads["loop"])
-        if error > (1e-8 if support_x.dtype == torch.float64 else 1e-3):
-            AUTO_REJECTED[key] = error
-            return "loop"
-    return min(timings, key=timings.get)
+             query_x: Tensor, query_y: Tensor, rounds: int = 2, **settings) -> str:
+    """Time one meta-step (forward + backward) of each candidate on a detached copy of params.
+
+    The candidates run round-robin (``rounds`` rounds, the fastest of each kept), so a change of
+    load on a shared CPU reaches all of them alike. A candidate other than the loop is chosen
+    only if its meta-gradient on the trial agrees with the loop's (``AUTO_REJECTED`` otherwise).
+    """
+    candidates = _candidates(model, support_x.device, settings["steps"])
+    timings: dict[str, float] = {c: float("inf") for c in candidates}
+    grads: dict[str, list[Tensor]] = {}
+    failed: dict[str, str] = {}
+    for _ in range(rounds):
+        for strategy in candidates:
+            if strategy in failed:
+                continue
+            try:
+                with quiet():
+                    seconds, grads[strategy] = _time_once(strategy, model, params, support_x,
+                                                          support_y, query_x, query_y, **settings)
+                timings[strategy] = min(timings[strategy], seconds)
+            except Exception as error:  # noqa: BLE001 - a strategy that cannot run here is not chosen
+                failed[strategy] = f"{type(error).__name__}: {str(error)[:200]}"
+                timings[strategy] = float("inf")
+    tolerance = 1e-8 if support_x.dtype == torch.float64 else 1e-3
+    rejected: dict[str, float] = {}
+    chosen = "loop"
+    for strategy in sorted(candidates, key=lambda c: (timings[c], candidates.index(c))):
+        if timings[strategy] == float("inf"):
+            break
+        if strategy != "loop" and "loop" in grads and not _random(model):
+            error = _relative_error(grads[strategy], grads["loop"])
+            if error > tolerance:
+                rejected[strategy] = error
+                AUTO_REJECTED[key] = error
+                continue
+        chosen = strategy
+        break
+    AUTO_TIMINGS[key] = {
+        "chosen": chosen,
+        "timings_ms": {c: round(1000 * t, 2) if t != float("inf") else None for c, t in timings.items()},
+        "rejected": rejected, "failed": failed,
+        "setting": {"device": key[0], "model": key[1], "support": key[3], "query": key[4],
+                    "dtype": str(key[5]), "timed_steps": key[6], "first_order": key[7]}}
+    return chosen
+
+
+def last_auto_choice() -> dict | None:
+    """What "auto" used last (None before its first decision), for a log line.
+
+    ``{"chosen": "loop+channels_last", "timings_ms": {"loop": 812.4, ...}, "rejected": {...},
+    "failed": {...}, "setting": {...}}``; every decision so far is in ``AUTO_TIMINGS``.
+    """
+    key = _LAST_KEY[0]
+    if key is None or (key not in AUTO_DECISIONS and key not in AUTO_TIMINGS):
+        return None
+    record = AUTO_TIMINGS.get(key) or {"chosen": AUTO_DECISIONS[key], "timings_ms": {},
+                                       "rejected": {}, "failed": {}, "setting": {}}
+    return dict(record)
+
+
+def describe_auto_choice(record: dict | None = None) -> str:
+    """One line: ``auto chose loop+channels_last (loop+channels_last 690 ms, loop 812 ms, ...)``."""
+    record = record or last_auto_choice()
+    if record is None:
+        return "auto has not chosen a strategy yet"
+    times = ", ".join(f"{c} {'failed' if t is None else f'{t:.0f} ms'}"
+                      for c, t in sorted(record["timings_ms"].items(),
+                                         key=lambda kv: float("inf") if kv[1] is None else kv[1]))
+    rejected = "".join(f"; {c} rejected (meta-gradient off by {e:.1e})"
+                       for c, e in record["rejected"].items())
+    if not record["timings_ms"]:
+        reason = record["setting"].get("reason")
+        return f"auto chose {record['chosen']}" + (f" (untimed: {reason})" if reason else "")
+    steps = record["setting"]["timed_steps"]
+    return (f"auto chose {record['chosen']} ({times}{rejected}; one meta-step with {steps} inner "
+            f"step{'s' if steps != 1 else ''}, on {record['setting']['device']})")
 
 
 def _random(model: nn.Module) -> bool:

@@ -1,0 +1,324 @@
+"""strategy="shared": inner step 0 of all tasks as one merged batch, exact to the per-task loop.
+
+Every meta-gradient here is float64 and compared, to 1e-10 relative, with a plain per-task loop of
+``functional_call`` + ``torch.autograd.grad`` written in this file and with ``higher``.
+"""
+from __future__ import annotations
+
+import higher
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+import mtl
+from mtl.core import inner
+import mtl.errors
+from mtl.errors import ConfigError
+from mtl.models import MLP, Conv4
+
+WAYS, B, LR, TOL = 3, 3, 0.3, 1e-10
+
+
+def _standard(norm=lambda c: nn.BatchNorm2d(c, track_running_stats=False)) -> nn.Module:
+    """Conv4-like, of standard torch layers only."""
+    layers, c = [], 1
+    for _ in range(2):
+        layers += [nn.Conv2d(c, 4, 3, padding=1), norm(4), nn.ReLU(), nn.MaxPool2d(2)]
+        c = 4
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(16, WAYS))
+
+
+def _randomised(model: nn.Module) -> nn.Module:
+    g = torch.Generator().manual_seed(3)
+    for m in model.modules():
+        if getattr(m, "running_mean", None) is not None:
+            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.3)
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+        if isinstance(m, nn.modules.batchnorm._NormBase) and m.weight is not None:
+            with torch.no_grad():
+                m.weight.copy_(1 + 0.3 * torch.randn(m.weight.shape, generator=g))
+                m.bias.copy_(0.3 * torch.randn(m.bias.shape, generator=g))
+    return model
+
+
+MODELS = {
+    "mtl-conv4": (lambda: Conv4(1, WAYS, hidden=4, image_size=16), (1, 16, 16), True),
+    "standard-bn2d": (_standard, (1, 8, 8), True),
+    "standard-bn2d-no-affine": (lambda: _standard(lambda c: nn.BatchNorm2d(
+        c, affine=False, track_running_stats=False)), (1, 8, 8), True),
+    "standard-bn2d-running-eval": (lambda: _standard(nn.BatchNorm2d), (1, 8, 8), False),
+    "bn1d-mlp": (lambda: nn.Sequential(nn.Flatten(), nn.Linear(64, 6), nn.BatchNorm1d(
+        6, track_running_stats=False), nn.ReLU(), nn.Linear(6, WAYS)), (1, 8, 8), True),
+}
+
+
+def _build(name: str) -> tuple[nn.Module, tuple[int, ...]]:
+    factory, shape, train = MODELS[name]
+    torch.manual_seed(0)
+    return _randomised(factory()).double().train(train), shape
+
+
+def _tasks(shape, shots=2, queries=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    sx = torch.randn(B, WAYS * shots, *shape, generator=g, dtype=torch.float64)
+    qx = torch.randn(B, WAYS * queries, *shape, generator=g, dtype=torch.float64)
+    sy = torch.arange(WAYS).repeat_interleave(shots).repeat(B, 1)
+    qy = torch.arange(WAYS).repeat_interleave(queries).repeat(B, 1)
+    return sx, sy, qx, qy
+
+
+def _per_task_loop(model, params, sx, sy, qx, qy, steps, first_order):
+    total = 0.0
+    for b in range(sx.shape[0]):
+        fast = dict(params)
+        for _ in range(steps):
+            loss = F.cross_entropy(functional_call(model, fast, (sx[b],)), sy[b])
+            grads = torch.autograd.grad(loss, list(fast.values()), create_graph=not first_order)
+            fast = {n: w - LR * g for (n, w), g in zip(fast.items(), grads)}
+        total = total + F.cross_entropy(functional_call(model, fast, (qx[b],)), qy[b])
+    return total / sx.shape[0], torch.autograd.grad(total / sx.shape[0], list(params.values()))
+
+
+def _higher(model, sx, sy, qx, qy, steps, first_order):
+    model.zero_grad()
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    callback = (lambda grads: [g.detach() for g in grads]) if first_order else None
+    for b in range(sx.shape[0]):
+        with higher.innerloop_ctx(model, opt, copy_initial_weights=False) as (fmodel, diffopt):
+            for _ in range(steps):
+                diffopt.step(F.cross_entropy(fmodel(sx[b]), sy[b]), grad_callback=callback)
+            (F.cross_entropy(fmodel(qx[b]), qy[b]) / sx.shape[0]).backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    return grads
+
+
+def _rel(a, b) -> float:
+    num = sum(((x - y) ** 2).sum() for x, y in zip(a, b)) ** 0.5
+    den = sum((y ** 2).sum() for y in b) ** 0.5
+    return float(num / den)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("first_order", [False, True], ids=["second", "first"])
+@pytest.mark.parametrize("steps", [1, 3])
+def test_shared_first_step_matches_the_per_task_loop_and_higher(name, first_order, steps):
+    model, shape = _build(name)
+    params = dict(model.named_parameters())
+    sx, sy, qx, qy = _tasks(shape)
+    want_loss, reference = _per_task_loop(model, params, sx, sy, qx, qy, steps, first_order)
+    assert _rel(_higher(model, sx, sy, qx, qy, steps, first_order), reference) <= TOL
+    for strategy, chunk in [("shared", None), ("shared+channels_last", None), ("shared", 2),
+                            ("loop+channels_last", None), ("loop+task_backward", None),
+                            ("shared+task_backward", None),
+                            ("shared+channels_last+task_backward", None)]:
+        loss = mtl.maml_loss(model, params, sx, sy, qx, qy, steps=steps, lr=LR,
+                             first_order=first_order, strategy=strategy, chunk_size=chunk)
+        torch.testing.assert_close(loss, want_loss, rtol=1e-12, atol=1e-12)
+        error = _rel(torch.autograd.grad(loss, list(params.values())), reference)
+        assert error <= TOL, f"{strategy} (chunk {chunk}): relative error {error:.2e}"
+
+
+def test_the_shared_step_is_not_the_same_as_the_loop_when_a_rule_is_wrong(monkeypatch):
+    """The comparison above can fail: break one per-layer rule and the meta-gradient moves."""
+    model, shape = _build("mtl-conv4")
+    params = dict(model.named_parameters())
+    sx, sy, qx, qy = _tasks(shape)
+    _, reference = _per_task_loop(model, params, sx, sy, qx, qy, 1, False)
+    real = inner._per_task_grads
+
+    def off(*args):
+        grads = real(*args)
+        return {k: g * 1.001 if k.endswith("0.weight") else g for k, g in grads.items()}
+
+    monkeypatch.setattr(inner, "_per_task_grads", off)
+    loss = mtl.maml_loss(model, params, sx, sy, qx, qy, steps=1, lr=LR, strategy="shared")
+    assert _rel(torch.autograd.grad(loss, list(params.values())), reference) > 1e-6
+
+
+def test_per_task_outputs_and_inner_losses_equal_the_loops():
+    model, shape = _build("standard-bn2d")
+    params = dict(model.named_parameters())
+    tasks = _tasks(shape, seed=1)
+    got = inner.maml_outputs(model, params, *tasks, steps=2, lr=LR, strategy="shared")
+    want = inner.maml_outputs(model, params, *tasks, steps=2, lr=LR, strategy="loop")
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
+
+
+def test_meta_sgd_rates_anil_head_and_regression():
+    # Meta-SGD: a learned rate per parameter; its gradient too must match the loop's.
+    model, shape = _build("mtl-conv4")
+    params = dict(model.named_parameters())
+    rates = {n: torch.full_like(p, LR).requires_grad_() for n, p in params.items()}
+    tasks = _tasks(shape, seed=2)
+    grads = {}
+    for strategy in ("loop", "shared"):
+        loss = mtl.maml_loss(model, params, *tasks, steps=2, lr=rates, strategy=strategy)
+        grads[strategy] = torch.autograd.grad(loss, list(params.values()) + list(rates.values()))
+    assert _rel(grads["shared"], grads["loop"]) <= TOL
+    # ANIL-like: only the head adapted, the body fixed (its parameters not in params).
+    head = {n: p for n, p in params.items() if n.startswith("head.")}
+    for strategy in ("loop", "shared"):
+        loss = mtl.maml_loss(model, head, *tasks, steps=2, lr=LR, strategy=strategy)
+        grads[strategy] = torch.autograd.grad(loss, list(params.values()), allow_unused=True,
+                                              materialize_grads=True)
+    assert _rel(grads["shared"], grads["loop"]) <= TOL
+    # Regression (mean-squared error, linear layers only).
+    torch.manual_seed(0)
+    mlp = MLP().double()
+    g = torch.Generator().manual_seed(0)
+    sx, qx = (torch.randn(B, n, 1, generator=g, dtype=torch.float64) for n in (5, 7))
+    sy, qy = torch.sin(sx), torch.sin(qx)
+    mlp_params = dict(mlp.named_parameters())
+    for strategy in ("loop", "shared"):
+        loss = mtl.maml_loss(mlp, mlp_params, sx, sy, qx, qy, steps=3, lr=0.01,
+                             loss_fn=F.mse_loss, strategy=strategy)
+        grads[strategy] = torch.autograd.grad(loss, list(mlp_params.values()))
+    assert _rel(grads["shared"], grads["loop"]) <= TOL
+
+
+def test_evaluation_without_gradients():
+    model, shape = _build("mtl-conv4")
+    params = dict(model.named_parameters())
+    tasks = _tasks(shape, seed=4)
+    with torch.no_grad():
+        got = mtl.maml_loss(model, params, *tasks, steps=3, lr=LR, strategy="shared")
+        want = mtl.maml_loss(model, params, *tasks, steps=3, lr=LR, strategy="loop")
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    assert all("forward" not in m.__dict__ for m in model.modules())  # forwards given back
+
+
+@pytest.mark.parametrize("layer, match", [
+    (lambda: nn.BatchNorm2d(4), "running statistics"),
+    (lambda: nn.GroupNorm(2, 4), "GroupNorm .* no per-task gradient rule"),
+])
+def test_models_it_cannot_run_are_refused_with_the_fix(layer, match):
+    torch.manual_seed(0)
+    model = _standard(lambda c: layer()).double()
+    tasks = _tasks((1, 8, 8))
+    with pytest.raises(ConfigError, match=rf"(?s){match}.*strategy='loop'"):
+        mtl.maml_loss(model, dict(model.named_parameters()), *tasks, steps=1, lr=LR,
+                      strategy="shared")
+    assert "shared" not in inner._candidates(model, torch.device("cpu"), 1)  # auto skips it
+
+
+def test_running_statistics_in_training_mode_are_left_untouched_by_the_refusal():
+    torch.manual_seed(0)
+    model = _standard(nn.BatchNorm2d).double()
+    before = model[1].running_mean.clone()
+    with pytest.raises(ConfigError):
+        mtl.maml_loss(model, dict(model.named_parameters()), *_tasks((1, 8, 8)), steps=1, lr=LR,
+                      strategy="shared")
+    assert torch.equal(model[1].running_mean, before)
+
+
+def test_zero_steps_is_the_loop():
+    model, shape = _build("mtl-conv4")
+    params = dict(model.named_parameters())
+    tasks = _tasks(shape)
+    got = mtl.maml_loss(model, params, *tasks, steps=0, lr=LR, strategy="shared")
+    want = mtl.maml_loss(model, params, *tasks, steps=0, lr=LR, strategy="loop")
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_auto_considers_the_shared_step_and_records_every_timing(monkeypatch):
+    model, shape = _build("standard-bn2d")
+    params = dict(model.named_parameters())
+    tasks = _tasks(shape, seed=5)
+    real = inner._time_once
+
+    def shared_fastest(strategy, *args, **kwargs):
+        seconds, grads = real(strategy, *args, **kwargs)
+        return (0.0 if strategy == "shared+task_backward" else 1.0 + seconds), grads
+
+    monkeypatch.setattr(inner, "_time_once", shared_fastest)
+    monkeypatch.setattr(inner, "AUTO_DECISIONS", {})
+    monkeypatch.setattr(inner, "AUTO_TIMINGS", {})
+    loss = mtl.maml_loss(model, params, *tasks, steps=2, lr=LR, strategy="auto")
+    record = inner.last_auto_choice()
+    assert record["chosen"] == "shared+task_backward" and record["rejected"] == {}
+    assert set(record["timings_ms"]) == {"loop", "loop+task_backward", "loop+channels_last+task_backward",
+                                         "shared+task_backward", "shared+channels_last+task_backward",
+                                         "vmap"}
+    assert "auto chose shared+task_backward" in inner.describe_auto_choice()
+    want = mtl.maml_loss(model, params, *tasks, steps=2, lr=LR, strategy="loop")
+    torch.testing.assert_close(loss, want, rtol=1e-12, atol=1e-12)
+
+
+def test_auto_rejects_a_shared_step_whose_meta_gradient_disagrees(monkeypatch):
+    model, shape = _build("standard-bn2d")
+    params = dict(model.named_parameters())
+    tasks = _tasks(shape, seed=6)
+    real = inner._time_once
+
+    def shared_fast_and_wrong(strategy, *args, **kwargs):
+        seconds, grads = real(strategy, *args, **kwargs)
+        if strategy == "shared+task_backward":
+            return 0.0, [g * 1.01 for g in grads]
+        return 1.0 + seconds, grads
+
+    monkeypatch.setattr(inner, "_time_once", shared_fast_and_wrong)
+    monkeypatch.setattr(inner, "AUTO_DECISIONS", {})
+    monkeypatch.setattr(inner, "AUTO_REJECTED", {})
+    chosen = inner.resolve_strategy("auto", model, params, *tasks, steps=1, lr=LR,
+                                    loss_fn=F.cross_entropy, first_order=False, chunk_size=None)
+    assert chosen != "shared+task_backward"
+    assert inner.last_auto_choice()["rejected"]["shared+task_backward"] == pytest.approx(0.01, rel=1e-6)
+
+
+@pytest.mark.parametrize("first_order", [False, True], ids=["second", "first"])
+def test_the_benchmarks_peers_compute_the_same_meta_gradient(first_order):
+    """``python -m mtl bench`` compares speed only: its l2l-style, functional and higher peers
+    must do the same work, so their .grad must equal mtl's meta-gradient."""
+    from mtl.cli import bench
+
+    model, shape = _build("standard-bn2d")
+    params = dict(model.named_parameters())
+    tasks = _tasks(shape, seed=7)
+    loss = mtl.maml_loss(model, params, *tasks, steps=2, lr=LR, first_order=first_order,
+                         strategy="loop")
+    want = torch.autograd.grad(loss, list(params.values()))
+    for peer in (bench._l2l_step, bench._functional_step, bench._higher_step):
+        model.zero_grad(set_to_none=True)
+        peer(model, tasks, LR, first_order, 2)()
+        got = [p.grad for p in params.values()]
+        assert _rel(got, want) <= TOL, peer.__name__
+    model.zero_grad(set_to_none=True)
+
+
+@pytest.mark.parametrize("strategy", ["loop+task_backward", "shared+task_backward",
+                                      "shared+channels_last+task_backward"])
+@pytest.mark.parametrize("first_order", [False, True], ids=["second", "first"])
+def test_one_backward_per_task_weights_each_task_by_its_incoming_gradient(strategy, first_order):
+    """The per-task gradients are kept separately: unequal task weights, learned rates."""
+    model, shape = _build("standard-bn2d")
+    params = dict(model.named_parameters())
+    rates = {n: torch.full_like(p, LR).requires_grad_() for n, p in params.items()}
+    tasks = _tasks(shape, seed=8)
+    weights = torch.tensor([0.2, 0.5, 0.3], dtype=torch.float64)
+    leaves = list(params.values()) + list(rates.values())
+    grads = {}
+    for name in ("loop", strategy):
+        losses, _ = inner.maml_outputs(model, params, *tasks, steps=2, lr=rates,
+                                       first_order=first_order, strategy=name)
+        grads[name] = torch.autograd.grad((losses * weights).sum(), leaves)
+    assert _rel(grads[strategy], grads["loop"]) <= TOL
+
+
+def test_one_backward_per_task_refuses_what_it_cannot_give():
+    model, shape = _build("mtl-conv4")
+    params = dict(model.named_parameters())
+    tasks = _tasks(shape, seed=9)
+    losses, outputs = inner.maml_outputs(model, params, *tasks, steps=1, lr=LR,
+                                         strategy="loop+task_backward")
+    with pytest.raises(mtl.errors.InnerLoopError, match="query outputs carry no graph"):
+        (losses.mean() + outputs.sum()).backward()
+    loss = mtl.maml_loss(model, params, *tasks, steps=1, lr=LR, strategy="loop+task_backward")
+    with pytest.raises(mtl.errors.InnerLoopError, match="create_graph"):
+        torch.autograd.grad(loss, list(params.values()), create_graph=True)
+    with torch.no_grad():  # evaluation: nothing to differentiate, the plain loop runs
+        got = mtl.maml_loss(model, params, *tasks, steps=1, lr=LR, strategy="loop+task_backward")
+    torch.testing.assert_close(got, loss.detach(), rtol=1e-12, atol=1e-12)
