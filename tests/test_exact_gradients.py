@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import warnings
 
-import higher
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
 
 import mtl
 from mtl.core import inner
 from mtl.models import Conv4
+from oracles import higher_meta_gradient, per_task_loop
 from mtl.errors import ConfigError
 
 WAYS, B, LR = 3, 3, 0.3
@@ -105,34 +104,6 @@ def _build(name: str) -> nn.Module:
     torch.manual_seed(0)
     model = _randomise_stats(factory()).double()
     return model.train(mode == "train")
-
-
-def _per_task_loop(model, params, sx, sy, qx, qy, steps, first_order, lr=LR):
-    """The oracle: one task at a time, plain autograd, written without mtl."""
-    total = 0.0
-    for b in range(sx.shape[0]):
-        fast = dict(params)
-        for _ in range(steps):
-            loss = F.cross_entropy(functional_call(model, fast, (sx[b],)), sy[b])
-            grads = torch.autograd.grad(loss, list(fast.values()), create_graph=not first_order)
-            fast = {n: w - lr * g for (n, w), g in zip(fast.items(), grads)}
-        total = total + F.cross_entropy(functional_call(model, fast, (qx[b],)), qy[b])
-    return torch.autograd.grad(total / sx.shape[0], list(params.values()))
-
-
-def _higher(model, sx, sy, qx, qy, steps, first_order):
-    """The peer library's meta-gradient (first order: its inner gradients detached)."""
-    model.zero_grad()
-    opt = torch.optim.SGD(model.parameters(), lr=LR)
-    callback = (lambda grads: [g.detach() for g in grads]) if first_order else None
-    for b in range(sx.shape[0]):
-        with higher.innerloop_ctx(model, opt, copy_initial_weights=False) as (fmodel, diffopt):
-            for _ in range(steps):
-                diffopt.step(F.cross_entropy(fmodel(sx[b]), sy[b]), grad_callback=callback)
-            (F.cross_entropy(fmodel(qx[b]), qy[b]) / sx.shape[0]).backward()
-    grads = [p.grad.clone() for p in model.parameters()]
-    model.zero_grad()
-    return grads
 
 
 def _mtl(model, params, sx, sy, qx, qy, steps, first_order, strategy, chunk_size=None, lr=LR):
@@ -293,3 +264,12 @@ def test_every_algorithm_gives_the_same_meta_gradient_under_vmap_and_the_loop(na
         grads[strategy] = [p.grad for p in algo.parameters() if p.grad is not None]
     assert grads["loop"], "no meta-gradient at all"
     assert _rel(grads["vmap"], grads["loop"]) <= TOL
+
+
+def _per_task_loop(model, params, sx, sy, qx, qy, steps, first_order, lr=LR):
+    """The oracle: one task at a time, plain autograd, written without mtl."""
+    return per_task_loop(model, params, sx, sy, qx, qy, steps, first_order, lr)[1]
+
+
+def _higher(model, sx, sy, qx, qy, steps, first_order):
+    return higher_meta_gradient(model, sx, sy, qx, qy, steps, first_order, LR)

@@ -5,18 +5,17 @@ Every meta-gradient here is float64 and compared, to 1e-10 relative, with a plai
 """
 from __future__ import annotations
 
-import higher
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
 
 import mtl
 from mtl.core import inner
 import mtl.errors
 from mtl.errors import ConfigError
 from mtl.models import MLP, Conv4
+from oracles import higher_meta_gradient, per_task_loop
 
 WAYS, B, LR, TOL = 3, 3, 0.3, 1e-10
 
@@ -67,32 +66,6 @@ def _tasks(shape, shots=2, queries=3, seed=0):
     sy = torch.arange(WAYS).repeat_interleave(shots).repeat(B, 1)
     qy = torch.arange(WAYS).repeat_interleave(queries).repeat(B, 1)
     return sx, sy, qx, qy
-
-
-def _per_task_loop(model, params, sx, sy, qx, qy, steps, first_order):
-    total = 0.0
-    for b in range(sx.shape[0]):
-        fast = dict(params)
-        for _ in range(steps):
-            loss = F.cross_entropy(functional_call(model, fast, (sx[b],)), sy[b])
-            grads = torch.autograd.grad(loss, list(fast.values()), create_graph=not first_order)
-            fast = {n: w - LR * g for (n, w), g in zip(fast.items(), grads)}
-        total = total + F.cross_entropy(functional_call(model, fast, (qx[b],)), qy[b])
-    return total / sx.shape[0], torch.autograd.grad(total / sx.shape[0], list(params.values()))
-
-
-def _higher(model, sx, sy, qx, qy, steps, first_order):
-    model.zero_grad()
-    opt = torch.optim.SGD(model.parameters(), lr=LR)
-    callback = (lambda grads: [g.detach() for g in grads]) if first_order else None
-    for b in range(sx.shape[0]):
-        with higher.innerloop_ctx(model, opt, copy_initial_weights=False) as (fmodel, diffopt):
-            for _ in range(steps):
-                diffopt.step(F.cross_entropy(fmodel(sx[b]), sy[b]), grad_callback=callback)
-            (F.cross_entropy(fmodel(qx[b]), qy[b]) / sx.shape[0]).backward()
-    grads = [p.grad.clone() for p in model.parameters()]
-    model.zero_grad()
-    return grads
 
 
 def _rel(a, b) -> float:
@@ -322,3 +295,11 @@ def test_one_backward_per_task_refuses_what_it_cannot_give():
     with torch.no_grad():  # evaluation: nothing to differentiate, the plain loop runs
         got = mtl.maml_loss(model, params, *tasks, steps=1, lr=LR, strategy="loop+task_backward")
     torch.testing.assert_close(got, loss.detach(), rtol=1e-12, atol=1e-12)
+
+
+def _per_task_loop(model, params, sx, sy, qx, qy, steps, first_order):
+    return per_task_loop(model, params, sx, sy, qx, qy, steps, first_order, LR)
+
+
+def _higher(model, sx, sy, qx, qy, steps, first_order):
+    return higher_meta_gradient(model, sx, sy, qx, qy, steps, first_order, LR)
