@@ -1,10 +1,12 @@
-"""Meta-gradients computed without mtl, for the exactness tests: one task at a time with plain
-autograd, and through the peer library ``higher``. Cross-entropy tasks, SGD inner steps of ``lr``."""
+"""What the exactness tests compare against, written without mtl: meta-gradients one task at a time
+with plain autograd and through the peer library ``higher`` (cross-entropy tasks, SGD inner steps
+of ``lr``), and the random statistics their models start from."""
 from __future__ import annotations
 
 import higher
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.func import functional_call
 
 
@@ -35,3 +37,18 @@ def higher_meta_gradient(model, sx, sy, qx, qy, steps, first_order, lr):
     grads = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
     return grads
+
+
+def randomise_stats(model: nn.Module) -> nn.Module:
+    """Non-trivial running statistics and affine values (seeded), so eval mode is a real test."""
+    g = torch.Generator().manual_seed(3)
+    for m in model.modules():
+        if getattr(m, "running_mean", None) is not None:
+            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.3)
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+        if isinstance(m, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)) and \
+                getattr(m, "weight", None) is not None:
+            with torch.no_grad():
+                m.weight.copy_(1 + 0.3 * torch.randn(m.weight.shape, generator=g))
+                m.bias.copy_(0.3 * torch.randn(m.bias.shape, generator=g))
+    return model

@@ -20,7 +20,7 @@ from torch import nn
 import mtl
 from mtl.core import inner
 from mtl.models import Conv4
-from oracles import higher_meta_gradient, per_task_loop
+from oracles import higher_meta_gradient, per_task_loop, randomise_stats
 from mtl.errors import ConfigError
 
 WAYS, B, LR = 3, 3, 0.3
@@ -39,21 +39,6 @@ def _conv_net(norm, *, dim: int = 2, channels: int = 1, side: int = 8) -> nn.Mod
 
 def _mlp(norm) -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(64, 6), norm(6), nn.ReLU(), nn.Linear(6, WAYS))
-
-
-def _randomise_stats(model: nn.Module) -> nn.Module:
-    """Non-trivial running statistics and affine values, so eval mode is a real test."""
-    g = torch.Generator().manual_seed(3)
-    for m in model.modules():
-        if getattr(m, "running_mean", None) is not None:
-            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.3)
-            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-        if isinstance(m, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)) and \
-                getattr(m, "weight", None) is not None:
-            with torch.no_grad():
-                m.weight.copy_(1 + 0.3 * torch.randn(m.weight.shape, generator=g))
-                m.bias.copy_(0.3 * torch.randn(m.bias.shape, generator=g))
-    return model
 
 
 def _resnet18(channels: int) -> nn.Module:
@@ -102,7 +87,7 @@ def _input_shape(name: str) -> tuple[int, ...]:
 def _build(name: str) -> nn.Module:
     factory, mode = MODELS[name]
     torch.manual_seed(0)
-    model = _randomise_stats(factory()).double()
+    model = randomise_stats(factory()).double()
     return model.train(mode == "train")
 
 

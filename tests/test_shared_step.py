@@ -15,7 +15,7 @@ from mtl.core import inner
 import mtl.errors
 from mtl.errors import ConfigError
 from mtl.models import MLP, Conv4
-from oracles import higher_meta_gradient, per_task_loop
+from oracles import higher_meta_gradient, per_task_loop, randomise_stats
 
 WAYS, B, LR, TOL = 3, 3, 0.3, 1e-10
 
@@ -27,19 +27,6 @@ def _standard(norm=lambda c: nn.BatchNorm2d(c, track_running_stats=False)) -> nn
         layers += [nn.Conv2d(c, 4, 3, padding=1), norm(4), nn.ReLU(), nn.MaxPool2d(2)]
         c = 4
     return nn.Sequential(*layers, nn.Flatten(), nn.Linear(16, WAYS))
-
-
-def _randomised(model: nn.Module) -> nn.Module:
-    g = torch.Generator().manual_seed(3)
-    for m in model.modules():
-        if getattr(m, "running_mean", None) is not None:
-            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.3)
-            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-        if isinstance(m, nn.modules.batchnorm._NormBase) and m.weight is not None:
-            with torch.no_grad():
-                m.weight.copy_(1 + 0.3 * torch.randn(m.weight.shape, generator=g))
-                m.bias.copy_(0.3 * torch.randn(m.bias.shape, generator=g))
-    return model
 
 
 MODELS = {
@@ -56,7 +43,7 @@ MODELS = {
 def _build(name: str) -> tuple[nn.Module, tuple[int, ...]]:
     factory, shape, train = MODELS[name]
     torch.manual_seed(0)
-    return _randomised(factory()).double().train(train), shape
+    return randomise_stats(factory()).double().train(train), shape
 
 
 def _tasks(shape, shots=2, queries=3, seed=0):
