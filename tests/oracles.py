@@ -52,3 +52,13 @@ def randomise_stats(model: nn.Module) -> nn.Module:
                 m.weight.copy_(1 + 0.3 * torch.randn(m.weight.shape, generator=g))
                 m.bias.copy_(0.3 * torch.randn(m.bias.shape, generator=g))
     return model
+
+
+def random_tasks(shape, *, tasks: int, ways: int, shots: int, queries: int, seed: int):
+    """A seeded float64 batch ``(support_x, support_y, query_x, query_y)`` of ``tasks`` N-way tasks."""
+    g = torch.Generator().manual_seed(seed)
+    sx = torch.randn(tasks, ways * shots, *shape, generator=g, dtype=torch.float64)
+    qx = torch.randn(tasks, ways * queries, *shape, generator=g, dtype=torch.float64)
+    sy = torch.arange(ways).repeat_interleave(shots).repeat(tasks, 1)
+    qy = torch.arange(ways).repeat_interleave(queries).repeat(tasks, 1)
+    return sx, sy, qx, qy

@@ -20,7 +20,7 @@ from torch import nn
 import mtl
 from mtl.core import inner
 from mtl.models import Conv4
-from oracles import higher_meta_gradient, per_task_loop, randomise_stats
+from oracles import higher_meta_gradient, per_task_loop, random_tasks, randomise_stats
 from mtl.errors import ConfigError
 
 WAYS, B, LR = 3, 3, 0.3
@@ -68,12 +68,7 @@ MODELS = {
 
 
 def _tasks(shape: tuple[int, ...], shots: int = 2, queries: int = 2, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    sx = torch.randn(B, WAYS * shots, *shape, generator=g, dtype=torch.float64)
-    qx = torch.randn(B, WAYS * queries, *shape, generator=g, dtype=torch.float64)
-    sy = torch.arange(WAYS).repeat_interleave(shots).repeat(B, 1)
-    qy = torch.arange(WAYS).repeat_interleave(queries).repeat(B, 1)
-    return sx, sy, qx, qy
+    return random_tasks(shape, tasks=B, ways=WAYS, shots=shots, queries=queries, seed=seed)
 
 
 def _input_shape(name: str) -> tuple[int, ...]:
@@ -136,7 +131,6 @@ def test_torchvision_resnet18_with_a_new_head(channels):
             got = _mtl(model, params, sx, sy, qx, qy, 2, first_order, strategy, chunk, lr=0.01)
             error = _rel(got, reference)
             assert error <= TOL, f"{strategy} (chunk {chunk}, first order {first_order}): {error:.1e}"
-
 
 
 def _build_resnet(channels: int) -> nn.Module:

@@ -15,7 +15,7 @@ from mtl.core import inner
 import mtl.errors
 from mtl.errors import ConfigError
 from mtl.models import MLP, Conv4
-from oracles import higher_meta_gradient, per_task_loop, randomise_stats
+from oracles import higher_meta_gradient, per_task_loop, random_tasks, randomise_stats
 
 WAYS, B, LR, TOL = 3, 3, 0.3, 1e-10
 
@@ -47,12 +47,7 @@ def _build(name: str) -> tuple[nn.Module, tuple[int, ...]]:
 
 
 def _tasks(shape, shots=2, queries=3, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    sx = torch.randn(B, WAYS * shots, *shape, generator=g, dtype=torch.float64)
-    qx = torch.randn(B, WAYS * queries, *shape, generator=g, dtype=torch.float64)
-    sy = torch.arange(WAYS).repeat_interleave(shots).repeat(B, 1)
-    qy = torch.arange(WAYS).repeat_interleave(queries).repeat(B, 1)
-    return sx, sy, qx, qy
+    return random_tasks(shape, tasks=B, ways=WAYS, shots=shots, queries=queries, seed=seed)
 
 
 def _rel(a, b) -> float:
