@@ -129,7 +129,7 @@ class FewShotClassifier:
         classes = list(dict.fromkeys(labels))
         if len(classes) < 2:
             raise TaskBatchError(f"the support set has {len(classes)} class; a task needs at least 2")
-        self._check_ways(len(classes))
+        self.learner.set_ways(len(classes))  # resized, or MTLError naming the fix
         order = sorted(range(len(labels)), key=lambda i: classes.index(labels[i]))
         self.classes_ = classes
         y = torch.tensor([classes.index(labels[i]) for i in order], device=self.device)
@@ -152,10 +152,6 @@ class FewShotClassifier:
     def predict(self, images: Any) -> list:
         """The predicted label of each image."""
         return [self.classes_[i] for i in self.predict_proba(images).argmax(-1).tolist()]
-
-    # ------------------------------------------------------------------------------- heads
-    def _check_ways(self, n: int) -> None:
-        self.learner.set_ways(n)  # the learner contract: resize, or MTLError naming the fix
 
 
 def folder_images(root: str | Path) -> tuple[list[Path], list[str]]:
