@@ -189,17 +189,20 @@ def test_auto_picks_a_strategy_once_and_gives_the_same_numbers():
     assert all(p.grad is None for p in params.values())  # timing left no .grad behind
 
 
-def test_auto_times_once_for_any_number_of_inner_steps(monkeypatch):
+def test_auto_times_each_step_count_once_up_to_the_trial_cap(monkeypatch):
     model = _small_conv()
     params = dict(model.named_parameters())
     tasks = _image_tasks(batch=3, seed=6)
     inner.AUTO_DECISIONS.clear()
     timed = []
     monkeypatch.setattr(inner, "_measure", lambda *args, **settings: timed.append(settings["steps"]) or "loop")
-    for steps in (1, 3, 10):
+    for steps in (1, 3, 10, 1, 7, 3):
         mtl.maml_loss(model, params, *tasks, steps=steps, lr=0.3, strategy="auto")
     mtl.maml_loss(model, params, *tasks, steps=0, lr=0.3, strategy="auto")
-    assert timed == [1, 0]  # one timing (with one inner step) serves 1, 3 and 10 steps
+    # each step count is timed once, with its own steps (a kept graph costs more at more steps);
+    # beyond AUTO_TRIAL_STEPS one timing with that many serves them all
+    assert inner.AUTO_TRIAL_STEPS == 5
+    assert timed == [1, 3, 5, 0]
 
 
 # ----------------------------------------------------------------------------- bad input

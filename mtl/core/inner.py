@@ -33,10 +33,9 @@ A batch of B tasks is handled by one of these *strategies* (same numbers, differ
   settings), round-robin (the loop, and the ``+task_backward`` variants of the loop, the shared
   step and channels-last where they apply, and vmap), and keeps the fastest whose trial
   meta-gradient agrees with the loop's.
-  The number of inner steps is not part of the key: the strategies repeat the same per-step work
-  (the shared step saves the same time at any step count), so one inner step is timed and the
-  decision holds for any step count (a 10-step evaluation after 1-step training does not time
-  again). ``last_auto_choice()`` / ``AUTO_TIMINGS`` hold the choice and every timing,
+  The number of inner steps is part of the key, up to ``AUTO_TRIAL_STEPS`` (5): what each task's
+  kept graph costs grows with the steps, so the trial runs the steps it will serve, and one
+  timing with 5 serves any larger count. ``last_auto_choice()`` / ``AUTO_TIMINGS`` hold the choice and every timing,
   ``describe_auto_choice()`` one line for a log.
 
 ``chunk_size`` processes the tasks this many at a time and, when gradients are needed, recomputes
@@ -959,7 +958,9 @@ def resolve_strategy(strategy: str, model: nn.Module, params: Params, support_x:
                              "setting": {"reason": "norm layers update running statistics: only "
                                                    "the loop updates them as plain PyTorch does"}}
         return "loop"
-    timed_steps = min(steps, 1)  # per-step work is the same at any step count: time one step
+    # the trial runs the inner steps it will serve, up to AUTO_TRIAL_STEPS: what each task's kept
+    # graph costs grows with the steps, so a one-step trial can rank the strategies wrongly at five
+    timed_steps = min(steps, AUTO_TRIAL_STEPS)
     key = (str(support_x.device), type(model).__name__, model.training, tuple(support_x.shape),
            tuple(query_x.shape), support_x.dtype, timed_steps, first_order, chunk_size,
            isinstance(lr, Mapping), len(params), sum(p.numel() for p in params.values()),
@@ -978,6 +979,9 @@ def _structure(model: nn.Module) -> int:
     return hash(tuple((type(m).__name__, m.training, getattr(m, "track_running_stats", None))
                       for m in model.modules()))
 
+
+#: the most inner steps "auto" times; more steps reuse the timing made with this many.
+AUTO_TRIAL_STEPS = 5
 
 #: settings for which "auto" found a candidate's meta-gradient different from the loop's -> relative error.
 AUTO_REJECTED: dict[tuple, float] = {}
