@@ -117,12 +117,22 @@ def test_record_keeps_provenance_scores_and_the_validation_curve(tmp_path):
     from mtl.engine.train import train
 
     run = tmp_path / "run"
-    train(dict(dataset="sinusoid", algorithm="maml", meta_batch=4, inner_steps=1, inner_lr=0.01, iterations=4,
-               val_every=2, val_episodes=4, test_episodes=6, strategy="loop", device="cpu"), out=run, progress=False)
-    code = main(["compare", "record", str(run), "--method", "MAML", "--command", "python -m mtl train ...",
-                 "--out", str(tmp_path / "results" / "maml.json")])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the run's thread count is what the provenance names, not the recorder's
+    try:
+        train(dict(dataset="sinusoid", algorithm="maml", meta_batch=4, inner_steps=1, inner_lr=0.01, iterations=4,
+                   val_every=2, val_episodes=4, test_episodes=6, strategy="loop", device="cpu"), out=run,
+                  progress=False)
+        torch.set_num_threads(3)
+        code = main(["compare", "record", str(run), "--method", "MAML", "--command", "python -m mtl train ...",
+                     "--out", str(tmp_path / "results" / "cpu-maml.json")])
+    finally:
+        torch.set_num_threads(threads)
     assert code == 0
-    (row,) = compare.load_results(tmp_path / "results")
+    (tmp_path / "results" / "other.json").write_text((tmp_path / "results" / "cpu-maml.json").read_text())
+    assert len(compare.load_results(tmp_path / "results")) == 2
+    (row,) = compare.load_results(tmp_path / "results", "cpu-*.json")
+    assert ", 1 thread (torch" in row.provenance["hardware"] or torch.cuda.is_available()
     assert row.method == "MAML" and row.episodes == 6 and len(row.scores) == 6
     assert [r["step"] for r in row.curve] == [2, 4] and all("elapsed_s" in r for r in row.curve)
     assert row.provenance["command"] == "python -m mtl train ..." and row.provenance["date"]

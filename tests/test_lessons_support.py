@@ -338,9 +338,28 @@ def test_label_points_keeps_labels_apart():
     fig, ax = plt.subplots(figsize=(6, 4))
     xs, ys = [1.0, 1.02, 1.04, 5.0, 1.01], [80.0, 80.2, 79.9, 50.0, 80.1]  # four points on top of each other
     ax.scatter(xs, ys)
-    texts = viz.label_points(ax, xs, ys, ["MAML", "first-order MAML", "Reptile", "ProtoNet", "ANIL"])
+    yerr = [3.0, 0.0, 0.0, 0.0, 0.0]
+    texts = viz.label_points(ax, xs, ys, ["MAML", "first-order MAML", "Reptile", "ProtoNet", "ANIL"], yerr=yerr)
     renderer = fig.canvas.get_renderer()
-    boxes = [t.get_window_extent(renderer) for t in texts]
-    assert len(texts) == 5
+    boxes = [viz._text_box(t, renderer) for t in texts]  # the text alone, not its leader line
+    assert [t.get_text() for t in texts] == ["MAML", "first-order MAML", "Reptile", "ProtoNet", "ANIL"]
     assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    # no label covers a point or MAML's error bar
+    for x, y in zip(xs, ys):
+        px, py = ax.transData.transform((x, y))
+        assert not any(b.contains(px, py) for b in boxes)
+    px, low = ax.transData.transform((xs[0], ys[0] - yerr[0]))
+    _, high = ax.transData.transform((xs[0], ys[0] + yerr[0]))
+    assert not any(b.x0 <= px <= b.x1 and b.y0 <= high and b.y1 >= low for b in boxes)
+    # labels moved off their point's line are tied to it by a leader line
+    assert any(t.arrow_patch is not None for t in texts)
     plt.close(fig)
+
+
+def test_show_source_names_the_file_of_a_decorated_method(capsys):
+    from mtl.algorithms.transfer import finetune
+
+    viz.show_source(finetune.NearestCentroid.predict)  # wrapped by @torch.no_grad()
+    printed = capsys.readouterr().out
+    assert printed.splitlines()[0] == "# mtl/algorithms/transfer/finetune.py"
+    assert "def predict" in printed

@@ -120,8 +120,9 @@ def paired_difference(scores_a, scores_b) -> tuple[float, float]:
     return confidence_interval([x - y for x, y in zip(a, b)])
 
 
-def hardware() -> str:
-    """A one-line description of this machine: GPU name, else CPU model and torch thread count."""
+def hardware(threads: int | None = None) -> str:
+    """A one-line description of this machine: GPU name, else CPU model and torch thread count
+    (``threads``, the count a run used, else this process's)."""
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name(0)} (torch {torch.__version__})"
     cpu = platform.processor() or platform.machine()
@@ -132,7 +133,8 @@ def hardware() -> str:
                 break
     except OSError:
         pass
-    return f"{cpu}, {torch.get_num_threads()} threads (torch {torch.__version__})"
+    threads = threads or torch.get_num_threads()
+    return f"{cpu}, {threads} thread{'' if threads == 1 else 's'} (torch {torch.__version__})"
 
 
 @dataclass
@@ -177,14 +179,15 @@ class PlannedRun:
     command: str
 
 
-def load_results(folder: str | Path = RESULTS) -> list[Row]:
-    """Rows from ``folder/*.json`` (``{"row": {...Row fields...}, "provenance": {"command", "hardware", "date"}}``).
+def load_results(folder: str | Path = RESULTS, pattern: str = "*.json") -> list[Row]:
+    """Rows from the files ``folder/pattern`` matches, in name order
+    (``{"row": {...Row fields...}, "provenance": {"command", "hardware", "date"}}``).
 
     Files without the three provenance fields are refused: a number without its command cannot
     be regenerated.
     """
     rows = []
-    for path in sorted(Path(folder).glob("*.json")):
+    for path in sorted(Path(folder).glob(pattern)):
         try:
             payload = json.loads(path.read_text())
             provenance = payload["provenance"]
@@ -264,7 +267,7 @@ def record(run_dir: str | Path, *, method: str, command: str, out: str | Path | 
     row = Row(method=method, dataset=config.dataset, accuracy=test["mean"], ci95=test["ci95"], episodes=test["n"],
               train_s=summary["wall_time_s"], memory_bytes=None, meta_learned=meta_parameters(learner),
               per_task=per_task_parameters(learner, config.test_ways))
-    provenance = {"command": command, "hardware": hardware(),
+    provenance = {"command": command, "hardware": hardware(summary.get("threads")),
                   "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "run": str(run_dir),
                   "steps": summary["steps"], "stopped": summary["stopped"]}
     target = Path(out) if out else RESULTS / f"{run_dir.name}.json"

@@ -283,7 +283,9 @@ def figure_png(fig: Figure, dpi: int = 80) -> bytes:
 
 def show_source(obj) -> None:
     """Print the source of ``obj`` (a function, class or method of mtl) under a ``# mtl/...py``
-    line naming its file, so a listing in a lesson says where the code it shows lives."""
+    line naming its file, so a listing in a lesson says where the code it shows lives. A decorated
+    function (``@torch.no_grad()``) is unwrapped first, so the file named is its own."""
+    obj = inspect.unwrap(obj)
     path = Path(inspect.getsourcefile(obj)).resolve()
     root = Path(__file__).resolve().parents[2]
     shown = path.relative_to(root).as_posix() if path.is_relative_to(root) else path.name
@@ -332,26 +334,47 @@ def maml_graph(steps: int = 2, *, ax=None) -> Figure:
 
 
 def label_points(ax, xs: Sequence[float], ys: Sequence[float], labels: Sequence[str], *, fontsize: float = 8,
-                 max_moves: int = 40) -> list:
-    """Write ``labels`` beside the points ``(xs, ys)`` of ``ax`` so that no two labels overlap: each
+                 yerr: Sequence[float] | None = None, max_moves: int = 40) -> list:
+    """Write ``labels`` beside the points ``(xs, ys)`` of ``ax`` so that no label overlaps another
+    label, a point, or a point's vertical error bar (``yerr``, half-widths in data units): each
     label starts just right of its point and steps down, then up, a line at a time until its box is
-    clear of the labels already placed. Call it after the axes' scales and limits are set (the
-    boxes are measured on the screen). Returns the text artists."""
-    from matplotlib.transforms import ScaledTranslation
+    clear; a label moved off its point's line gets a thin leader line to the point. Call it after
+    the axes' scales and limits are set (the boxes are measured on the screen). Returns the
+    annotations (matplotlib ``Annotation``), in the order of ``labels``."""
+    from matplotlib.transforms import Bbox
 
     fig = ax.figure
     ax.autoscale_view()
     renderer = fig.canvas.get_renderer()
-    placed, texts = [], []
+    to_screen = ax.transData.transform
+    radius = 4.0  # pixels around a marker that a label keeps clear of
+    obstacles = []
+    for i, (x, y) in enumerate(zip(xs, ys)):
+        px, py = to_screen((x, y))
+        obstacles.append(Bbox([[px - radius, py - radius], [px + radius, py + radius]]))
+        if yerr is not None and yerr[i]:
+            (_, low), (_, high) = to_screen((x, y - yerr[i])), to_screen((x, y + yerr[i]))
+            obstacles.append(Bbox([[px - 2, min(low, high)], [px + 2, max(low, high)]]))
+    placed, texts = [], {}
     for i in sorted(range(len(labels)), key=lambda i: -ys[i]):  # top to bottom
         for move in range(max_moves):
             shift = (move + 1) // 2 * (1 if move % 2 else -1) * (fontsize + 2)  # 0, +h, -h, +2h, ... points
-            offset = ScaledTranslation(4 / 72, (3 - shift) / 72, fig.dpi_scale_trans)
-            text = ax.text(xs[i], ys[i], labels[i], fontsize=fontsize, transform=ax.transData + offset)
-            box = text.get_window_extent(renderer)
-            if not any(box.overlaps(other) for other in placed) or move == max_moves - 1:
+            text = ax.annotate(labels[i], (xs[i], ys[i]), xytext=(6, 3 - shift), textcoords="offset points",
+                               fontsize=fontsize, va="center",
+                               arrowprops=dict(arrowstyle="-", lw=0.5, color="0.5", shrinkA=0, shrinkB=3)
+                               if shift else None)
+            box = _text_box(text, renderer)
+            if not any(box.overlaps(other) for other in placed + obstacles) or move == max_moves - 1:
                 placed.append(box)
-                texts.append(text)
+                texts[i] = text
                 break
             text.remove()
-    return texts
+    return [texts[i] for i in range(len(labels))]
+
+
+def _text_box(annotation, renderer):
+    """The screen box of an annotation's text alone (its own extent includes the leader line)."""
+    from matplotlib.text import Text
+
+    annotation.update_positions(renderer)
+    return Text.get_window_extent(annotation, renderer)

@@ -83,11 +83,12 @@ class RunSummary:
     test: dict[str, Any] | None
     history: list[dict[str, Any]] = field(repr=False)
     learner: nn.Module | None = field(default=None, repr=False, compare=False)
+    threads: int = field(default_factory=torch.get_num_threads)  # torch's CPU threads while training
 
     def to_dict(self) -> dict[str, Any]:
         return {"config": self.config.to_dict(), "out": self.out, "steps": self.steps,
-                "stopped": self.stopped, "wall_time_s": self.wall_time_s, "last_val": self.last_val,
-                "best_val": self.best_val, "test": self.test}
+                "stopped": self.stopped, "wall_time_s": self.wall_time_s, "threads": self.threads,
+                "last_val": self.last_val, "best_val": self.best_val, "test": self.test}
 
 
 # --- building blocks: mtl.engine.build (shared with mtl.engine.evaluate) -----------------------------------------
