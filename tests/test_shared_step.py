@@ -285,3 +285,57 @@ def _per_task_loop(model, params, sx, sy, qx, qy, steps, first_order):
 
 def _higher(model, sx, sy, qx, qy, steps, first_order):
     return higher_meta_gradient(model, sx, sy, qx, qy, steps, first_order, LR)
+
+
+def test_auto_judges_a_disagreement_against_float64_when_the_float32_loop_is_inexact(monkeypatch):
+    """A float32 candidate 1% from the float32 loop is kept where the loop is itself 2% from the
+    float64 loop and the candidate only 1% (an ill-conditioned inner loop), rejected otherwise."""
+    model, shape = _build("standard-bn2d")
+    model = model.float()
+    params = dict(model.named_parameters())
+    tasks = [t.float() if t.is_floating_point() else t for t in _tasks(shape, seed=6)]
+    real = inner._time_once
+    real_reference = inner._float64_reference
+
+    def shared_fast_and_off(strategy, *args, **kwargs):
+        seconds, grads = real(strategy, *args, **kwargs)
+        if strategy == "shared+task_backward":
+            return 0.0, [g * 1.01 for g in grads]
+        return 1.0 + seconds, grads
+
+    monkeypatch.setattr(inner, "_time_once", shared_fast_and_off)
+    for loop_error, kept in [(0.02, True), (None, False)]:
+        if loop_error is None:  # the true float64 reference: the float32 loop is exact to ~1e-6
+            monkeypatch.setattr(inner, "_float64_reference", real_reference)
+        else:  # a reference the float32 loop is 2% from, the candidate (1.01 x loop) ~1%
+            monkeypatch.setattr(inner, "_float64_reference",
+                                lambda *a, e=loop_error, **k: [g.double() * (1 + e) for g in
+                                                               real_reference(*a, **k)])
+        monkeypatch.setattr(inner, "AUTO_DECISIONS", {})
+        monkeypatch.setattr(inner, "AUTO_REJECTED", {})
+        chosen = inner.resolve_strategy("auto", model, params, *tasks, steps=1, lr=LR,
+                                        loss_fn=F.cross_entropy, first_order=False, chunk_size=None)
+        record = inner.last_auto_choice()
+        checked = record["float64_checked"]["shared+task_backward"]
+        assert checked["vs_loop"] == pytest.approx(0.01, rel=1e-3)
+        if kept:
+            assert chosen == "shared+task_backward" and record["rejected"] == {}
+            assert checked["loop_vs_float64"] == pytest.approx(0.02 / 1.02, rel=1e-2)
+            assert "kept" in inner.describe_auto_choice(record)
+        else:
+            assert chosen != "shared+task_backward" and "shared+task_backward" in record["rejected"]
+            assert checked["loop_vs_float64"] < 1e-4
+
+
+def test_the_float64_reference_is_the_loop_in_double_precision():
+    model, shape = _build("standard-bn2d")
+    model = model.float()
+    params = dict(model.named_parameters())
+    tasks = [t.float() if t.is_floating_point() else t for t in _tasks(shape, seed=2)]
+    settings = dict(steps=2, lr=LR, loss_fn=F.cross_entropy, first_order=False, chunk_size=None)
+    exact = inner._float64_reference(model, params, *tasks, **settings)
+    losses, _ = inner.maml_outputs(model, params, *tasks, strategy="loop", **settings)
+    loop32 = torch.autograd.grad(losses.mean(), list(params.values()))
+    assert all(g.dtype == torch.float64 for g in exact)
+    assert 0 < inner._relative_error(list(loop32), exact) < 1e-4
+    assert next(model.parameters()).dtype == torch.float32  # the model itself is left as it was
