@@ -7,7 +7,9 @@
 # none, Reptile its paper's (3 Adam steps with beta1 = 0 on 15 training shots, 5 at test; outer SGD
 # of 1.0 annealed linearly). One seed (0). Writes runs/cpu-compare/<method>/ and results/cpu-*.json.
 #
-#   bash benchmarks/cpu_comparison.sh            # all six (about 30-60 min on 2 cores)
+#   bash benchmarks/cpu_comparison.sh            # all six, one after another: about 1 h 35 min
+#                                                # (2026-12-01, one core each: MAML 16 min, FOMAML 11,
+#                                                # ANIL 10, Meta-SGD 16, ProtoNet 9, Reptile 31)
 #   bash benchmarks/cpu_comparison.sh maml anil  # some of them
 set -euo pipefail
 cd "$(dirname "$0")/.."
