@@ -203,19 +203,22 @@ def test_auto_considers_the_shared_step_and_records_every_timing(monkeypatch):
     torch.testing.assert_close(loss, want, rtol=1e-12, atol=1e-12)
 
 
-def test_auto_rejects_a_shared_step_whose_meta_gradient_disagrees(monkeypatch):
-    model, shape = _build("standard-bn2d")
-    params = dict(model.named_parameters())
-    tasks = _tasks(shape, seed=6)
-    real = inner._time_once
-
-    def shared_fast_and_wrong(strategy, *args, **kwargs):
+def _shared_fastest_and_1_percent_off(real):
+    """A stand-in for ``inner._time_once`` under which the shared step is the fastest candidate and
+    its meta-gradient 1.01 times the true one."""
+    def timed(strategy, *args, **kwargs):
         seconds, grads = real(strategy, *args, **kwargs)
         if strategy == "shared+task_backward":
             return 0.0, [g * 1.01 for g in grads]
         return 1.0 + seconds, grads
+    return timed
 
-    monkeypatch.setattr(inner, "_time_once", shared_fast_and_wrong)
+
+def test_auto_rejects_a_shared_step_whose_meta_gradient_disagrees(monkeypatch):
+    model, shape = _build("standard-bn2d")
+    params = dict(model.named_parameters())
+    tasks = _tasks(shape, seed=6)
+    monkeypatch.setattr(inner, "_time_once", _shared_fastest_and_1_percent_off(inner._time_once))
     monkeypatch.setattr(inner, "AUTO_DECISIONS", {})
     monkeypatch.setattr(inner, "AUTO_REJECTED", {})
     chosen = inner.resolve_strategy("auto", model, params, *tasks, steps=1, lr=LR,
@@ -294,16 +297,8 @@ def test_auto_judges_a_disagreement_against_float64_when_the_float32_loop_is_ine
     model = model.float()
     params = dict(model.named_parameters())
     tasks = [t.float() if t.is_floating_point() else t for t in _tasks(shape, seed=6)]
-    real = inner._time_once
     real_reference = inner._float64_reference
-
-    def shared_fast_and_off(strategy, *args, **kwargs):
-        seconds, grads = real(strategy, *args, **kwargs)
-        if strategy == "shared+task_backward":
-            return 0.0, [g * 1.01 for g in grads]
-        return 1.0 + seconds, grads
-
-    monkeypatch.setattr(inner, "_time_once", shared_fast_and_off)
+    monkeypatch.setattr(inner, "_time_once", _shared_fastest_and_1_percent_off(inner._time_once))
     for loop_error, kept in [(0.02, True), (None, False)]:
         if loop_error is None:  # the true float64 reference: the float32 loop is exact to ~1e-6
             monkeypatch.setattr(inner, "_float64_reference", real_reference)
