@@ -338,6 +338,7 @@ def test_label_points_keeps_labels_apart():
     fig, ax = plt.subplots(figsize=(6, 4))
     xs, ys = [1.0, 1.02, 1.04, 5.0, 1.01], [80.0, 80.2, 79.9, 50.0, 80.1]  # four points on top of each other
     ax.scatter(xs, ys)
+    ax.set_ylim(49, 81)  # the cluster at the top edge, the last point at the right edge
     yerr = [3.0, 0.0, 0.0, 0.0, 0.0]
     texts = viz.label_points(ax, xs, ys, ["MAML", "first-order MAML", "Reptile", "ProtoNet", "ANIL"], yerr=yerr)
     renderer = fig.canvas.get_renderer()
@@ -351,6 +352,9 @@ def test_label_points_keeps_labels_apart():
     px, low = ax.transData.transform((xs[0], ys[0] - yerr[0]))
     _, high = ax.transData.transform((xs[0], ys[0] + yerr[0]))
     assert not any(b.x0 <= px <= b.x1 and b.y0 <= high and b.y1 >= low for b in boxes)
+    # every label inside the axes, none over the title (the top points' labels move down)
+    frame = ax.get_window_extent(renderer)
+    assert all(frame.x0 <= b.x0 and b.x1 <= frame.x1 and frame.y0 <= b.y0 and b.y1 <= frame.y1 for b in boxes)
     # labels moved off their point's line are tied to it by a leader line
     assert any(t.arrow_patch is not None for t in texts)
     plt.close(fig)

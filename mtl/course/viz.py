@@ -335,12 +335,13 @@ def maml_graph(steps: int = 2, *, ax=None) -> Figure:
 
 def label_points(ax, xs: Sequence[float], ys: Sequence[float], labels: Sequence[str], *, fontsize: float = 8,
                  yerr: Sequence[float] | None = None, max_moves: int = 40) -> list:
-    """Write ``labels`` beside the points ``(xs, ys)`` of ``ax`` so that no label overlaps another
-    label, a point, or a point's vertical error bar (``yerr``, half-widths in data units): each
-    label starts just right of its point and steps down, then up, a line at a time until its box is
-    clear; a label moved off its point's line gets a thin leader line to the point. Call it after
-    the axes' scales and limits are set (the boxes are measured on the screen). Returns the
-    annotations (matplotlib ``Annotation``), in the order of ``labels``."""
+    """Write ``labels`` beside the points ``(xs, ys)`` of ``ax``, inside the axes, so that no label
+    overlaps another label, a point, or a point's vertical error bar (``yerr``, half-widths in data
+    units): each label starts just right of its point and steps down, then up, a line at a time
+    until its box is clear (then the same left of the point); a label moved off its point's line
+    gets a thin leader line to the point. Call it after the axes' scales and limits are set (the
+    boxes are measured on the screen). Returns the annotations (matplotlib ``Annotation``), in the
+    order of ``labels``."""
     from matplotlib.transforms import Bbox
 
     fig = ax.figure
@@ -355,16 +356,21 @@ def label_points(ax, xs: Sequence[float], ys: Sequence[float], labels: Sequence[
         if yerr is not None and yerr[i]:
             (_, low), (_, high) = to_screen((x, y - yerr[i])), to_screen((x, y + yerr[i]))
             obstacles.append(Bbox([[px - 2, min(low, high)], [px + 2, max(low, high)]]))
+    frame = ax.get_window_extent(renderer)  # labels stay inside the axes (not over the title)
     placed, texts = [], {}
     for i in sorted(range(len(labels)), key=lambda i: -ys[i]):  # top to bottom
-        for move in range(max_moves):
+        # right of the point first, then left of it; where nothing is clear, right on its line
+        tries = [(side, move) for side in (1, -1) for move in range(max_moves)] + [(1, 0)]
+        for k, (side, move) in enumerate(tries):
             shift = (move + 1) // 2 * (1 if move % 2 else -1) * (fontsize + 2)  # 0, +h, -h, +2h, ... points
-            text = ax.annotate(labels[i], (xs[i], ys[i]), xytext=(6, 3 - shift), textcoords="offset points",
-                               fontsize=fontsize, va="center",
+            text = ax.annotate(labels[i], (xs[i], ys[i]), xytext=(6 * side, 3 - shift), textcoords="offset points",
+                               fontsize=fontsize, va="center", ha="left" if side > 0 else "right",
                                arrowprops=dict(arrowstyle="-", lw=0.5, color="0.5", shrinkA=0, shrinkB=3)
                                if shift else None)
             box = _text_box(text, renderer)
-            if not any(box.overlaps(other) for other in placed + obstacles) or move == max_moves - 1:
+            inside = (frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0
+                      and box.y1 <= frame.y1)
+            if (inside and not any(box.overlaps(other) for other in placed + obstacles)) or k == len(tries) - 1:
                 placed.append(box)
                 texts[i] = text
                 break
