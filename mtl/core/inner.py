@@ -1123,16 +1123,14 @@ def _float64_reference(model: nn.Module, params: Params, support_x: Tensor, supp
     that cannot run): what "auto" measures a float32 strategy against when it disagrees with the
     float32 loop."""
     try:
-        model64 = copy.deepcopy(model).double()
-        trial = {n: p.detach().double().requires_grad_(p.requires_grad) for n, p in params.items()}
         lr = settings["lr"]
         lr = ({k: v.detach().double() for k, v in lr.items()} if isinstance(lr, Mapping)
               else lr.detach().double() if isinstance(lr, Tensor) else lr)
         with quiet():
-            losses, _ = maml_outputs(model64, trial, support_x.double(), support_y, query_x.double(),
-                                     query_y, strategy="loop", **{**settings, "lr": lr})
-            return list(torch.autograd.grad(losses.mean(), [p for p in trial.values() if p.requires_grad],
-                                            allow_unused=True, materialize_grads=True))
+            _, grads = _time_once("loop", copy.deepcopy(model).double(),
+                                  {n: p.double() for n, p in params.items()}, support_x.double(),
+                                  support_y, query_x.double(), query_y, **{**settings, "lr": lr})
+        return grads
     except Exception:  # noqa: BLE001 - without a reference the float32 loop decides, as before
         return None
 
