@@ -6,6 +6,8 @@
 - ``make_png`` / ``make_jpeg``: tiny encoded images for synthetic archives.
 - every test runs with one intra-op torch thread (tiny networks are faster so, and CI runs two
   test workers on two cores).
+- every test leaves ``mtl.algorithms.ALGORITHMS`` as it found it: a class a test registers is gone
+  after it, so no test sees another's algorithms, whatever order a worker runs them in.
 """
 from __future__ import annotations
 
@@ -26,6 +28,16 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _registry_restored():
+    from mtl.algorithms import ALGORITHMS
+
+    before = dict(ALGORITHMS)
+    yield
+    ALGORITHMS.clear()
+    ALGORITHMS.update(before)
 
 
 def _shared_data_path() -> Path:

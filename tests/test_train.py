@@ -160,6 +160,7 @@ class _Grows(_Explodes):
 
 def test_an_exploding_loss_is_divergence_and_a_failed_first_step_leaves_no_folder(tmp_path):
     register_algorithm("grows", _Grows)
+    register_algorithm("explodes", _Explodes)
     run = tmp_path / "run"
     with pytest.raises(TrainingDiverged, match="exploded"):
         train(_tiny(algorithm="grows", iterations=20, val_every=10), out=run, progress=False)
