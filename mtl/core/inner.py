@@ -60,6 +60,7 @@ from torch.func import functional_call, grad, vmap
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from mtl.errors import ConfigError, InnerLoopError, TaskBatchError
+from mtl.core.kernels import cpu_kernels
 from mtl.core.norms import exact_norms, quiet, updates_running_stats
 
 __all__ = ["adapt", "maml_loss", "maml_outputs", "adapt_batch", "map_tasks", "STRATEGIES",
@@ -110,7 +111,8 @@ def _adapt(model: nn.Module, params: Params, x: Tensor, y: Tensor, steps: int, l
         else:
             at = params if graph else {n: p.detach().requires_grad_() for n, p in params.items()}
             with torch.enable_grad():
-                loss, _ = inner_loss(at)
+                with cpu_kernels(x, double_backward=graph):
+                    loss, _ = inner_loss(at)
                 grads = dict(zip(at, torch.autograd.grad(loss, list(at.values()),
                                                          create_graph=graph)))
             loss = loss.detach()
@@ -166,8 +168,15 @@ def _task_outputs(model: nn.Module, params: Params, lr: LR, fixed: Params, steps
     """One task: (query loss [], query outputs [n_q, ...], inner losses [steps])."""
     adapted, inner_losses = _adapt(model, params, support_x, support_y, steps, lr, loss_fn,
                                    first_order, fixed, functional)
-    out = functional_call(model, {**fixed, **adapted}, (query_x,))
+    out = (functional_call(model, {**fixed, **adapted}, (query_x,)) if functional else
+           _forward(model, {**fixed, **adapted}, query_x))
     return loss_fn(out, query_y), out, inner_losses
+
+
+def _forward(model: nn.Module, params: Params, x: Tensor) -> Tensor:
+    """``model(x)`` with ``params``, through ``mtl.core.kernels``' faster CPU kernels (one task)."""
+    with cpu_kernels(x):
+        return functional_call(model, params, (x,))
 
 
 # ----------------------------------------------------------------------------- many tasks
@@ -421,7 +430,8 @@ def adapt_batch(model: nn.Module, params: Mapping[str, Tensor], x: Tensor, y: Te
         adapted, inner_losses = _adapt(model, shared["params"], tx, ty, steps,
                                        _shared_lr(shared, lr), loss_fn, first_order,
                                        shared["fixed"], strategy == "vmap")
-        outputs = [functional_call(model, {**shared["fixed"], **adapted}, (q,)) for q in rest]
+        outputs = [functional_call(model, {**shared["fixed"], **adapted}, (q,)) if strategy == "vmap"
+                   else _forward(model, {**shared["fixed"], **adapted}, q) for q in rest]
         return (adapted, inner_losses, *outputs)
 
     batched = (x, y) if query_x is None else (x, y, query_x)
@@ -599,7 +609,8 @@ def _shared_first_step(model: nn.Module, params: Params, fixed: Params, sx: Tens
             patched.append(module)
     try:
         with torch.enable_grad():
-            out = functional_call(model, {**fixed, **at}, (sx.flatten(0, 1),))
+            with cpu_kernels(sx, double_backward=graph):
+                out = functional_call(model, {**fixed, **at}, (sx.flatten(0, 1),))
             out = out.unflatten(0, (batch, n))
             losses = torch.stack([loss_fn(out[b], sy[b]) for b in range(batch)])
             wanted = [(kind, m, x, y) for kind, m, x, y in calls if y.requires_grad]
@@ -676,7 +687,7 @@ def _shared_outputs(model: nn.Module, shared: dict, lr: LR, steps: int, loss_fn:
                 start, later = _adapt(model, start, sx[b], sy[b], steps - 1, lr, loss_fn,
                                       first_order, fixed, functional=False)
                 losses = torch.cat([losses, later])
-            out = functional_call(model, {**fixed, **start}, (qx[b],))
+            out = _forward(model, {**fixed, **start}, qx[b])
             results.append((loss_fn(out, qy[b]), out, losses))
     return _stack(results)
 
@@ -742,7 +753,7 @@ def _task_backward_outputs(model: nn.Module, shared: dict, lr: LR, steps: int, l
                                                   loss_fn, first_order, shared_["fixed"],
                                                   functional=False)
                             inner_losses = torch.cat([inner_losses, later])
-                        out = functional_call(model, {**shared_["fixed"], **start}, (qx[b],))
+                        out = _forward(model, {**shared_["fixed"], **start}, qx[b])
                         loss = loss_fn(out, qy[b])
                     grads = torch.autograd.grad(loss, cut + leaves, allow_unused=True,
                                                 materialize_grads=True)

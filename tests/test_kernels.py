@@ -1,0 +1,123 @@
+"""mtl.core.kernels: the faster CPU max-pool and batch norm are torch's own, to rounding, in value,
+first and second derivative; the context takes them only where they apply."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import mtl
+from mtl.core import kernels
+from oracles import per_task_loop, random_tasks
+
+POOLS = [dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1),
+         dict(kernel_size=2, ceil_mode=True), dict(kernel_size=2, dilation=2),
+         dict(kernel_size=(2, 3), stride=(1, 2))]
+
+
+def _derivatives(fn, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``fn(x)``, d/dx of a loss of it, and d/dx of a function of that gradient (double backward)."""
+    x = x.clone().requires_grad_()
+    y = fn(x)
+    (g,) = torch.autograd.grad((y.sin() * torch.linspace(0.5, 2, y.numel()).view_as(y).to(y)).sum(),
+                               x, create_graph=True)
+    (h,) = torch.autograd.grad((g * x.cos()).sum(), x)
+    return y.detach(), g.detach(), h
+
+
+@pytest.mark.parametrize("settings", POOLS, ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()))
+@pytest.mark.parametrize("relu", [False, True], ids=["random", "after-relu"])
+def test_max_pool_is_torchs_in_value_and_both_derivatives(settings, relu):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 4, 9, 10, generator=g, dtype=torch.float64)
+    x = x.relu() if relu else x  # after a ReLU most windows tie at zero
+    ours = _derivatives(lambda t: kernels.max_pool2d(t, **settings), x)
+    torchs = _derivatives(lambda t: F.max_pool2d(t, **settings), x)
+    for a, b in zip(ours, torchs):
+        assert torch.equal(a, b)
+    out, index = kernels.max_pool2d(x, **settings, return_indices=True)
+    expected, expected_index = F.max_pool2d(x, **settings, return_indices=True)
+    assert torch.equal(out, expected) and torch.equal(index, expected_index)
+
+
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("shape", [(5, 4, 6, 6), (7, 3), (4, 2, 5)])
+def test_written_out_batch_norm_is_torchs_in_value_and_both_derivatives(affine, shape):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(*shape, generator=g, dtype=torch.float64) * 3 + 1
+    channels = shape[1]
+    weight = torch.rand(channels, generator=g, dtype=torch.float64) + 0.5 if affine else None
+    bias = torch.randn(channels, generator=g, dtype=torch.float64) if affine else None
+    ours = _derivatives(lambda t: kernels.batch_norm(t, weight, bias, 1e-5), x)
+    torchs = _derivatives(lambda t: F.batch_norm(t, None, None, weight, bias, True, 0.1, 1e-5), x)
+    for a, b in zip(ours, torchs):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def _counted(monkeypatch) -> dict[str, int]:
+    calls = {"max_pool2d": 0, "batch_norm": 0}
+    for name in calls:
+        original = getattr(kernels, name)
+
+        def counting(*args, _name=name, _original=original, **kwargs):
+            calls[_name] += 1
+            return _original(*args, **kwargs)
+        monkeypatch.setattr(kernels, name, counting)
+    return calls
+
+
+def _conv_net(norm) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), norm(4), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Flatten(), nn.Linear(4 * 4 * 4, 3)).double()
+
+
+def test_the_context_takes_the_fast_paths_only_where_they_apply(monkeypatch):
+    calls = _counted(monkeypatch)
+    x = torch.randn(2, 1, 8, 8, dtype=torch.float64)
+    net = _conv_net(lambda c: nn.BatchNorm2d(c, track_running_stats=False))
+    with kernels.cpu_kernels(x, double_backward=False):
+        expected = net(x)
+    assert calls == {"max_pool2d": 1, "batch_norm": 0}  # batch norm differentiated once: fused
+    with kernels.cpu_kernels(x, double_backward=True):
+        torch.testing.assert_close(net(x), expected, rtol=1e-12, atol=1e-12)
+    assert calls == {"max_pool2d": 2, "batch_norm": 1}
+    # running statistics (updated in training, used in eval): torch's own kernel
+    tracked = _conv_net(nn.BatchNorm2d)
+    for mode in (tracked.train, tracked.eval):
+        mode()
+        with kernels.cpu_kernels(x, double_backward=True):
+            tracked(x)
+    assert calls == {"max_pool2d": 4, "batch_norm": 1}
+    assert int(tracked[1].num_batches_tracked) == 1
+    # switched off, a channels-last input, and inside a torch.func transform: torch's own
+    with kernels.enabled(False), kernels.cpu_kernels(x, double_backward=True):
+        net(x)
+    with kernels.cpu_kernels(x):
+        F.max_pool2d(torch.randn(2, 3, 8, 8).contiguous(memory_format=torch.channels_last), 2)
+    assert calls == {"max_pool2d": 4, "batch_norm": 1}
+    with kernels.cpu_kernels(x, double_backward=True):
+        batched = torch.func.vmap(lambda t: net(t))(x[None])
+    torch.testing.assert_close(batched[0], expected, rtol=1e-12, atol=1e-12)
+    assert calls == {"max_pool2d": 4, "batch_norm": 1}
+
+
+@pytest.mark.parametrize("strategy", ["loop", "shared", "loop+task_backward", "shared+task_backward"])
+@pytest.mark.parametrize("first_order", [False, True], ids=["second", "first"])
+def test_the_strategies_use_them_and_keep_the_meta_gradient(monkeypatch, strategy, first_order):
+    net = _conv_net(lambda c: nn.BatchNorm2d(c, track_running_stats=False))
+    sx, sy, qx, qy = random_tasks((1, 8, 8), tasks=3, ways=3, shots=2, queries=3, seed=0)
+    params = dict(net.named_parameters())
+    expected_loss, expected = per_task_loop(net, params, sx, sy, qx, qy, 2, first_order, 0.3)
+    calls = _counted(monkeypatch)
+    loss = mtl.maml_loss(net, params, sx, sy, qx, qy, steps=2, lr=0.3, first_order=first_order,
+                         strategy=strategy)
+    got = torch.autograd.grad(loss, list(params.values()))
+    torch.testing.assert_close(loss, expected_loss, rtol=1e-10, atol=1e-12)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    # one pool per forward: the loop 3 tasks x (2 inner steps + query), the shared step one merged
+    # step 0, then 3 x (1 inner step + query)
+    assert calls["max_pool2d"] == (9 if strategy.startswith("loop") else 7)
+    assert (calls["batch_norm"] > 0) == (not first_order)
