@@ -39,6 +39,10 @@ A batch of B tasks is handled by one of these *strategies* (same numbers, differ
   timing with 5 serves any larger count. ``last_auto_choice()`` / ``AUTO_TIMINGS`` hold the choice and every timing,
   ``describe_auto_choice()`` one line for a log.
 
+Every strategy but vmap runs its forward passes on a CPU through ``mtl.core.kernels``: torch's
+max-pool and (in second order's inner steps) batch norm replaced by faster equivalents with the
+same values and derivatives (``mtl.core.kernels.enabled(False)`` turns them off).
+
 ``chunk_size`` processes the tasks this many at a time and, when gradients are needed, recomputes
 each chunk during the backward pass (activation checkpointing), so the memory held for the outer
 backward grows with ``chunk_size`` rather than with B, at the cost of one extra forward.
