@@ -434,6 +434,9 @@ def ratios(rows: list[dict]) -> dict:
                 entry[f"{impl}_speedup_vs_higher"] = round(get["higher"] / value, 3)
             if get["floor"]:
                 entry[f"{impl}_over_floor"] = round(value / get["floor"], 3)
+        by_round = _paired_rounds(rows, config, order)
+        if by_round:
+            entry["auto_vs_fastest_peer_by_round"] = by_round
         chosen = [r.get("strategy_chosen") for r in rows if r["config"] == config
                   and r["order"] == order and r["impl"] == "auto" and r.get("strategy_chosen")]
         if chosen:
@@ -442,13 +445,32 @@ def ratios(rows: list[dict]) -> dict:
     return dict(sorted(out.items()))
 
 
+def _paired_rounds(rows: list[dict], config: str, order: str) -> dict | None:
+    """Round by round (``--interleave``: one step of each implementation per round, so a change of
+    load reaches all of them alike): the fastest peer's ms over auto's in that round.
+
+    ``{"median", "min", "max", "auto_faster", "rounds"}``; None without auto, peers, or rounds
+    of equal count."""
+    times = {r["impl"]: r.get("all_ms") for r in rows
+             if r["config"] == config and r["order"] == order and r.get("all_ms")}
+    peers = [times[p] for p in PEERS if p in times]
+    auto = times.get("auto")
+    if not auto or not peers or any(len(p) != len(auto) for p in peers):
+        return None
+    per_round = [min(p[i] for p in peers) / auto[i] for i in range(len(auto))]
+    return {"median": round(statistics.median(per_round), 3), "min": round(min(per_round), 3),
+            "max": round(max(per_round), 3), "auto_faster": sum(r > 1 for r in per_round),
+            "rounds": len(per_round)}
+
+
 def markdown_table(report: dict) -> str:
     """The rows as Markdown: one line per configuration and order (what benchmarks/README.md shows)."""
     impls = [i for i in IMPLEMENTATIONS + LEVERS + COMPILE
              if any(r["impl"] == i and "ms" in r for r in report["rows"])]
     head = ["config", "order", *[f"{i} ms" for i in impls], "auto chose", "auto vs fastest peer",
-            "auto / floor"]
-    lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * len(impls) + "---|---:|---:|"]
+            "by round: median (range), auto faster", "auto / floor"]
+    lines = ["| " + " | ".join(head) + " |",
+             "|---|---|" + "---:|" * len(impls) + "---|---:|---:|---:|"]
     seen = []
     for r in report["rows"]:
         if (r["config"], r["order"]) not in seen:
@@ -463,8 +485,11 @@ def markdown_table(report: dict) -> str:
         entry = table.get(f"{config}/{order}", {})
         versus = entry.get("auto_vs_fastest_peer")
         floor = entry.get("auto_over_floor")
+        paired = entry.get("auto_vs_fastest_peer_by_round")
         lines.append(f"| {config} | {order} | " + " | ".join(cells) + f" | {entry.get('auto_chose', '-')} | "
                      + (f"{versus:.2f}x ({entry['fastest_peer']})" if versus else "-") + " | "
+                     + (f"{paired['median']:.2f}x ({paired['min']:.2f}-{paired['max']:.2f}), "
+                        f"{paired['auto_faster']} of {paired['rounds']}" if paired else "-") + " | "
                      + (f"{floor:.2f}" if floor else "-") + " |")
     errors = [f"- {r['config']} {r['order']} {r['impl']}: {r['error']}" for r in report["rows"]
               if "error" in r]
