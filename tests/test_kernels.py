@@ -77,27 +77,27 @@ def test_the_context_takes_the_fast_paths_only_where_they_apply(monkeypatch):
     calls = _counted(monkeypatch)
     x = torch.randn(2, 1, 8, 8, dtype=torch.float64)
     net = _conv_net(lambda c: nn.BatchNorm2d(c, track_running_stats=False))
-    with kernels.cpu_kernels(x, double_backward=False):
+    with kernels.cpu_kernels(x, net, double_backward=False):
         expected = net(x)
     assert calls == {"max_pool2d": 1, "batch_norm": 0}  # batch norm differentiated once: fused
-    with kernels.cpu_kernels(x, double_backward=True):
+    with kernels.cpu_kernels(x, net, double_backward=True):
         torch.testing.assert_close(net(x), expected, rtol=1e-12, atol=1e-12)
     assert calls == {"max_pool2d": 2, "batch_norm": 1}
     # running statistics (updated in training, used in eval): torch's own kernel
     tracked = _conv_net(nn.BatchNorm2d)
     for mode in (tracked.train, tracked.eval):
         mode()
-        with kernels.cpu_kernels(x, double_backward=True):
+        with kernels.cpu_kernels(x, tracked, double_backward=True):
             tracked(x)
     assert calls == {"max_pool2d": 4, "batch_norm": 1}
     assert int(tracked[1].num_batches_tracked) == 1
     # switched off, a channels-last input, and inside a torch.func transform: torch's own
-    with kernels.enabled(False), kernels.cpu_kernels(x, double_backward=True):
+    with kernels.enabled(False), kernels.cpu_kernels(x, net, double_backward=True):
         net(x)
-    with kernels.cpu_kernels(x):
+    with kernels.cpu_kernels(x, net):
         F.max_pool2d(torch.randn(2, 3, 8, 8).contiguous(memory_format=torch.channels_last), 2)
     assert calls == {"max_pool2d": 4, "batch_norm": 1}
-    with kernels.cpu_kernels(x, double_backward=True):
+    with kernels.cpu_kernels(x, net, double_backward=True):
         batched = torch.func.vmap(lambda t: net(t))(x[None])
     torch.testing.assert_close(batched[0], expected, rtol=1e-12, atol=1e-12)
     assert calls == {"max_pool2d": 4, "batch_norm": 1}
@@ -121,3 +121,19 @@ def test_the_strategies_use_them_and_keep_the_meta_gradient(monkeypatch, strateg
     # step 0, then 3 x (1 inner step + query)
     assert calls["max_pool2d"] == (9 if strategy.startswith("loop") else 7)
     assert (calls["batch_norm"] > 0) == (not first_order)
+
+
+def test_a_model_without_pool_or_batch_norm_gets_no_context(monkeypatch):
+    entered = []
+    monkeypatch.setattr(kernels._Kernels, "__enter__",
+                        lambda self: entered.append(self) or torch.overrides.TorchFunctionMode.__enter__(self))
+    mlp = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)).double()
+    x = torch.randn(5, 3, dtype=torch.float64)
+    for double_backward in (False, True):
+        with kernels.cpu_kernels(x, mlp, double_backward=double_backward):
+            mlp(x)
+    assert entered == []
+    net = _conv_net(nn.Identity)  # a max-pool, no batch norm
+    with kernels.cpu_kernels(torch.randn(2, 1, 8, 8, dtype=torch.float64), net):
+        pass
+    assert len(entered) == 1

@@ -115,7 +115,7 @@ def _adapt(model: nn.Module, params: Params, x: Tensor, y: Tensor, steps: int, l
         else:
             at = params if graph else {n: p.detach().requires_grad_() for n, p in params.items()}
             with torch.enable_grad():
-                with cpu_kernels(x, double_backward=graph):
+                with cpu_kernels(x, model, double_backward=graph):
                     loss, _ = inner_loss(at)
                 grads = dict(zip(at, torch.autograd.grad(loss, list(at.values()),
                                                          create_graph=graph)))
@@ -179,7 +179,7 @@ def _task_outputs(model: nn.Module, params: Params, lr: LR, fixed: Params, steps
 
 def _forward(model: nn.Module, params: Params, x: Tensor) -> Tensor:
     """``model(x)`` with ``params``, through ``mtl.core.kernels``' faster CPU kernels (one task)."""
-    with cpu_kernels(x):
+    with cpu_kernels(x, model):
         return functional_call(model, params, (x,))
 
 
@@ -613,7 +613,7 @@ def _shared_first_step(model: nn.Module, params: Params, fixed: Params, sx: Tens
             patched.append(module)
     try:
         with torch.enable_grad():
-            with cpu_kernels(sx, double_backward=graph):
+            with cpu_kernels(sx, model, double_backward=graph):
                 out = functional_call(model, {**fixed, **at}, (sx.flatten(0, 1),))
             out = out.unflatten(0, (batch, n))
             losses = torch.stack([loss_fn(out[b], sy[b]) for b in range(batch)])

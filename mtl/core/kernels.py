@@ -13,28 +13,32 @@ Two of torch's CPU kernels dominate a Conv4 meta-step and have faster exact equi
   ``x * s + (b - mean * s)`` with ``s = weight / sqrt(var + eps)``, it differentiates twice
   faster, equal to rounding. Differentiated once, the fused kernel is faster and is kept.
 
-``cpu_kernels(x, double_backward=...)`` is a context within which ``F.max_pool2d`` (so
+``cpu_kernels(x, model, double_backward=...)`` is a context within which ``F.max_pool2d`` (so
 ``nn.MaxPool2d``) and, with ``double_backward=True``, ``F.batch_norm`` in training mode without
 running statistics (``nn.BatchNorm2d(track_running_stats=False)``, ``mtl.models.BatchNorm``)
 take these paths; any other call, a tensor that is not on a CPU, and a tensor under a
-``torch.func`` transform run torch's own. The inner loop (``mtl.core.inner``) enters it around
-its forward passes unless ``enabled(False)``.
+``torch.func`` transform run torch's own. A model without a max-pool or batch-norm module gets
+no context at all (its every operation would pay the dispatch for nothing). The inner loop
+(``mtl.core.inner``) enters it around its forward passes unless ``enabled(False)`` or the
+environment variable ``MTL_CPU_KERNELS=0``.
 """
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 from torch.overrides import TorchFunctionMode
 
 from mtl.core.norms import is_transformed
 
 __all__ = ["cpu_kernels", "enabled", "max_pool2d", "batch_norm"]
 
-_ON = [True]
+_ON = [os.environ.get("MTL_CPU_KERNELS", "1") != "0"]
 
 
 @contextlib.contextmanager
@@ -104,11 +108,20 @@ def _batch_norm_args(input, running_mean, running_var, weight=None, bias=None, t
     return None
 
 
+def _served(model: nn.Module, double_backward: bool) -> bool:
+    """Whether ``model`` has a module whose forward this module's kernels can take."""
+    from mtl.models import BatchNorm  # mtl.models imports mtl.core.norms only: no cycle
+
+    norms = (BatchNorm, _BatchNorm) if double_backward else ()
+    return any(isinstance(m, (nn.MaxPool2d, *norms)) for m in model.modules())
+
+
 @contextlib.contextmanager
-def cpu_kernels(x: Tensor, *, double_backward: bool = False) -> Iterator[None]:
+def cpu_kernels(x: Tensor, model: nn.Module, *, double_backward: bool = False) -> Iterator[None]:
     """Within the block, the faster kernels of this module where ``x`` (the forward's input) is on
-    a CPU; ``double_backward``: the forward will be differentiated twice (batch norm written out)."""
-    if not _ON[0] or not _plain(x):
+    a CPU and ``model`` has a max-pool or batch-norm module; ``double_backward``: the forward will
+    be differentiated twice (batch norm written out)."""
+    if not _ON[0] or not _plain(x) or not _served(model, double_backward):
         yield
         return
     with _Kernels(double_backward):
