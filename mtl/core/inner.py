@@ -65,7 +65,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from mtl.errors import ConfigError, InnerLoopError, TaskBatchError
 from mtl.core.kernels import cpu_kernels
-from mtl.core.norms import exact_norms, quiet, updates_running_stats
+from mtl.core.norms import batch_norm_types, exact_norms, quiet, updates_running_stats
 
 __all__ = ["adapt", "maml_loss", "maml_outputs", "adapt_batch", "map_tasks", "STRATEGIES",
            "resolve_strategy", "last_auto_choice", "describe_auto_choice", "shared_step_refusal"]
@@ -497,7 +497,7 @@ def _layout(model: nn.Module | None, channels_last: bool):
     # ~1e-4 against ~1e-7 for the contiguous one, torch 2.14): batch norm runs contiguous, its
     # output goes back to channels-last for the ReLU and max-pool after it.
     for m in model.modules():
-        if isinstance(m, _batch_norm_types()):
+        if isinstance(m, batch_norm_types()):
             handles.append(m.register_forward_pre_hook(_to_contiguous))
             handles.append(m.register_forward_hook(_to_channels_last))
     try:
@@ -505,12 +505,6 @@ def _layout(model: nn.Module | None, channels_last: bool):
     finally:
         for handle in handles:
             handle.remove()
-
-
-def _batch_norm_types() -> tuple[type, ...]:
-    from mtl.models import BatchNorm  # mtl.models imports mtl.core.norms only: no cycle
-
-    return (BatchNorm, _BatchNorm)
 
 
 def shared_step_refusal(model: nn.Module) -> str | None:
@@ -523,7 +517,7 @@ def shared_step_refusal(model: nn.Module) -> str | None:
     them). Modules without parameters must treat examples independently (ReLU, pooling,
     flatten, ...). Parameters must be used through their module's forward.
     """
-    bn_types = _batch_norm_types()
+    bn_types = batch_norm_types()
     for name, module in model.named_modules():
         label = f"{type(module).__name__} ({name or 'the model'})"
         if "forward" in module.__dict__:
@@ -570,7 +564,7 @@ def _shared_first_step(model: nn.Module, params: Params, fixed: Params, sx: Tens
     at = params if graph else {k: p.detach().requires_grad_() for k, p in params.items()}
     names = {id(p): k for k, p in model.named_parameters()}  # canonical names (tied: the first)
     calls: list[tuple[str, nn.Module, Tensor, Tensor]] = []
-    bn_types = _batch_norm_types()
+    bn_types = batch_norm_types()
 
     def conv_forward(self: nn.Module, x: Tensor) -> Tensor:
         y = self._conv_forward(x, self.weight, self.bias)

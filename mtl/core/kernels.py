@@ -31,10 +31,9 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
 from torch.overrides import TorchFunctionMode
 
-from mtl.core.norms import is_transformed
+from mtl.core.norms import batch_norm_types, is_transformed
 
 __all__ = ["cpu_kernels", "enabled", "max_pool2d", "batch_norm"]
 
@@ -110,9 +109,7 @@ def _batch_norm_args(input, running_mean, running_var, weight=None, bias=None, t
 
 def _served(model: nn.Module, double_backward: bool) -> bool:
     """Whether ``model`` has a module whose forward this module's kernels can take."""
-    from mtl.models import BatchNorm  # mtl.models imports mtl.core.norms only: no cycle
-
-    norms = (BatchNorm, _BatchNorm) if double_backward else ()
+    norms = batch_norm_types() if double_backward else ()
     return any(isinstance(m, (nn.MaxPool2d, *norms)) for m in model.modules())
 
 
