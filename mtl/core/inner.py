@@ -172,13 +172,13 @@ def _task_outputs(model: nn.Module, params: Params, lr: LR, fixed: Params, steps
     """One task: (query loss [], query outputs [n_q, ...], inner losses [steps])."""
     adapted, inner_losses = _adapt(model, params, support_x, support_y, steps, lr, loss_fn,
                                    first_order, fixed, functional)
-    out = (functional_call(model, {**fixed, **adapted}, (query_x,)) if functional else
-           _forward(model, {**fixed, **adapted}, query_x))
+    out = _forward(model, {**fixed, **adapted}, query_x)
     return loss_fn(out, query_y), out, inner_losses
 
 
 def _forward(model: nn.Module, params: Params, x: Tensor) -> Tensor:
-    """``model(x)`` with ``params``, through ``mtl.core.kernels``' faster CPU kernels (one task)."""
+    """``model(x)`` with ``params``, through ``mtl.core.kernels``' faster CPU kernels (which leave
+    a tensor under ``vmap`` to torch's own)."""
     with cpu_kernels(x, model):
         return functional_call(model, params, (x,))
 
@@ -434,8 +434,7 @@ def adapt_batch(model: nn.Module, params: Mapping[str, Tensor], x: Tensor, y: Te
         adapted, inner_losses = _adapt(model, shared["params"], tx, ty, steps,
                                        _shared_lr(shared, lr), loss_fn, first_order,
                                        shared["fixed"], strategy == "vmap")
-        outputs = [functional_call(model, {**shared["fixed"], **adapted}, (q,)) if strategy == "vmap"
-                   else _forward(model, {**shared["fixed"], **adapted}, q) for q in rest]
+        outputs = [_forward(model, {**shared["fixed"], **adapted}, q) for q in rest]
         return (adapted, inner_losses, *outputs)
 
     batched = (x, y) if query_x is None else (x, y, query_x)
