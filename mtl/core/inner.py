@@ -64,8 +64,8 @@ from torch.func import functional_call, grad, vmap
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from mtl.errors import ConfigError, InnerLoopError, TaskBatchError
-from mtl.core.kernels import cpu_kernels
-from mtl.core.norms import batch_norm_types, exact_norms, quiet, updates_running_stats
+from mtl.core.kernels import batch_norm_types, cpu_kernels
+from mtl.core.norms import exact_norms, quiet, updates_running_stats
 
 __all__ = ["adapt", "maml_loss", "maml_outputs", "adapt_batch", "map_tasks", "STRATEGIES",
            "resolve_strategy", "last_auto_choice", "describe_auto_choice", "shared_step_refusal"]

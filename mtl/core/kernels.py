@@ -31,11 +31,12 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 from torch.overrides import TorchFunctionMode
 
-from mtl.core.norms import batch_norm_types, is_transformed
+from mtl.core.norms import is_transformed
 
-__all__ = ["cpu_kernels", "enabled", "max_pool2d", "batch_norm"]
+__all__ = ["cpu_kernels", "enabled", "max_pool2d", "batch_norm", "batch_norm_types"]
 
 _ON = [os.environ.get("MTL_CPU_KERNELS", "1") != "0"]
 
@@ -105,6 +106,13 @@ def _batch_norm_args(input, running_mean, running_var, weight=None, bias=None, t
             and input.dim() >= 2:
         return input, weight, bias, eps
     return None
+
+
+def batch_norm_types() -> tuple[type, ...]:
+    """The batch-norm layer classes: ``mtl.models.BatchNorm`` and torch's ``_BatchNorm`` (1d/2d/3d)."""
+    from mtl.models import BatchNorm  # mtl.models imports mtl.core.norms only: no cycle
+
+    return (BatchNorm, _BatchNorm)
 
 
 def _served(model: nn.Module, double_backward: bool) -> bool:

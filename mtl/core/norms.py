@@ -30,8 +30,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
 
-__all__ = ["exact_norms", "batch_norm", "batch_norm_types", "instance_norm", "is_transformed",
-           "updates_running_stats"]
+__all__ = ["exact_norms", "batch_norm", "instance_norm", "is_transformed", "updates_running_stats"]
 
 
 def is_transformed(x: Tensor) -> bool:
@@ -156,13 +155,6 @@ def quiet() -> Iterator[None]:
         yield
     finally:
         _QUIET[0] = before
-
-
-def batch_norm_types() -> tuple[type, ...]:
-    """The batch-norm layer classes: ``mtl.models.BatchNorm`` and torch's ``_BatchNorm`` (1d/2d/3d)."""
-    from mtl.models import BatchNorm  # mtl.models imports this module at its top: import here
-
-    return (BatchNorm, _BatchNorm)
 
 
 def norm_layers(model: nn.Module) -> list[nn.Module]:
