@@ -4,8 +4,8 @@
   (the outer objective of a batch of tasks), ``map_tasks`` (tasks batched by ``torch.func.vmap`` or
   looped, ``strategy="auto"`` chooses by measurement).
 - ``norms.py``: batch, instance and layer norm that stay exact under ``vmap`` (``exact_norms``).
-- ``kernels.py``: faster CPU max-pool and (differentiated twice) batch norm with torch's values
-  and derivatives, which the inner loop's forward passes run through (``cpu_kernels``).
+- ``kernels.py``: a faster CPU max-pool with torch's values and derivatives, which the inner
+  loop's forward passes run through (``cpu_kernels``).
 - ``heads.py``: the shared heads: linear logits, prototype (centroid) logits, the linear-head
   inner loop.
 """

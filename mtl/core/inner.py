@@ -40,8 +40,8 @@ A batch of B tasks is handled by one of these *strategies* (same numbers, differ
   ``describe_auto_choice()`` one line for a log.
 
 Every strategy but vmap runs its forward passes on a CPU through ``mtl.core.kernels``: torch's
-max-pool and (in second order's inner steps) batch norm replaced by faster equivalents with the
-same values and derivatives (``mtl.core.kernels.enabled(False)`` turns them off).
+max-pool replaced by a faster equivalent with the same values and derivatives
+(``mtl.core.kernels.enabled(False)`` turns it off).
 
 ``chunk_size`` processes the tasks this many at a time and, when gradients are needed, recomputes
 each chunk during the backward pass (activation checkpointing), so the memory held for the outer
@@ -115,7 +115,7 @@ def _adapt(model: nn.Module, params: Params, x: Tensor, y: Tensor, steps: int, l
         else:
             at = params if graph else {n: p.detach().requires_grad_() for n, p in params.items()}
             with torch.enable_grad():
-                with cpu_kernels(x, model, double_backward=graph):
+                with cpu_kernels(x, model):
                     loss, _ = inner_loss(at)
                 grads = dict(zip(at, torch.autograd.grad(loss, list(at.values()),
                                                          create_graph=graph)))
@@ -177,7 +177,7 @@ def _task_outputs(model: nn.Module, params: Params, lr: LR, fixed: Params, steps
 
 
 def _forward(model: nn.Module, params: Params, x: Tensor) -> Tensor:
-    """``model(x)`` with ``params``, through ``mtl.core.kernels``' faster CPU kernels (which leave
+    """``model(x)`` with ``params``, through ``mtl.core.kernels``' faster CPU max-pool (which leaves
     a tensor under ``vmap`` to torch's own)."""
     with cpu_kernels(x, model):
         return functional_call(model, params, (x,))
@@ -606,7 +606,7 @@ def _shared_first_step(model: nn.Module, params: Params, fixed: Params, sx: Tens
             patched.append(module)
     try:
         with torch.enable_grad():
-            with cpu_kernels(sx, model, double_backward=graph):
+            with cpu_kernels(sx, model):
                 out = functional_call(model, {**fixed, **at}, (sx.flatten(0, 1),))
             out = out.unflatten(0, (batch, n))
             losses = torch.stack([loss_fn(out[b], sy[b]) for b in range(batch)])
