@@ -16,6 +16,12 @@ POOLS = [dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1),
          dict(kernel_size=(2, 3), stride=(1, 2))]
 
 
+@pytest.fixture(autouse=True)
+def every_size(monkeypatch):
+    """The fast path for the small tensors these tests use (by default only larger ones take it)."""
+    monkeypatch.setattr(kernels, "MIN_ELEMENTS", 0)
+
+
 def _derivatives(fn, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """``fn(x)``, d/dx of a loss of it, and d/dx of a function of that gradient (double backward)."""
     x = x.clone().requires_grad_()
@@ -98,19 +104,39 @@ def test_the_strategies_use_them_and_keep_the_meta_gradient(monkeypatch, strateg
     assert calls["max_pool2d"] == (9 if strategy.startswith("loop") else 7)
 
 
-def test_a_model_without_a_max_pool_gets_no_context(monkeypatch):
-    entered = []
-    monkeypatch.setattr(kernels._Kernels, "__enter__",
-                        lambda self: entered.append(self) or torch.overrides.TorchFunctionMode.__enter__(self))
+def test_the_block_replaces_only_max_pool_forwards_and_restores_them(monkeypatch):
+    calls = _counted(monkeypatch)
+    x = torch.randn(2, 1, 8, 8, dtype=torch.float64)
+    net = _conv_net(lambda c: nn.BatchNorm2d(c, track_running_stats=False))
+    with kernels.cpu_kernels(x, net):
+        assert [name for name, m in net.named_modules() if "forward" in m.__dict__] == ["3"]
+        with kernels.cpu_kernels(x, net):  # nested: the outer block's replacement stays
+            net(x)
+        net(x)
+    assert calls == {"max_pool2d": 2}
+    assert not any("forward" in m.__dict__ for m in net.modules())
+    # a pool whose forward its owner replaced keeps it
+    own = lambda t: t[..., ::2, ::2]  # noqa: E731
+    net[3].forward = own
+    with kernels.cpu_kernels(x, net):
+        net(x)
+    assert net[3].forward is own and calls == {"max_pool2d": 2}
+
+
+def test_small_inputs_pool_in_torchs_own_kernel(monkeypatch):
+    calls = _counted(monkeypatch)
+    monkeypatch.setattr(kernels, "MIN_ELEMENTS", 2 ** 17)
+    net = _conv_net(lambda c: nn.BatchNorm2d(c, track_running_stats=False))
+    for side, expected in ((8, 0), (184, 1)):  # 2 x 4 x 8 x 8 elements, then 2 x 4 x 184 x 184
+        x = torch.randn(2, 1, side, side, dtype=torch.float64)
+        with kernels.cpu_kernels(x, net):
+            net[:4](x)
+        assert calls == {"max_pool2d": expected}
+
+
+def test_a_model_without_a_max_pool_is_untouched():
     mlp = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)).double()
     x = torch.randn(5, 3, dtype=torch.float64)
     with kernels.cpu_kernels(x, mlp):
+        assert not any("forward" in m.__dict__ for m in mlp.modules())
         mlp(x)
-    with kernels.cpu_kernels(torch.randn(2, 1, 8, 8, dtype=torch.float64),
-                             _conv_net(lambda c: nn.BatchNorm2d(c, track_running_stats=False))[:3]):
-        pass  # batch norm but no max-pool
-    assert entered == []
-    net = _conv_net(nn.Identity)  # a max-pool, no batch norm
-    with kernels.cpu_kernels(torch.randn(2, 1, 8, 8, dtype=torch.float64), net):
-        pass
-    assert len(entered) == 1

@@ -1,16 +1,17 @@
 """A faster CPU max-pool for the inner loop's forward passes: the same numbers in less time.
 
 Torch's max-pool of a contiguous (NCHW) tensor is one of the costliest kernels of a Conv4
-meta-step on a CPU, and torch's channels-last kernel finds the same window maxima many times
+meta-step on a CPU, and torch's channels-last kernel finds the same window maxima up to 3x
 faster (torch 2.14, measured in ``benchmarks/README.md``). ``max_pool2d`` locates them there (no
 gradient), then gathers the output from the input at those positions. The result and its first
 and second derivatives are the plain kernel's (a gather; its derivative is a scatter into the
 input, whose derivative is a gather again), only cheaper.
 
-``cpu_kernels(x, model)`` is a context within which ``F.max_pool2d`` (so ``nn.MaxPool2d``)
-takes this path; any other call, a tensor that is not on a CPU, and a tensor under a
-``torch.func`` transform run torch's own. A model without a max-pool module gets no context at
-all (its every operation would pay the dispatch for nothing). The inner loop
+``cpu_kernels(x, model)`` is a context within which every ``nn.MaxPool2d`` of ``model`` takes
+this path for an input of at least ``MIN_ELEMENTS`` elements (below that, torch's own kernel is
+faster); a tensor that is not on a CPU or is under a ``torch.func`` transform, and any other
+call, run torch's own. The pools' ``forward`` is replaced on the instances for the block (a
+function mode would add a Python call to every operation of the forward). The inner loop
 (``mtl.core.inner``) enters it around its forward passes unless ``enabled(False)`` or the
 environment variable ``MTL_CPU_KERNELS=0``.
 
@@ -22,19 +23,22 @@ from __future__ import annotations
 
 import contextlib
 import os
+import types
 from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
-from torch.overrides import TorchFunctionMode
 
 from mtl.core.norms import is_transformed
 
 __all__ = ["cpu_kernels", "enabled", "max_pool2d", "batch_norm_types"]
 
 _ON = [os.environ.get("MTL_CPU_KERNELS", "1") != "0"]
+#: smaller inputs pool faster in torch's own kernel (the layout copy and the gather cost more
+#: than they save there; measured in benchmarks/README.md).
+MIN_ELEMENTS = 2 ** 17
 
 
 @contextlib.contextmanager
@@ -64,13 +68,12 @@ def _plain(x: object) -> bool:
             and not is_transformed(x))
 
 
-class _Kernels(TorchFunctionMode):
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is F.max_pool2d and args and _plain(args[0]) and args[0].dim() == 4 \
-                and args[0].is_contiguous():
-            return max_pool2d(*args, **kwargs)
-        return func(*args, **kwargs)
+def _pool_forward(self: nn.MaxPool2d, x: Tensor) -> Tensor:
+    """``nn.MaxPool2d.forward`` through ``max_pool2d`` where it applies, torch's own elsewhere."""
+    if _plain(x) and x.dim() == 4 and x.is_contiguous() and x.numel() >= MIN_ELEMENTS:
+        return max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation,
+                          self.ceil_mode, self.return_indices)
+    return nn.MaxPool2d.forward(self, x)
 
 
 def batch_norm_types() -> tuple[type, ...]:
@@ -80,17 +83,17 @@ def batch_norm_types() -> tuple[type, ...]:
     return (BatchNorm, _BatchNorm)
 
 
-def _served(model: nn.Module) -> bool:
-    """Whether ``model`` has a module whose forward this module's kernel can take."""
-    return any(isinstance(m, nn.MaxPool2d) for m in model.modules())
-
-
 @contextlib.contextmanager
 def cpu_kernels(x: Tensor, model: nn.Module) -> Iterator[None]:
-    """Within the block, the faster max-pool of this module where ``x`` (the forward's input) is
-    on a CPU and ``model`` has a max-pool module."""
-    if not _ON[0] or not _plain(x) or not _served(model):
+    """Within the block, every ``nn.MaxPool2d`` of ``model`` pools through ``max_pool2d`` where
+    ``x`` (the forward's input) is on a CPU (a pool whose forward is already replaced, by an
+    enclosing block or by its owner, is left as it is)."""
+    pools = [m for m in model.modules() if type(m) is nn.MaxPool2d and "forward" not in m.__dict__] \
+        if _ON[0] and _plain(x) else []
+    for pool in pools:
+        pool.forward = types.MethodType(_pool_forward, pool)
+    try:
         yield
-        return
-    with _Kernels():
-        yield
+    finally:
+        for pool in pools:
+            del pool.forward
