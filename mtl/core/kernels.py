@@ -17,7 +17,7 @@ environment variable ``MTL_CPU_KERNELS=0``.
 
 Batch norm is left to torch's fused kernels: written out as elementwise operations its double
 backward costs fewer floating-point operations but, measured end to end, second-order meta-steps
-came out 1-25% slower on 2 cores and 6-9% slower on one (``benchmarks/README.md``).
+came out up to 34% slower on 2 cores and 6-10% slower on one (``benchmarks/README.md``).
 """
 from __future__ import annotations
 
