@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import mtl
-from mtl.core import inner
+from mtl.core import auto, inner
 from mtl.models import Conv4
 from oracles import higher_meta_gradient, per_task_loop, random_tasks, randomise_stats
 from mtl.errors import ConfigError
@@ -181,21 +181,21 @@ def test_auto_refuses_vmap_when_its_meta_gradient_disagrees_with_the_loop(monkey
     model = _build("groupnorm")
     params = dict(model.named_parameters())
     sx, sy, qx, qy = _tasks(_input_shape("groupnorm"))
-    real = inner._time_once
+    real = auto._time_once
 
-    def vmap_wrong_and_fast(strategy, *args, **kwargs):
-        seconds, grads = real(strategy, *args, **kwargs)
+    def vmap_wrong_and_fast(run, strategy, *args, **kwargs):
+        seconds, grads = real(run, strategy, *args, **kwargs)
         if strategy == "vmap":
             return 0.0, [g * 1.01 for g in grads]
         return seconds + 1.0, grads
 
-    monkeypatch.setattr(inner, "_time_once", vmap_wrong_and_fast)
-    monkeypatch.setattr(inner, "AUTO_DECISIONS", {})
-    monkeypatch.setattr(inner, "AUTO_REJECTED", {})
+    monkeypatch.setattr(auto, "_time_once", vmap_wrong_and_fast)
+    monkeypatch.setattr(auto, "AUTO_DECISIONS", {})
+    monkeypatch.setattr(auto, "AUTO_REJECTED", {})
     chosen = inner.resolve_strategy("auto", model, params, sx, sy, qx, qy, steps=1, lr=LR,
                                     loss_fn=F.cross_entropy, first_order=False, chunk_size=None)
     assert chosen.startswith("loop")  # the fastest of the loop's variants, which agree
-    assert list(inner.AUTO_REJECTED.values())[0] == pytest.approx(0.01, rel=1e-6)
+    assert list(auto.AUTO_REJECTED.values())[0] == pytest.approx(0.01, rel=1e-6)
     assert inner.last_auto_choice()["rejected"] == {"vmap": pytest.approx(0.01, rel=1e-6)}
 
 

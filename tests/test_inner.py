@@ -8,7 +8,7 @@ from torch import nn
 from torch.func import functional_call
 
 import mtl
-from mtl.core import inner
+from mtl.core import auto, inner
 from mtl.errors import ConfigError, InnerLoopError, TaskBatchError
 from mtl.models import BatchNorm, Conv4
 
@@ -176,16 +176,16 @@ def test_auto_picks_a_strategy_once_and_gives_the_same_numbers():
     model = _small_conv()
     params = dict(model.named_parameters())
     tasks = _image_tasks(batch=3, seed=5)
-    inner.AUTO_DECISIONS.clear()
-    auto = mtl.maml_loss(model, params, *tasks, steps=1, lr=0.3, strategy="auto")
-    (chosen,) = inner.AUTO_DECISIONS.values()
+    auto.AUTO_DECISIONS.clear()
+    by_auto = mtl.maml_loss(model, params, *tasks, steps=1, lr=0.3, strategy="auto")
+    (chosen,) = auto.AUTO_DECISIONS.values()
     assert chosen in inner.STRATEGIES and chosen != "auto"
     record = inner.last_auto_choice()
     assert record["chosen"] == chosen and record["timings_ms"][chosen] is not None
     assert set(record["timings_ms"]) >= {"loop", "vmap", "shared+task_backward"}  # every candidate timed
     assert chosen in inner.describe_auto_choice()
     loop = mtl.maml_loss(model, params, *tasks, steps=1, lr=0.3, strategy="loop")
-    torch.testing.assert_close(auto, loop, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(by_auto, loop, rtol=1e-12, atol=1e-12)
     assert all(p.grad is None for p in params.values())  # timing left no .grad behind
 
 
@@ -193,15 +193,15 @@ def test_auto_times_each_step_count_once_up_to_the_trial_cap(monkeypatch):
     model = _small_conv()
     params = dict(model.named_parameters())
     tasks = _image_tasks(batch=3, seed=6)
-    inner.AUTO_DECISIONS.clear()
+    auto.AUTO_DECISIONS.clear()
     timed = []
-    monkeypatch.setattr(inner, "_measure", lambda *args, **settings: timed.append(settings["steps"]) or "loop")
+    monkeypatch.setattr(auto, "_measure", lambda *args, **settings: timed.append(settings["steps"]) or "loop")
     for steps in (1, 3, 10, 1, 7, 3):
         mtl.maml_loss(model, params, *tasks, steps=steps, lr=0.3, strategy="auto")
     mtl.maml_loss(model, params, *tasks, steps=0, lr=0.3, strategy="auto")
     # each step count is timed once, with its own steps (a kept graph costs more at more steps);
     # beyond AUTO_TRIAL_STEPS one timing with that many serves them all
-    assert inner.AUTO_TRIAL_STEPS == 5
+    assert auto.AUTO_TRIAL_STEPS == 5
     assert timed == [1, 3, 5, 0]
 
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import mtl
-from mtl.core import inner
+from mtl.core import auto, inner, shared_step
 import mtl.errors
 from mtl.errors import ConfigError
 from mtl.models import MLP, Conv4
@@ -82,13 +82,13 @@ def test_the_shared_step_is_not_the_same_as_the_loop_when_a_rule_is_wrong(monkey
     params = dict(model.named_parameters())
     sx, sy, qx, qy = _tasks(shape)
     _, reference = _per_task_loop(model, params, sx, sy, qx, qy, 1, False)
-    real = inner._per_task_grads
+    real = shared_step._per_task_grads
 
     def off(*args):
         grads = real(*args)
         return {k: g * 1.001 if k.endswith("0.weight") else g for k, g in grads.items()}
 
-    monkeypatch.setattr(inner, "_per_task_grads", off)
+    monkeypatch.setattr(shared_step, "_per_task_grads", off)
     loss = mtl.maml_loss(model, params, sx, sy, qx, qy, steps=1, lr=LR, strategy="shared")
     assert _rel(torch.autograd.grad(loss, list(params.values())), reference) > 1e-6
 
@@ -157,7 +157,7 @@ def test_models_it_cannot_run_are_refused_with_the_fix(layer, match):
     with pytest.raises(ConfigError, match=rf"(?s){match}.*strategy='loop'"):
         mtl.maml_loss(model, dict(model.named_parameters()), *tasks, steps=1, lr=LR,
                       strategy="shared")
-    assert "shared" not in inner._candidates(model, torch.device("cpu"), 1)  # auto skips it
+    assert "shared" not in auto._candidates(model, torch.device("cpu"), 1)  # auto skips it
 
 
 def test_running_statistics_in_training_mode_are_left_untouched_by_the_refusal():
@@ -183,15 +183,15 @@ def test_auto_considers_the_shared_step_and_records_every_timing(monkeypatch):
     model, shape = _build("standard-bn2d")
     params = dict(model.named_parameters())
     tasks = _tasks(shape, seed=5)
-    real = inner._time_once
+    real = auto._time_once
 
-    def shared_fastest(strategy, *args, **kwargs):
-        seconds, grads = real(strategy, *args, **kwargs)
+    def shared_fastest(run, strategy, *args, **kwargs):
+        seconds, grads = real(run, strategy, *args, **kwargs)
         return (0.0 if strategy == "shared+task_backward" else 1.0 + seconds), grads
 
-    monkeypatch.setattr(inner, "_time_once", shared_fastest)
-    monkeypatch.setattr(inner, "AUTO_DECISIONS", {})
-    monkeypatch.setattr(inner, "AUTO_TIMINGS", {})
+    monkeypatch.setattr(auto, "_time_once", shared_fastest)
+    monkeypatch.setattr(auto, "AUTO_DECISIONS", {})
+    monkeypatch.setattr(auto, "AUTO_TIMINGS", {})
     loss = mtl.maml_loss(model, params, *tasks, steps=2, lr=LR, strategy="auto")
     record = inner.last_auto_choice()
     assert record["chosen"] == "shared+task_backward" and record["rejected"] == {}
@@ -204,10 +204,10 @@ def test_auto_considers_the_shared_step_and_records_every_timing(monkeypatch):
 
 
 def _shared_fastest_and_1_percent_off(real):
-    """A stand-in for ``inner._time_once`` under which the shared step is the fastest candidate and
+    """A stand-in for ``auto._time_once`` under which the shared step is the fastest candidate and
     its meta-gradient 1.01 times the true one."""
-    def timed(strategy, *args, **kwargs):
-        seconds, grads = real(strategy, *args, **kwargs)
+    def timed(run, strategy, *args, **kwargs):
+        seconds, grads = real(run, strategy, *args, **kwargs)
         if strategy == "shared+task_backward":
             return 0.0, [g * 1.01 for g in grads]
         return 1.0 + seconds, grads
@@ -218,9 +218,9 @@ def test_auto_rejects_a_shared_step_whose_meta_gradient_disagrees(monkeypatch):
     model, shape = _build("standard-bn2d")
     params = dict(model.named_parameters())
     tasks = _tasks(shape, seed=6)
-    monkeypatch.setattr(inner, "_time_once", _shared_fastest_and_1_percent_off(inner._time_once))
-    monkeypatch.setattr(inner, "AUTO_DECISIONS", {})
-    monkeypatch.setattr(inner, "AUTO_REJECTED", {})
+    monkeypatch.setattr(auto, "_time_once", _shared_fastest_and_1_percent_off(auto._time_once))
+    monkeypatch.setattr(auto, "AUTO_DECISIONS", {})
+    monkeypatch.setattr(auto, "AUTO_REJECTED", {})
     chosen = inner.resolve_strategy("auto", model, params, *tasks, steps=1, lr=LR,
                                     loss_fn=F.cross_entropy, first_order=False, chunk_size=None)
     assert chosen != "shared+task_backward"
@@ -297,17 +297,17 @@ def test_auto_judges_a_disagreement_against_float64_when_the_float32_loop_is_ine
     model = model.float()
     params = dict(model.named_parameters())
     tasks = [t.float() if t.is_floating_point() else t for t in _tasks(shape, seed=6)]
-    real_reference = inner._float64_reference
-    monkeypatch.setattr(inner, "_time_once", _shared_fastest_and_1_percent_off(inner._time_once))
+    real_reference = auto._float64_reference
+    monkeypatch.setattr(auto, "_time_once", _shared_fastest_and_1_percent_off(auto._time_once))
     for loop_error, kept in [(0.02, True), (None, False)]:
         if loop_error is None:  # the true float64 reference: the float32 loop is exact to ~1e-6
-            monkeypatch.setattr(inner, "_float64_reference", real_reference)
+            monkeypatch.setattr(auto, "_float64_reference", real_reference)
         else:  # a reference the float32 loop is 2% from, the candidate (1.01 x loop) ~1%
-            monkeypatch.setattr(inner, "_float64_reference",
+            monkeypatch.setattr(auto, "_float64_reference",
                                 lambda *a, e=loop_error, **k: [g.double() * (1 + e) for g in
                                                                real_reference(*a, **k)])
-        monkeypatch.setattr(inner, "AUTO_DECISIONS", {})
-        monkeypatch.setattr(inner, "AUTO_REJECTED", {})
+        monkeypatch.setattr(auto, "AUTO_DECISIONS", {})
+        monkeypatch.setattr(auto, "AUTO_REJECTED", {})
         chosen = inner.resolve_strategy("auto", model, params, *tasks, steps=1, lr=LR,
                                         loss_fn=F.cross_entropy, first_order=False, chunk_size=None)
         record = inner.last_auto_choice()
@@ -328,9 +328,9 @@ def test_the_float64_reference_is_the_loop_in_double_precision():
     params = dict(model.named_parameters())
     tasks = [t.float() if t.is_floating_point() else t for t in _tasks(shape, seed=2)]
     settings = dict(steps=2, lr=LR, loss_fn=F.cross_entropy, first_order=False, chunk_size=None)
-    exact = inner._float64_reference(model, params, *tasks, **settings)
+    exact = auto._float64_reference(inner.maml_outputs, model, params, *tasks, **settings)
     losses, _ = inner.maml_outputs(model, params, *tasks, strategy="loop", **settings)
     loop32 = torch.autograd.grad(losses.mean(), list(params.values()))
     assert all(g.dtype == torch.float64 for g in exact)
-    assert 0 < inner._relative_error(list(loop32), exact) < 1e-4
+    assert 0 < auto._relative_error(list(loop32), exact) < 1e-4
     assert next(model.parameters()).dtype == torch.float32  # the model itself is left as it was

@@ -29,15 +29,12 @@ A batch of B tasks is handled by one of these *strategies* (same numbers, differ
   until one backward; ``losses.mean().backward()`` then hands over the stored gradients. The
   query outputs carry no graph then, and the meta-gradient cannot be differentiated again (both
   raise InnerLoopError);
-- ``"auto"``: times every strategy that can run the model once per (device, model, shapes,
-  settings), round-robin (the loop, and the ``+task_backward`` variants of the loop, the shared
-  step and channels-last where they apply, and vmap), and keeps the fastest whose trial
-  meta-gradient agrees with the loop's (in float32 where it does not: that is as close to the
-  float64 loop as the float32 loop is).
-  The number of inner steps is part of the key, up to ``AUTO_TRIAL_STEPS`` (5): what each task's
-  kept graph costs grows with the steps, so the trial runs the steps it will serve, and one
-  timing with 5 serves any larger count. ``last_auto_choice()`` / ``AUTO_TIMINGS`` hold the choice and every timing,
-  ``describe_auto_choice()`` one line for a log.
+- ``"auto"``: the fastest of them here, measured once per (device, model, shapes, settings)
+  among those whose trial meta-gradient agrees with the loop's (``mtl.core.auto``;
+  ``last_auto_choice()`` / ``describe_auto_choice()`` say what it chose and why).
+
+The shared first step's per-layer rules are ``mtl.core.shared_step``; the checks of settings and
+inputs, with the messages that name the fix, ``mtl.core.checks``.
 
 Every strategy but vmap runs its forward passes on a CPU through ``mtl.core.kernels``: torch's
 max-pool replaced by a faster equivalent with the same values and derivatives
@@ -50,38 +47,26 @@ backward grows with ``chunk_size`` rather than with B, at the cost of one extra 
 from __future__ import annotations
 
 import contextlib
-import copy
-import math
-import time
-import types
 from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
 from torch.func import functional_call, grad, vmap
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
-from mtl.errors import ConfigError, InnerLoopError, TaskBatchError
+from mtl.core import auto
+from mtl.core.auto import describe_auto_choice, last_auto_choice, untimed_strategy
+from mtl.core.checks import (LR, STRATEGIES, LossFn, Params, check_batch, check_finite, check_inputs,
+                             check_settings, check_strategy, label_errors, lr_of)
 from mtl.core.kernels import batch_norm_types, cpu_kernels
-from mtl.core.norms import exact_norms, quiet, updates_running_stats
+from mtl.core.norms import exact_norms
+from mtl.core.shared_step import shared_first_step, shared_step_refusal
+from mtl.errors import ConfigError, InnerLoopError, TaskBatchError
 
 __all__ = ["adapt", "maml_loss", "maml_outputs", "adapt_batch", "map_tasks", "STRATEGIES",
-           "resolve_strategy", "last_auto_choice", "describe_auto_choice", "shared_step_refusal"]
-
-Params = dict[str, Tensor]
-LR = float | Mapping[str, Tensor]
-LossFn = Callable[[Tensor, Tensor], Tensor]
-
-STRATEGIES = ("auto", "vmap", "loop", "shared", "loop+channels_last", "shared+channels_last",
-              "loop+task_backward", "shared+task_backward", "loop+channels_last+task_backward",
-              "shared+channels_last+task_backward")
-#: (device, shapes, settings) -> the chosen strategy, filled by "auto" the first time it meets a key.
-AUTO_DECISIONS: dict[tuple, str] = {}
-#: the same keys -> what "auto" measured: ``{"chosen", "timings_ms", "rejected", "setting"}``.
-AUTO_TIMINGS: dict[tuple, dict] = {}
-_LAST_KEY: list = [None]  # the key "auto" resolved last (decided then or before)
+           "resolve_strategy", "last_auto_choice", "describe_auto_choice", "shared_step_refusal",
+           "untimed_strategy"]
 
 
 # ----------------------------------------------------------------------------- one task
@@ -120,14 +105,10 @@ def _adapt(model: nn.Module, params: Params, x: Tensor, y: Tensor, steps: int, l
                 grads = dict(zip(at, torch.autograd.grad(loss, list(at.values()),
                                                          create_graph=graph)))
             loss = loss.detach()
-        params = {n: p - _lr_of(lr, n) * grads[n] for n, p in params.items()}
+        params = {n: p - lr_of(lr, n) * grads[n] for n, p in params.items()}
         losses.append(loss)
     inner_losses = torch.stack(losses) if losses else x.new_zeros(0)
     return params, inner_losses
-
-
-def _lr_of(lr: LR, name: str) -> float | Tensor:
-    return lr[name] if isinstance(lr, Mapping) else lr
 
 
 def adapt(model: nn.Module, params: Mapping[str, Tensor], x: Tensor, y: Tensor, *, steps: int,
@@ -152,12 +133,12 @@ def adapt(model: nn.Module, params: Mapping[str, Tensor], x: Tensor, y: Tensor, 
     Raises:
         InnerLoopError: an inner loss that is NaN or Inf (names the step).
     """
-    _check_settings(steps, lr)
-    _check_inputs(model, params, {"x": x}, {"y": y}, loss_fn, leading=1)
-    with _label_errors(model):
+    check_settings(steps, lr)
+    check_inputs(model, params, {"x": x}, {"y": y}, loss_fn, leading=1)
+    with label_errors(model):
         adapted, inner_losses = _adapt(model, dict(params), x, y, steps, lr, loss_fn, first_order,
                                        functional=False)
-    _check_finite(inner_losses[None], None, steps, lr)
+    check_finite(inner_losses[None], None, steps, lr)
     if steps and not bool(torch.stack([torch.isfinite(p.detach()).all() for p in adapted.values()]).all()):
         lr_text = "the per-parameter learning rates" if isinstance(lr, Mapping) else f"lr={lr:g}"
         raise InnerLoopError(f"the adapted parameters are NaN/Inf after step {steps} of {steps}: the "
@@ -326,10 +307,10 @@ def maml_outputs(model: nn.Module, params: Mapping[str, Tensor], support_x: Tens
         adaptation and its query logits (or predictions), differentiable w.r.t. ``params``.
     """
     params = dict(params)
-    _check_settings(steps, lr)
-    _check_inputs(model, params, {"support_x": support_x, "query_x": query_x},
+    check_settings(steps, lr)
+    check_inputs(model, params, {"support_x": support_x, "query_x": query_x},
                   {"support_y": support_y, "query_y": query_y}, loss_fn, leading=2)
-    _check_batch(support_x, support_y, query_x, query_y, loss_fn)
+    check_batch(support_x, support_y, query_x, query_y, loss_fn)
     strategy = resolve_strategy(strategy, model, params, support_x, support_y, query_x, query_y,
                                 steps=steps, lr=lr, loss_fn=loss_fn, first_order=first_order,
                                 chunk_size=chunk_size)
@@ -358,7 +339,7 @@ def maml_outputs(model: nn.Module, params: Mapping[str, Tensor], support_x: Tens
     task_backward = task_backward and torch.is_grad_enabled() and not any(
         t.requires_grad for t in batched) and any(
         t.requires_grad for t in tree_flatten(shared)[0] if isinstance(t, Tensor))
-    with _label_errors(model):
+    with label_errors(model):
         if task_backward:  # one task at a time already: chunk_size has nothing left to bound
             losses, outputs, inner_losses = _task_backward_outputs(
                 model, shared, lr, steps, loss_fn, first_order, base, channels_last, batched)
@@ -367,7 +348,7 @@ def maml_outputs(model: nn.Module, params: Mapping[str, Tensor], support_x: Tens
         else:
             losses, outputs, inner_losses = map_tasks(one_task, shared, batched, strategy=strategy,
                                                       chunk_size=chunk_size, model=model)
-    _check_finite(inner_losses, losses, steps, lr)
+    check_finite(inner_losses, losses, steps, lr)
     return losses, outputs
 
 
@@ -401,6 +382,16 @@ def maml_loss(model: nn.Module, params: Mapping[str, Tensor], support_x: Tensor,
     return losses.mean()
 
 
+def resolve_strategy(strategy: str, model: nn.Module, params: Params, support_x: Tensor,
+                     support_y: Tensor, query_x: Tensor, query_y: Tensor, *, steps: int, lr: LR,
+                     loss_fn: LossFn, first_order: bool, chunk_size: int | None) -> str:
+    """A named strategy unchanged; "auto": the fastest here for ``maml_outputs`` with these
+    arguments, measured once per setting (``mtl.core.auto``)."""
+    return auto.resolve_strategy(strategy, model, params, support_x, support_y, query_x, query_y,
+                                 steps=steps, lr=lr, loss_fn=loss_fn, first_order=first_order,
+                                 chunk_size=chunk_size, run=maml_outputs)
+
+
 def adapt_batch(model: nn.Module, params: Mapping[str, Tensor], x: Tensor, y: Tensor, *,
                 steps: int, lr: LR, loss_fn: LossFn = F.cross_entropy, first_order: bool = True,
                 query_x: Tensor | None = None, strategy: str = "auto",
@@ -419,13 +410,13 @@ def adapt_batch(model: nn.Module, params: Mapping[str, Tensor], x: Tensor, y: Te
         ``(adapted, query_outputs)``: dict name -> ``[B, *shape]`` and ``[B, n_q, ...]`` (or None).
     """
     params = dict(params)
-    _check_settings(steps, lr)
-    _check_inputs(model, params, {"x": x} if query_x is None else {"x": x, "query_x": query_x},
+    check_settings(steps, lr)
+    check_inputs(model, params, {"x": x} if query_x is None else {"x": x, "query_x": query_x},
                   {"y": y}, loss_fn, leading=2)
     if x.shape[:2] != y.shape[:2] or (query_x is not None and query_x.shape[0] != x.shape[0]):
         raise TaskBatchError(f"x {tuple(x.shape)}, y {tuple(y.shape)} and query_x disagree in the "
                              "leading dimensions [B, n]; pass one target per example of each task")
-    _check_strategy(strategy)
+    check_strategy(strategy)
     if strategy == "auto":  # no query loss to time here
         strategy = untimed_strategy(model, x.device)
     strategy = strategy.replace("shared", "loop").replace(TASK_BACKWARD, "")  # no query loss here
@@ -441,7 +432,7 @@ def adapt_batch(model: nn.Module, params: Mapping[str, Tensor], x: Tensor, y: Te
     adapted, inner_losses, *outputs = map_tasks(one_task, _shared(model, params, lr), batched,
                                                 strategy=strategy, chunk_size=chunk_size,
                                                 model=model)
-    _check_finite(inner_losses, None, steps, lr)
+    check_finite(inner_losses, None, steps, lr)
     return adapted, (outputs[0] if outputs else None)
 
 
@@ -506,174 +497,12 @@ def _layout(model: nn.Module | None, channels_last: bool):
             handle.remove()
 
 
-def shared_step_refusal(model: nn.Module) -> str | None:
-    """Why ``strategy="shared"`` cannot run ``model`` (None when it can).
-
-    The shared first step computes each task's gradient from one merged forward and backward
-    with a rule per layer kind, so every module that holds parameters must be one of:
-    ``nn.Conv1d/2d/3d`` (zero padding, numeric padding), ``nn.Linear``, ``mtl.models.BatchNorm``,
-    ``nn.BatchNorm1d/2d/3d`` (batch statistics without running statistics, or eval mode with
-    them). Modules without parameters must treat examples independently (ReLU, pooling,
-    flatten, ...). Parameters must be used through their module's forward.
-    """
-    bn_types = batch_norm_types()
-    for name, module in model.named_modules():
-        label = f"{type(module).__name__} ({name or 'the model'})"
-        if "forward" in module.__dict__:
-            return f"{label} has a forward replaced on the instance"
-        if isinstance(module, _BatchNorm) and module.training and module.track_running_stats \
-                and module.running_mean is not None:
-            return (f"{label} updates running statistics in training mode (the merged first step "
-                    "would update them once for all tasks instead of once per task); use "
-                    "track_running_stats=False, eval mode, or strategy='loop'")
-        if isinstance(module, nn.modules.instancenorm._InstanceNorm) and updates_running_stats(module):
-            return f"{label} updates running statistics in training mode"
-        if isinstance(module, nn.modules.dropout._DropoutNd) and module.training and module.p > 0:
-            return f"{label} draws random masks (the merged step would draw other ones than the loop)"
-        if not any(True for _ in module.parameters(recurse=False)):
-            continue
-        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-            if module.padding_mode != "zeros" or isinstance(module.padding, str) or module.transposed:
-                return f"{label} uses padding {module.padding!r} / mode {module.padding_mode!r}"
-        elif not isinstance(module, (nn.Linear, *bn_types)):
-            return f"{label} holds parameters and has no per-task gradient rule"
-    return None
-
-
-def _shared_first_step(model: nn.Module, params: Params, fixed: Params, sx: Tensor, sy: Tensor,
-                       lr: LR, loss_fn: LossFn, first_order: bool,
-                       channels_last: bool) -> tuple[dict[str, Tensor], Tensor]:
-    """Inner step 0 of B tasks from the same ``params`` as one merged forward and backward.
-
-    Returns ``(adapted, losses)``: name -> ``[B, *shape]`` (each task's parameters after one
-    step, exactly as the per-task loop computes them) and the B step-0 inner losses.
-
-    The merged batch ``[B*n, ...]`` runs the model once; batch norm takes its statistics per task
-    (the merged batch viewed as ``[B, n, ...]``), so each task's activations are exactly its own.
-    The merged loss is the *sum* of the B per-task losses, so the gradient of the merged loss
-    with respect to a layer's output is, on task b's rows, the gradient of task b's loss. From
-    those, one backward for all tasks, each task's parameter gradient follows by the layer's own
-    rule on its rows (convolution: ``convolution_backward`` for the weight; linear: ``dY^T X``;
-    batch-norm scale: ``sum dY * x_hat``; biases: ``sum dY``), all differentiable, so second
-    order holds.
-    """
-    batch, n = sx.shape[:2]
-    graph = not first_order and torch.is_grad_enabled() and any(
-        p.requires_grad for p in params.values())
-    at = params if graph else {k: p.detach().requires_grad_() for k, p in params.items()}
-    names = {id(p): k for k, p in model.named_parameters()}  # canonical names (tied: the first)
-    calls: list[tuple[str, nn.Module, Tensor, Tensor]] = []
-    bn_types = batch_norm_types()
-
-    def conv_forward(self: nn.Module, x: Tensor) -> Tensor:
-        y = self._conv_forward(x, self.weight, self.bias)
-        if channels_last and y.dim() == 4:
-            y = y.contiguous(memory_format=torch.channels_last)
-        calls.append(("conv", self, x, y))
-        return y
-
-    def linear_forward(self: nn.Module, x: Tensor) -> Tensor:
-        y = F.linear(x, self.weight, self.bias)
-        calls.append(("linear", self, x, y))
-        return y
-
-    def norm_forward(self: nn.Module, x: Tensor) -> Tensor:
-        channels = (1, -1) + (1,) * (x.dim() - 2)
-        running = getattr(self, "running_mean", None)
-        if isinstance(self, _BatchNorm):
-            self._check_input_dim(x)
-        if self.training or running is None:  # per-task batch statistics: tasks as channels
-            rest = x.shape[1:]
-            grouped = x.unflatten(0, (batch, n)).transpose(0, 1).reshape(n, batch * rest[0], *rest[1:])
-            x_hat = F.batch_norm(grouped, None, None, None, None, True, 0.0, self.eps)
-            x_hat = x_hat.reshape(n, batch, *rest).transpose(0, 1).reshape(batch * n, *rest)
-        else:
-            x_hat = (x - running.view(channels)) * torch.rsqrt(self.running_var.view(channels) + self.eps)
-        weight, bias = getattr(self, "weight", None), getattr(self, "bias", None)
-        y = x_hat if weight is None else x_hat * weight.view(channels)
-        y = y if bias is None else y + bias.view(channels)
-        if weight is not None or bias is not None:
-            calls.append(("norm", self, x_hat, y))
-        return y
-
-    patched = []
-    for module in model.modules():
-        forward = (conv_forward if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) else
-                   linear_forward if isinstance(module, nn.Linear) else
-                   norm_forward if isinstance(module, bn_types) else None)
-        if forward is not None:
-            module.forward = types.MethodType(forward, module)
-            patched.append(module)
-    try:
-        with torch.enable_grad():
-            with cpu_kernels(sx, model):
-                out = functional_call(model, {**fixed, **at}, (sx.flatten(0, 1),))
-            out = out.unflatten(0, (batch, n))
-            losses = torch.stack([loss_fn(out[b], sy[b]) for b in range(batch)])
-            wanted = [(kind, m, x, y) for kind, m, x, y in calls if y.requires_grad]
-            grads_y = torch.autograd.grad(losses.sum(), [y for *_, y in wanted], create_graph=graph,
-                                          allow_unused=True, materialize_grads=True)
-            grads = _per_task_grads(wanted, grads_y, model, names, batch, n)
-    finally:
-        for module in patched:
-            del module.forward
-    adapted = {}
-    for k, p in params.items():
-        g = grads.get(k)
-        if g is None:
-            g = p.new_zeros((batch, *p.shape))
-        elif not graph:
-            g = g.detach()
-        adapted[k] = p - _lr_of(lr, k) * g
-    return adapted, losses.detach()
-
-
-def _per_task_grads(calls: list, grads_y: tuple, model: nn.Module, names: dict[int, str],
-                    batch: int, n: int) -> dict[str, Tensor]:
-    """name -> ``[B, *shape]``: each task's gradient from the layers' merged inputs and output grads."""
-    out: dict[str, Tensor] = {}
-    originals = {id(m): m for m in model.modules()}
-
-    def add(module: nn.Module, attr: str, g: Tensor) -> None:
-        original = originals[id(module)]._parameters.get(attr)
-        name = names.get(id(original)) if original is not None else None
-        if name is None:
-            return
-        out[name] = out[name] + g if name in out else g
-
-    for (kind, module, x, _), dy in zip(calls, grads_y):
-        rows = dy.unflatten(0, (batch, n))
-        if kind == "conv":
-            dims = x.dim() - 2
-            weight = module.weight
-            per_task = [torch.ops.aten.convolution_backward(
-                dy[b * n:(b + 1) * n], x[b * n:(b + 1) * n], weight, None, list(module.stride),
-                list(module.padding), list(module.dilation), False, [0] * dims, module.groups,
-                (False, True, False))[1] for b in range(batch)]
-            add(module, "weight", torch.stack(per_task))
-            if module.bias is not None:
-                add(module, "bias", rows.sum((1,) + tuple(range(3, rows.dim()))))
-        elif kind == "linear":
-            xs = x.reshape(batch, -1, x.shape[-1])
-            ds = dy.reshape(batch, -1, dy.shape[-1])
-            add(module, "weight", ds.transpose(1, 2) @ xs)
-            if module.bias is not None:
-                add(module, "bias", ds.sum(1))
-        else:  # norm: y = x_hat * weight + bias, per channel (dim 1)
-            reduce = (1,) + tuple(range(3, rows.dim()))
-            if getattr(module, "weight", None) is not None:
-                add(module, "weight", (rows * x.unflatten(0, (batch, n))).sum(reduce))
-            if getattr(module, "bias", None) is not None:
-                add(module, "bias", rows.sum(reduce))
-    return out
-
-
 def _shared_outputs(model: nn.Module, shared: dict, lr: LR, steps: int, loss_fn: LossFn,
                     first_order: bool, channels_last: bool, sx: Tensor, sy: Tensor, qx: Tensor,
                     qy: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """B tasks with the shared first step, then per-task steps 1.. and query passes."""
     params, fixed, lr = shared["params"], shared["fixed"], _shared_lr(shared, lr)
-    adapted, first = _shared_first_step(model, params, fixed, sx, sy, lr, loss_fn, first_order,
+    adapted, first = shared_first_step(model, params, fixed, sx, sy, lr, loss_fn, first_order,
                                         channels_last)
     results = []
     with _layout(model, channels_last):
@@ -730,7 +559,7 @@ def _task_backward_outputs(model: nn.Module, shared: dict, lr: LR, steps: int, l
         merged = None
         if base == "shared":
             with torch.enable_grad():
-                adapted, first = _shared_first_step(model, shared_["params"], shared_["fixed"], sx,
+                adapted, first = shared_first_step(model, shared_["params"], shared_["fixed"], sx,
                                                     sy, lr_, loss_fn, first_order, channels_last)
             merged = adapted
         with _layout(model, channels_last):
@@ -819,358 +648,3 @@ class _TaskBackward(torch.autograd.Function):
         return (None, *grads)
 
 
-# ----------------------------------------------------------------------------- checks
-
-def _check_settings(steps: int, lr: LR) -> None:
-    """A whole number of steps >= 0 and a finite learning rate >= 0 (or a dict of tensors)."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ConfigError(f"steps must be a whole number >= 0, got {steps!r}")
-    if isinstance(lr, Mapping):
-        return
-    if isinstance(lr, Tensor) and lr.numel() == 1:
-        lr = float(lr)
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr < 0:
-        raise ConfigError(f"lr must be a finite number >= 0, got {lr!r} (a negative step climbs "
-                          "the loss; per-parameter rates go in a dict name -> tensor)")
-
-
-def _check_inputs(model: nn.Module, params: Mapping[str, Tensor], inputs: dict[str, Tensor],
-                  targets: dict[str, Tensor], loss_fn: LossFn, *, leading: int) -> None:
-    """Types, devices, sizes and label kinds of the inputs of ``adapt``/``maml_loss``.
-
-    ``leading``: 1 for one task ``[n, ...]``, 2 for a batch of tasks ``[B, n, ...]``.
-    """
-    every = {**inputs, **targets}
-    for name, t in every.items():
-        if not isinstance(t, Tensor):
-            raise TaskBatchError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dim() < leading:
-            raise TaskBatchError(f"{name} needs the leading dimensions "
-                                 f"{'[n]' if leading == 1 else '[B, n]'}, got shape {tuple(t.shape)}")
-        empty = [d for d, size in zip(("B", "n") if leading == 2 else ("n",), t.shape) if size == 0]
-        if empty:
-            raise TaskBatchError(f"{name} has shape {tuple(t.shape)}: {empty[0]} is 0 (an empty "
-                                 f"{'batch of tasks' if empty[0] == 'B' else 'set of examples'}); "
-                                 "every task needs at least one support and one query example")
-    for name, t in inputs.items():
-        if not t.dtype.is_floating_point:
-            raise TaskBatchError(f"{name} has dtype {t.dtype}; inputs must be floating point "
-                                 "(images stored as uint8: x.float() / 255)")
-    if leading == 1:
-        x, y = inputs["x"], targets["y"]
-        if x.shape[0] != y.shape[0]:
-            raise TaskBatchError(f"x has {x.shape[0]} examples but y has {y.shape[0]}: pass one "
-                                 "target per example")
-    if loss_fn is F.cross_entropy:
-        for name, t in targets.items():
-            if t.dtype.is_floating_point or t.dtype == torch.bool:
-                raise TaskBatchError(f"{name} has dtype {t.dtype}, but cross-entropy needs class ids "
-                                     f"(torch.long, 0..N-1): pass {name}.long(), or loss_fn="
-                                     "F.mse_loss for regression targets")
-            if leading == 1 and t.numel() and int(t.min()) < 0:  # batches: in _check_batch
-                raise TaskBatchError(f"{name} holds a negative label; labels are 0..N-1 within "
-                                     "each task")
-    devices = {t.device for t in every.values()} | {p.device for p in params.values()}
-    devices |= {p.device for p in model.parameters()}
-    if len(devices) > 1:
-        raise TaskBatchError(f"the model's parameters and the data are on different devices "
-                             f"({', '.join(sorted(map(str, devices)))}): move both to one, e.g. "
-                             "model.to(device) and x.to(device)")
-
-
-@contextlib.contextmanager
-def _label_errors(model: nn.Module):
-    """Turn torch's "target out of bounds" into a TaskBatchError naming the model's outputs."""
-    try:
-        yield
-    except (IndexError, RuntimeError) as error:
-        text = str(error)
-        if "out of bounds" not in text and "Target" not in text:
-            raise
-        outputs = [m.out_features for m in model.modules() if isinstance(m, nn.Linear)]
-        size = f" ({outputs[-1]} outputs)" if outputs else ""
-        raise TaskBatchError(f"a label is larger than the model's head can predict{size}: labels "
-                             "must be 0..N-1 for an N-way head; build the model with num_classes=N "
-                             f"for N-way tasks ({text.splitlines()[0]})") from error
-
-
-def _check_strategy(strategy: str) -> None:
-    if strategy not in STRATEGIES:
-        raise ConfigError(f"unknown strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
-
-
-def _check_batch(support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor,
-                 loss_fn: LossFn) -> None:
-    """Shapes (and, for class labels, ranges) of one batch of tasks must agree (after
-    ``_check_inputs``, which checks that each tensor has its ``[B, n]`` dimensions)."""
-    b = support_x.shape[0]
-    named = {"support_x": support_x, "support_y": support_y, "query_x": query_x,
-             "query_y": query_y}
-    shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in named.items())
-    if any(t.shape[0] != b for t in named.values()):
-        raise TaskBatchError(f"the number of tasks (first dimension) differs: {shapes}")
-    if support_x.shape[1] != support_y.shape[1] or query_x.shape[1] != query_y.shape[1]:
-        raise TaskBatchError(f"inputs and targets hold different numbers of examples: {shapes}")
-    if support_x.shape[2:] != query_x.shape[2:]:
-        raise TaskBatchError(f"support and query examples have different shapes: {shapes}")
-    if support_y.dtype.is_floating_point or query_y.dtype.is_floating_point:
-        return  # regression targets: no label range
-    lo_s, hi_s, lo_q, hi_q = torch.stack([support_y.min(), support_y.max(), query_y.min(),
-                                          query_y.max()]).tolist()
-    if lo_s < 0 or lo_q < 0:
-        raise TaskBatchError("labels must be 0..N-1 within each task; found a negative label")
-    if hi_q > hi_s:
-        raise TaskBatchError(f"query labels go up to {hi_q} but support labels only to {hi_s}: "
-                             "every query class must appear in the support set (labels 0..N-1)")
-
-
-def _check_finite(inner_losses: Tensor, query_losses: Tensor | None, steps: int, lr: LR) -> None:
-    """Raise InnerLoopError naming the first inner step whose loss is NaN/Inf."""
-    ok = torch.isfinite(inner_losses).all()
-    if query_losses is not None:
-        ok = ok & torch.isfinite(query_losses.detach()).all()
-    if bool(ok):
-        return
-    lr_text = "the per-parameter learning rates" if isinstance(lr, Mapping) else f"lr={lr:g}"
-    bad = ~torch.isfinite(inner_losses)
-    if bad.any():
-        task, step = (int(i) for i in bad.nonzero()[0])
-        value = inner_losses[task, step].item()
-        where = f"inner step {step + 1} of {steps}" + (f" (task {task})" if inner_losses.shape[0] > 1
-                                                        else "")
-        raise InnerLoopError(f"the inner loss is {value} at {where}; the inner loop diverged: lower "
-                             f"the inner learning rate ({lr_text}) or check the inputs for NaN/Inf")
-    raise InnerLoopError(f"the query loss after {steps} inner steps is NaN/Inf; lower the inner "
-                         f"learning rate ({lr_text}) or check the query inputs for NaN/Inf")
-
-
-# ----------------------------------------------------------------------------- "auto"
-
-def resolve_strategy(strategy: str, model: nn.Module, params: Params, support_x: Tensor,
-                     support_y: Tensor, query_x: Tensor, query_y: Tensor, *, steps: int, lr: LR,
-                     loss_fn: LossFn, first_order: bool, chunk_size: int | None) -> str:
-    """A named strategy unchanged; "auto": the fastest here, timed once per setting.
-
-    "auto" keeps the loop, untimed, for a model whose norm layers would update running
-    statistics (only the loop updates them as plain PyTorch does); otherwise it times every
-    candidate (``_candidates``: the loop, its channels-last variant on a CPU, the shared first
-    step where the model allows it, vmap) and chooses one other than the loop only if its
-    meta-gradient on the timed trial agrees with the loop's (a guard against layers whose
-    derivatives are wrong under ``vmap`` or outside the shared step's rules; ``AUTO_REJECTED``
-    records such settings). ``AUTO_TIMINGS[key]`` / ``last_auto_choice()`` keep what was measured.
-    """
-    _check_strategy(strategy)
-    if strategy != "auto":
-        return strategy
-    if updates_running_stats(model):
-        _LAST_KEY[0] = key = ("untimed", type(model).__name__)
-        AUTO_TIMINGS[key] = {"chosen": "loop", "timings_ms": {}, "rejected": {}, "failed": {},
-                             "setting": {"reason": "norm layers update running statistics: only "
-                                                   "the loop updates them as plain PyTorch does"}}
-        return "loop"
-    # the trial runs the inner steps it will serve, up to AUTO_TRIAL_STEPS: what each task's kept
-    # graph costs grows with the steps, so a one-step trial can rank the strategies wrongly at five
-    timed_steps = min(steps, AUTO_TRIAL_STEPS)
-    key = (str(support_x.device), type(model).__name__, model.training, tuple(support_x.shape),
-           tuple(query_x.shape), support_x.dtype, timed_steps, first_order, chunk_size,
-           isinstance(lr, Mapping), len(params), sum(p.numel() for p in params.values()),
-           _structure(model))
-    _LAST_KEY[0] = key
-    if key not in AUTO_DECISIONS:
-        AUTO_DECISIONS[key] = _measure(key, model, params, support_x, support_y, query_x, query_y,
-                                       steps=timed_steps, lr=lr, loss_fn=loss_fn,
-                                       first_order=first_order, chunk_size=chunk_size)
-    return AUTO_DECISIONS[key]
-
-
-def _structure(model: nn.Module) -> int:
-    """A hash of the model's layer kinds and modes: two models with the same parameter count but
-    other layers (batch norm or instance norm, running statistics or not) get their own timing."""
-    return hash(tuple((type(m).__name__, m.training, getattr(m, "track_running_stats", None))
-                      for m in model.modules()))
-
-
-#: the most inner steps "auto" times; more steps reuse the timing made with this many.
-AUTO_TRIAL_STEPS = 5
-
-#: settings for which "auto" found a candidate's meta-gradient different from the loop's -> relative error.
-AUTO_REJECTED: dict[tuple, float] = {}
-
-
-def _candidates(model: nn.Module, device: torch.device, steps: int) -> list[str]:
-    """The strategies "auto" times here: the loop first (the reference), then the others."""
-    found = ["loop", "loop+task_backward"]
-    convolutional = any(isinstance(m, nn.Conv2d) for m in model.modules())
-    if device.type == "cpu" and convolutional:
-        found.append("loop+channels_last+task_backward")
-    if steps >= 1 and shared_step_refusal(model) is None:
-        found.append("shared+task_backward")
-        if device.type == "cpu" and convolutional:
-            found.append("shared+channels_last+task_backward")
-    return found + ["vmap"]
-
-
-def _measure(key: tuple, model: nn.Module, params: Params, support_x: Tensor, support_y: Tensor,
-             query_x: Tensor, query_y: Tensor, rounds: int = 2, **settings) -> str:
-    """Time one meta-step (forward + backward) of each candidate on a detached copy of params.
-
-    The candidates run round-robin (``rounds`` rounds, the fastest of each kept), so a change of
-    load on a shared CPU reaches all of them alike. A candidate other than the loop is chosen
-    only if its meta-gradient on the trial agrees with the loop's, or, in float32 where it does
-    not, if it is as close to the loop's float64 meta-gradient as the float32 loop is (within 2x:
-    an ill-conditioned inner loop puts the float32 loop itself far from exact);
-    ``AUTO_REJECTED`` records the others, ``float64_checked`` the errors of that comparison.
-    """
-    candidates = _candidates(model, support_x.device, settings["steps"])
-    timings: dict[str, float] = {c: float("inf") for c in candidates}
-    grads: dict[str, list[Tensor]] = {}
-    failed: dict[str, str] = {}
-    for _ in range(rounds):
-        for strategy in candidates:
-            if strategy in failed:
-                continue
-            try:
-                with quiet():
-                    seconds, grads[strategy] = _time_once(strategy, model, params, support_x,
-                                                          support_y, query_x, query_y, **settings)
-                timings[strategy] = min(timings[strategy], seconds)
-            except Exception as error:  # noqa: BLE001 - a strategy that cannot run here is not chosen
-                failed[strategy] = f"{type(error).__name__}: {str(error)[:200]}"
-                timings[strategy] = float("inf")
-    tolerance = 1e-8 if support_x.dtype == torch.float64 else 1e-3
-    rejected: dict[str, float] = {}
-    checked: dict[str, dict[str, float]] = {}
-    reference: list[list[Tensor] | None] = []  # the loop in float64, made only when needed
-    chosen = "loop"
-    for strategy in sorted(candidates, key=lambda c: (timings[c], candidates.index(c))):
-        if timings[strategy] == float("inf"):
-            break
-        if strategy != "loop" and "loop" in grads and not _random(model):
-            error = _relative_error(grads[strategy], grads["loop"])
-            if error > tolerance:
-                # Disagreeing with the float32 loop is no fault where the loop itself is that far
-                # from exact (ill-conditioned inner loops): then judge both against float64.
-                if not reference and support_x.dtype != torch.float64:
-                    reference.append(_float64_reference(model, params, support_x, support_y,
-                                                        query_x, query_y, **settings))
-                exact = reference[0] if reference else None
-                if exact is not None:
-                    own, loop_own = (_relative_error(grads[strategy], exact),
-                                     _relative_error(grads["loop"], exact))
-                    checked[strategy] = {"vs_loop": error, "vs_float64": own,
-                                         "loop_vs_float64": loop_own}
-                    if own <= max(tolerance, 2 * loop_own):
-                        chosen = strategy
-                        break
-                rejected[strategy] = error
-                AUTO_REJECTED[key] = error
-                continue
-        chosen = strategy
-        break
-    AUTO_TIMINGS[key] = {
-        "chosen": chosen,
-        "timings_ms": {c: round(1000 * t, 2) if t != float("inf") else None for c, t in timings.items()},
-        "rejected": rejected, "failed": failed, "float64_checked": checked,
-        "setting": {"device": key[0], "model": key[1], "support": key[3], "query": key[4],
-                    "dtype": str(key[5]), "timed_steps": key[6], "first_order": key[7]}}
-    return chosen
-
-
-def last_auto_choice() -> dict | None:
-    """What "auto" used last (None before its first decision), for a log line.
-
-    ``{"chosen": "loop+channels_last", "timings_ms": {"loop": 812.4, ...}, "rejected": {...},
-    "failed": {...}, "setting": {...}}``; every decision so far is in ``AUTO_TIMINGS``.
-    """
-    key = _LAST_KEY[0]
-    if key is None or (key not in AUTO_DECISIONS and key not in AUTO_TIMINGS):
-        return None
-    record = AUTO_TIMINGS.get(key) or {"chosen": AUTO_DECISIONS[key], "timings_ms": {},
-                                       "rejected": {}, "failed": {}, "setting": {}}
-    return dict(record)
-
-
-def describe_auto_choice(record: dict | None = None) -> str:
-    """One line: ``auto chose loop+channels_last (loop+channels_last 690 ms, loop 812 ms, ...)``."""
-    record = record or last_auto_choice()
-    if record is None:
-        return "auto has not chosen a strategy yet"
-    times = ", ".join(f"{c} {'failed' if t is None else f'{t:.0f} ms'}"
-                      for c, t in sorted(record["timings_ms"].items(),
-                                         key=lambda kv: float("inf") if kv[1] is None else kv[1]))
-    rejected = "".join(f"; {c} rejected (meta-gradient off by {e:.1e})"
-                       for c, e in record["rejected"].items())
-    rejected += "".join(f"; {c} kept: {e['vs_loop']:.1e} from the float32 loop, which is itself "
-                        f"{e['loop_vs_float64']:.1e} from float64 ({c}: {e['vs_float64']:.1e})"
-                        for c, e in record.get("float64_checked", {}).items() if c not in record["rejected"])
-    if not record["timings_ms"]:
-        reason = record["setting"].get("reason")
-        return f"auto chose {record['chosen']}" + (f" (untimed: {reason})" if reason else "")
-    steps = record["setting"]["timed_steps"]
-    return (f"auto chose {record['chosen']} ({times}{rejected}; one meta-step with {steps} inner "
-            f"step{'s' if steps != 1 else ''}, on {record['setting']['device']})")
-
-
-def _random(model: nn.Module) -> bool:
-    """True if a forward draws random numbers (dropout in training mode): strategies then differ."""
-    return any(isinstance(m, nn.modules.dropout._DropoutNd) and m.training and m.p > 0
-               for m in model.modules())
-
-
-def _relative_error(a: list[Tensor], b: list[Tensor]) -> float:
-    if not a:
-        return 0.0
-    diff = torch.sqrt(sum(((x - y).double() ** 2).sum() for x, y in zip(a, b)))
-    size = torch.sqrt(sum((y.double() ** 2).sum() for y in b))
-    return float(diff / size.clamp_min(1e-30))
-
-
-def _float64_reference(model: nn.Module, params: Params, support_x: Tensor, support_y: Tensor,
-                       query_x: Tensor, query_y: Tensor, **settings) -> list[Tensor] | None:
-    """The loop's meta-gradient with a float64 copy of the model, params and images (None where
-    that cannot run): what "auto" measures a float32 strategy against when it disagrees with the
-    float32 loop."""
-    try:
-        lr = settings["lr"]
-        lr = ({k: v.detach().double() for k, v in lr.items()} if isinstance(lr, Mapping)
-              else lr.detach().double() if isinstance(lr, Tensor) else lr)
-        with quiet():
-            _, grads = _time_once("loop", copy.deepcopy(model).double(),
-                                  {n: p.double() for n, p in params.items()}, support_x.double(),
-                                  support_y, query_x.double(), query_y, **{**settings, "lr": lr})
-        return grads
-    except Exception:  # noqa: BLE001 - without a reference the float32 loop decides, as before
-        return None
-
-
-def _time_once(strategy: str, model: nn.Module, params: Params, support_x: Tensor,
-               support_y: Tensor, query_x: Tensor, query_y: Tensor,
-               **settings) -> tuple[float, list[Tensor]]:
-    """Seconds of one meta-step and its meta-gradient (empty without a backward)."""
-    trial = {n: p.detach().clone().requires_grad_(p.requires_grad) for n, p in params.items()}
-    backward = torch.is_grad_enabled() and any(p.requires_grad for p in trial.values())
-    _sync(support_x.device)
-    start = time.perf_counter()
-    losses, _ = maml_outputs(model, trial, support_x, support_y, query_x, query_y,
-                             strategy=strategy, **settings)
-    grads: list[Tensor] = []
-    if backward:  # autograd.grad, not backward: leave every .grad untouched
-        grads = list(torch.autograd.grad(losses.mean(),
-                                         [p for p in trial.values() if p.requires_grad],
-                                         allow_unused=True, materialize_grads=True))
-    _sync(support_x.device)
-    return time.perf_counter() - start, grads
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def untimed_strategy(model: nn.Module | None, device: torch.device) -> str:
-    """"auto" where there is nothing to time (adaptation without a query loss, forward passes):
-    the usual winner per device, vmap on GPUs and the loop on CPUs, and the loop for a model
-    whose norm layers update running statistics."""
-    if device.type == "cuda" and (model is None or not updates_running_stats(model)):
-        return "vmap"
-    return "loop"
