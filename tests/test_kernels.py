@@ -77,7 +77,9 @@ def test_the_context_takes_the_fast_path_only_where_it_applies(monkeypatch):
     with kernels.enabled(False), kernels.cpu_kernels(x, net):
         net(x)
     with kernels.cpu_kernels(x, net):
-        F.max_pool2d(torch.randn(2, 3, 8, 8).contiguous(memory_format=torch.channels_last), 2)
+        net[3](torch.randn(2, 4, 8, 8).contiguous(memory_format=torch.channels_last))
+        with kernels.enabled(False):  # switched off inside an open block
+            net(x)
     assert calls == {"max_pool2d": 1}
     with kernels.cpu_kernels(x, net):
         batched = torch.func.vmap(lambda t: net(t))(x[None])
@@ -121,6 +123,19 @@ def test_the_block_replaces_only_max_pool_forwards_and_restores_them(monkeypatch
     with kernels.cpu_kernels(x, net):
         net(x)
     assert net[3].forward is own and calls == {"max_pool2d": 2}
+
+
+def test_an_error_in_the_block_restores_the_pools_and_a_forward_set_inside_is_kept():
+    x = torch.randn(2, 1, 8, 8, dtype=torch.float64)
+    net = _conv_net(lambda c: nn.BatchNorm2d(c, track_running_stats=False))
+    with pytest.raises(RuntimeError, match="inside"):
+        with kernels.cpu_kernels(x, net):
+            raise RuntimeError("inside")
+    assert not any("forward" in m.__dict__ for m in net.modules())
+    own = lambda t: t[..., ::2, ::2]  # noqa: E731
+    with kernels.cpu_kernels(x, net):
+        net[3].forward = own
+    assert net[3].forward is own
 
 
 def test_small_inputs_pool_in_torchs_own_kernel(monkeypatch):

@@ -43,11 +43,13 @@ def resolve_strategy(strategy: str, model: nn.Module, params: Params, support_x:
 
     "auto" keeps the loop, untimed, for a model whose norm layers would update running
     statistics (only the loop updates them as plain PyTorch does); otherwise it times every
-    candidate (``_candidates``: the loop, its channels-last variant on a CPU, the shared first
-    step where the model allows it, vmap) and chooses one other than the loop only if its
-    meta-gradient on the timed trial agrees with the loop's (a guard against layers whose
-    derivatives are wrong under ``vmap`` or outside the shared step's rules; ``AUTO_REJECTED``
-    records such settings). ``AUTO_TIMINGS[key]`` / ``last_auto_choice()`` keep what was measured.
+    candidate (``_candidates``: the loop and ``loop+task_backward``; on a CPU for a
+    convolutional model ``loop+channels_last+task_backward``; ``shared+task_backward`` (and its
+    channels-last variant) where the model allows the shared first step; vmap) and chooses one
+    other than the loop only if its meta-gradient on the timed trial agrees with the loop's (a
+    guard against layers whose derivatives are wrong under ``vmap`` or outside the shared step's
+    rules; ``AUTO_REJECTED`` records such settings). ``AUTO_TIMINGS[key]`` /
+    ``last_auto_choice()`` keep what was measured.
     ``run``: what a trial times, ``mtl.core.inner.maml_outputs`` (its arguments, with a named
     ``strategy``; returns ``(losses [B], outputs)``).
     """

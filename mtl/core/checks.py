@@ -1,8 +1,9 @@
 """What the inner loop checks before it computes: settings, inputs, labels, finite losses.
 
-Every function raises an ``MTLError`` (``ConfigError``, ``TaskBatchError``, ``InnerLoopError``)
-whose message names the fix; none computes anything the inner loop then uses. The argument types
-the inner loop's modules share (``Params``, ``LR``, ``LossFn``) and the names of its strategies
+Every check raises an ``MTLError`` (``ConfigError``, ``TaskBatchError``, ``InnerLoopError``)
+whose message names the fix, and computes nothing the inner loop then uses (``label_errors`` is a
+context that turns torch's label errors into such a message). The argument types the inner loop's
+modules share (``Params``, ``LR``, ``LossFn``, with ``lr_of`` for a parameter's rate) and the names of its strategies
 (``STRATEGIES``) are defined here, below every module that uses them.
 """
 from __future__ import annotations

@@ -37,8 +37,8 @@ The shared first step's per-layer rules are ``mtl.core.shared_step``; the checks
 inputs, with the messages that name the fix, ``mtl.core.checks``.
 
 Every strategy but vmap runs its forward passes on a CPU through ``mtl.core.kernels``: torch's
-max-pool replaced by a faster equivalent with the same values and derivatives
-(``mtl.core.kernels.enabled(False)`` turns it off).
+max-pool of inputs of ``MIN_ELEMENTS`` (2^17) elements or more replaced by a faster equivalent
+with the same values and derivatives (``mtl.core.kernels.enabled(False)`` turns it off).
 
 ``chunk_size`` processes the tasks this many at a time and, when gradients are needed, recomputes
 each chunk during the backward pass (activation checkpointing), so the memory held for the outer

@@ -1,8 +1,8 @@
 """A faster CPU max-pool for the inner loop's forward passes: the same numbers in less time.
 
 Torch's max-pool of a contiguous (NCHW) tensor is one of the costliest kernels of a Conv4
-meta-step on a CPU, and torch's channels-last kernel finds the same window maxima up to 3x
-faster (torch 2.14, measured in ``benchmarks/README.md``). ``max_pool2d`` locates them there (no
+meta-step on a CPU, and torch's channels-last kernel finds the same window maxima up to about
+3x faster (torch 2.14, measured in ``benchmarks/README.md``). ``max_pool2d`` locates them there (no
 gradient), then gathers the output from the input at those positions. The result and its first
 and second derivatives are the plain kernel's (a gather; its derivative is a scatter into the
 input, whose derivative is a gather again), only cheaper.
@@ -70,7 +70,7 @@ def _plain(x: object) -> bool:
 
 def _pool_forward(self: nn.MaxPool2d, x: Tensor) -> Tensor:
     """``nn.MaxPool2d.forward`` through ``max_pool2d`` where it applies, torch's own elsewhere."""
-    if _plain(x) and x.dim() == 4 and x.is_contiguous() and x.numel() >= MIN_ELEMENTS:
+    if _ON[0] and _plain(x) and x.dim() == 4 and x.is_contiguous() and x.numel() >= MIN_ELEMENTS:
         return max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation,
                           self.ceil_mode, self.return_indices)
     return nn.MaxPool2d.forward(self, x)
@@ -87,13 +87,18 @@ def batch_norm_types() -> tuple[type, ...]:
 def cpu_kernels(x: Tensor, model: nn.Module) -> Iterator[None]:
     """Within the block, every ``nn.MaxPool2d`` of ``model`` pools through ``max_pool2d`` where
     ``x`` (the forward's input) is on a CPU (a pool whose forward is already replaced, by an
-    enclosing block or by its owner, is left as it is)."""
+    enclosing block or by its owner, is left as it is). On leaving, each pool gets its own
+    forward back (a copy of the model made inside the block keeps the replacement)."""
     pools = [m for m in model.modules() if type(m) is nn.MaxPool2d and "forward" not in m.__dict__] \
         if _ON[0] and _plain(x) else []
-    for pool in pools:
-        pool.forward = types.MethodType(_pool_forward, pool)
+    replaced = []
     try:
+        for pool in pools:
+            pool.forward = types.MethodType(_pool_forward, pool)
+            replaced.append(pool)
         yield
     finally:
-        for pool in pools:
-            del pool.forward
+        for pool in replaced:
+            current = pool.__dict__.get("forward")
+            if getattr(current, "__func__", None) is _pool_forward:
+                del pool.forward
