@@ -49,7 +49,7 @@ def check_settings(steps: int, lr: LR) -> None:
 
 
 def check_inputs(model: nn.Module, params: Mapping[str, Tensor], inputs: dict[str, Tensor],
-                  targets: dict[str, Tensor], loss_fn: LossFn, *, leading: int) -> None:
+                 targets: dict[str, Tensor], loss_fn: LossFn, *, leading: int) -> None:
     """Types, devices, sizes and label kinds of the inputs of ``adapt``/``maml_loss``.
 
     ``leading``: 1 for one task ``[n, ...]``, 2 for a batch of tasks ``[B, n, ...]``.
@@ -114,7 +114,7 @@ def check_strategy(strategy: str) -> None:
 
 
 def check_batch(support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor,
-                 loss_fn: LossFn) -> None:
+                loss_fn: LossFn) -> None:
     """Shapes (and, for class labels, ranges) of one batch of tasks must agree (after
     ``check_inputs``, which checks that each tensor has its ``[B, n]`` dimensions)."""
     b = support_x.shape[0]

@@ -309,7 +309,7 @@ def maml_outputs(model: nn.Module, params: Mapping[str, Tensor], support_x: Tens
     params = dict(params)
     check_settings(steps, lr)
     check_inputs(model, params, {"support_x": support_x, "query_x": query_x},
-                  {"support_y": support_y, "query_y": query_y}, loss_fn, leading=2)
+                 {"support_y": support_y, "query_y": query_y}, loss_fn, leading=2)
     check_batch(support_x, support_y, query_x, query_y, loss_fn)
     strategy = resolve_strategy(strategy, model, params, support_x, support_y, query_x, query_y,
                                 steps=steps, lr=lr, loss_fn=loss_fn, first_order=first_order,
@@ -412,7 +412,7 @@ def adapt_batch(model: nn.Module, params: Mapping[str, Tensor], x: Tensor, y: Te
     params = dict(params)
     check_settings(steps, lr)
     check_inputs(model, params, {"x": x} if query_x is None else {"x": x, "query_x": query_x},
-                  {"y": y}, loss_fn, leading=2)
+                 {"y": y}, loss_fn, leading=2)
     if x.shape[:2] != y.shape[:2] or (query_x is not None and query_x.shape[0] != x.shape[0]):
         raise TaskBatchError(f"x {tuple(x.shape)}, y {tuple(y.shape)} and query_x disagree in the "
                              "leading dimensions [B, n]; pass one target per example of each task")
@@ -503,7 +503,7 @@ def _shared_outputs(model: nn.Module, shared: dict, lr: LR, steps: int, loss_fn:
     """B tasks with the shared first step, then per-task steps 1.. and query passes."""
     params, fixed, lr = shared["params"], shared["fixed"], _shared_lr(shared, lr)
     adapted, first = shared_first_step(model, params, fixed, sx, sy, lr, loss_fn, first_order,
-                                        channels_last)
+                                       channels_last)
     results = []
     with _layout(model, channels_last):
         for b in range(sx.shape[0]):
@@ -560,7 +560,7 @@ def _task_backward_outputs(model: nn.Module, shared: dict, lr: LR, steps: int, l
         if base == "shared":
             with torch.enable_grad():
                 adapted, first = shared_first_step(model, shared_["params"], shared_["fixed"], sx,
-                                                    sy, lr_, loss_fn, first_order, channels_last)
+                                                   sy, lr_, loss_fn, first_order, channels_last)
             merged = adapted
         with _layout(model, channels_last):
             for b in range(sx.shape[0]):
