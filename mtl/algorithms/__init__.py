@@ -2,7 +2,8 @@
 
 Meta-learners (``cls(model, *, inner_steps, inner_lr, first_order=False, strategy="auto",
 **extra)``): ``maml``, ``fomaml``, ``reptile``, ``anil``, ``metasgd``, ``protonet``,
-``protomaml``. Learners on a pre-trained network (``transfer/``): ``pretrain``, ``mtl``
+``protomaml``, ``in-context`` (a transformer over the support set, no inner loop).
+Learners on a pre-trained network (``transfer/``): ``pretrain``, ``mtl``
 (meta-transfer learning), the baselines ``finetune-head``, ``finetune-all``, ``linear-probe``,
 ``nearest-centroid``; and ``joint``, the sinusoid paper's baseline. ``ALGORITHMS``
 (``registry.py``) maps each name to its class.
@@ -12,6 +13,7 @@ from __future__ import annotations
 from mtl.algorithms.anil import ANIL
 from mtl.algorithms.base import Learner, MetaLearner
 from mtl.algorithms.fomaml import FOMAML
+from mtl.algorithms.in_context import InContext
 from mtl.algorithms.maml import MAML
 from mtl.algorithms.metasgd import MetaSGD
 from mtl.algorithms.protomaml import ProtoMAML
@@ -20,4 +22,4 @@ from mtl.algorithms.registry import ALGORITHMS, algorithm_class, register_algori
 from mtl.algorithms.reptile import Reptile
 
 __all__ = ["ALGORITHMS", "register_algorithm", "algorithm_class", "Learner", "MetaLearner", "MAML", "FOMAML",
-           "Reptile", "ANIL", "MetaSGD", "ProtoNet", "ProtoMAML"]
+           "Reptile", "ANIL", "MetaSGD", "ProtoNet", "ProtoMAML", "InContext"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 from mtl.algorithms.anil import ANIL
 from mtl.algorithms.base import Learner
 from mtl.algorithms.fomaml import FOMAML
+from mtl.algorithms.in_context import InContext
 from mtl.algorithms.maml import MAML
 from mtl.algorithms.metasgd import MetaSGD
 from mtl.algorithms.protomaml import ProtoMAML
@@ -24,6 +25,7 @@ ALGORITHMS: dict[str, type[Learner]] = {
     "metasgd": MetaSGD,
     "protonet": ProtoNet,
     "protomaml": ProtoMAML,
+    "in-context": InContext,
     "pretrain": Pretrain,
     "mtl": MetaTransfer,
     "finetune-head": FineTuneHead,

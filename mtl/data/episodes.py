@@ -110,6 +110,27 @@ class EpisodeSampler:
                 f"shots={self.shots}, queries={self.queries}, device={self.device}, seed={self.seed})")
 
 
+class FixedLabelTasks:
+    """Episodes of ``sampler`` in which every class always gets the same label: class ``c`` is
+    label ``c % N`` (``N = sampler.ways``), the label-``k`` class drawn among the ids ``k, k + N, ...``.
+
+    Non-mutually-exclusive tasks (Yin et al. 2020): a learner can solve them from the query image
+    alone by memorising each training class's label, ignoring the support set.
+    ``.sample(batch_size)`` -> ``TaskBatch``, drawn with ``self.generator`` (seeded from the sampler's seed).
+    """
+
+    def __init__(self, sampler: EpisodeSampler) -> None:
+        self.sampler, self.ways = sampler, sampler.ways
+        self.generator = torch.Generator().manual_seed(sampler.seed)
+        self.per_label = sampler.images.shape[0] // sampler.ways  # classes per label
+        if self.per_label < 1:
+            raise EpisodeError(f"{sampler.ways}-way tasks with fixed labels need {sampler.ways} classes")
+
+    def sample(self, batch_size: int) -> TaskBatch:
+        picks = torch.randint(self.per_label, (batch_size, self.ways), generator=self.generator)
+        return self.sampler.sample(batch_size, classes=picks * self.ways + torch.arange(self.ways))
+
+
 def _random_subsets(rows: int, k: int, n: int, generator: torch.Generator) -> torch.Tensor:
     """int64 ``[rows, k]``: in each row ``k`` distinct ids of ``0..n-1``, uniformly random set and order.
 

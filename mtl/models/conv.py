@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from mtl.core.norms import batch_norm
+from mtl.errors import ConfigError
 
 __all__ = ["Conv4", "MLP", "BatchNorm", "conv_block"]
 
@@ -43,11 +44,19 @@ class BatchNorm(nn.Module):
         return batch_norm(x, None, None, self.weight, self.bias, training=True, eps=self.eps)
 
 
-def conv_block(in_channels: int, out_channels: int, *, pool: bool = True) -> nn.Sequential:
-    """3x3 conv -> batch norm (current batch's statistics) -> ReLU -> 2x2 max-pool."""
+def conv_block(in_channels: int, out_channels: int, *, pool: bool = True,
+               norm: str = "batch") -> nn.Sequential:
+    """3x3 conv -> norm -> ReLU -> 2x2 max-pool.
+
+    ``norm="batch"``: batch norm over the current batch's statistics; ``norm="layer"``: each image
+    normalised over its own channels and pixels (``nn.GroupNorm(1, C)``), so an image's features do
+    not depend on the other images of the batch.
+    """
+    if norm not in ("batch", "layer"):
+        raise ConfigError(f"norm must be 'batch' or 'layer', got {norm!r}")
     layers: list[nn.Module] = [
         nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1),
-        BatchNorm(out_channels),
+        BatchNorm(out_channels) if norm == "batch" else nn.GroupNorm(1, out_channels),
         nn.ReLU(),
     ]
     if pool:
@@ -65,6 +74,7 @@ class Conv4(nn.Module):
         image_size: side of the (square) input, 28 for Omniglot, 84 for mini-ImageNet; fixes the
             head's input size (``hidden * (image_size // 16) ** 2``, 64 on Omniglot, 800 on
             mini-ImageNet).
+        norm: ``"batch"`` (default) or ``"layer"`` (per image, see ``conv_block``).
 
     Batch norm uses the current batch's statistics, always (no running statistics, transductive
     as in MAML). The body is ``self.features`` and the head ``self.head`` (ANIL adapts only the
@@ -72,13 +82,13 @@ class Conv4(nn.Module):
     """
 
     def __init__(self, in_channels: int = 1, num_classes: int = 5, hidden: int = 64,
-                 image_size: int = 28) -> None:
+                 image_size: int = 28, norm: str = "batch") -> None:
         super().__init__()
         self.features = nn.Sequential(
-            conv_block(in_channels, hidden),
-            conv_block(hidden, hidden),
-            conv_block(hidden, hidden),
-            conv_block(hidden, hidden),
+            conv_block(in_channels, hidden, norm=norm),
+            conv_block(hidden, hidden, norm=norm),
+            conv_block(hidden, hidden, norm=norm),
+            conv_block(hidden, hidden, norm=norm),
             nn.Flatten(),
         )
         side = image_size
