@@ -206,3 +206,65 @@ def test_cli_train_evaluate_adapt_and_the_classifier(symbols, tmp_path, capsys):
     clf = FewShotClassifier.from_checkpoint(run)
     clf.fit([support / f"new{c}" / "a.png" for c in (1, 4)], ["one", "four"])
     assert clf.predict_proba([query / "new1" / "b.png"]).shape == (1, 2)
+
+
+# ------------------------------------------------------------------- the lesson's exercise checker
+
+def _context(support_z, support_y, query_z, ways, *, label=None, query_label=False, queries_first=False,
+             mask_of=None):
+    m, q = len(support_z), len(query_z)
+    code = torch.nn.functional.one_hot(support_y, ways).float() if label is None else label(support_y, ways)
+    empty = torch.zeros(q, code.shape[1])
+    if query_label:
+        empty[:, 0] = 1.0
+    parts = [torch.cat([support_z, code], 1), torch.cat([query_z, empty], 1)]
+    tokens = torch.cat(parts[::-1] if queries_first else parts)
+    mask = torch.zeros(m + q, m + q, dtype=torch.bool)
+    mask[:, m:] = True
+    mask[range(m, m + q), range(m, m + q)] = False
+    return tokens, (mask if mask_of is None else mask_of(mask, m))
+
+
+def test_context_checker_accepts_the_reference(capsys):
+    from mtl.course import exercises
+
+    exercises.check_context(_context)
+    assert "Correct" in capsys.readouterr().out
+
+
+def _unblock_queries(mask, m):
+    mask = mask.clone()
+    mask[m:, m:] = False
+    return mask
+
+
+def _support_sees_queries(mask, m):
+    mask = mask.clone()
+    mask[:m, m:] = False
+    return mask
+
+
+def _no_self(mask, m):
+    mask = mask.clone()
+    mask[m:, m:] = True
+    return mask
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (lambda s, y, q, n: _context(s, y, q, n, label=lambda y, n: y[:, None].float()), "not one-hot"),
+    (lambda s, y, q, n: _context(s, y, q, n, label=lambda y, n: torch.nn.functional.one_hot(y, n).float() * 0.5),
+     "not one-hot"),
+    (lambda s, y, q, n: _context(s, y, q, n, query_label=True), "query tokens carry a label"),
+    (lambda s, y, q, n: _context(s, y, q, n, queries_first=True), "support and queries are mixed"),
+    (lambda s, y, q, n: _context(s, y, q, n, mask_of=_unblock_queries), "queries attend to each other"),
+    (lambda s, y, q, n: _context(s, y, q, n, mask_of=_support_sees_queries), "support tokens attend to queries"),
+    (lambda s, y, q, n: _context(s, y, q, n, mask_of=_no_self), "may not attend to itself"),
+    (lambda s, y, q, n: _context(s, y, q, n, mask_of=lambda mask, m: ~mask), "inverted"),
+    (lambda s, y, q, n: _context(s, y, q, n, mask_of=lambda mask, m: mask.float()), "bool mask"),
+    (lambda s, y, q, n: _context(s, y, q, n)[0], "pair"),
+])
+def test_context_checker_names_the_mistake(wrong, message):
+    from mtl.course import exercises
+
+    with pytest.raises(exercises.ExerciseError, match=message):
+        exercises.check_context(wrong)

@@ -9,6 +9,7 @@ Each ``check_*`` calls the student's function on small inputs, compares it with 
 - lesson 03: ``check_task_meta_loss(fn)``  MAML's outer loss for one task, via ``mtl.adapt``
 - lesson 04: ``check_reptile_update(fn)``  Reptile's outer update from adapted weights
 - lesson 05: ``check_prototype_head(fn)``  class prototypes as a linear head (W = 2c, b = -||c||^2)
+- in-context learning: ``check_context(fn)``  the token sequence and attention mask of a task
 - lesson 06: ``check_nearest_centroid(fn)``  nearest centroid on normalised features
 - lesson 07: ``check_hardest_class(fn)``  the hard-task meta-batch's class choice
 """
@@ -266,6 +267,79 @@ def check_prototype_head(fn: Callable) -> None:
     assert torch.allclose(shift, query.pow(2).sum(-1, keepdim=True).expand(-1, ways), atol=1e-8)
     print("Correct: W = 2c, b = -||c||^2; the logits differ from ProtoNet's by ||x||^2 per query, "
           "which softmax ignores.")
+
+
+# --- in-context learning -------------------------------------------------------------------------
+__all__ += ["check_context"]
+
+
+def check_context(fn: Callable) -> None:
+    """Check ``fn(support_z [M, D], support_y [M], query_z [Q, D], ways) -> (tokens, mask)``.
+
+    Right means (``mtl.models.in_context``): ``tokens [M + Q, D + ways]``, the support tokens first,
+    each its features joined with its one-hot label, then the query tokens with an empty (zero)
+    label; ``mask [M + Q, M + Q]`` bool, True where a token may **not** attend: every token attends
+    to the support, a query also to itself, and nothing attends to another query.
+    """
+    from mtl.models.in_context import context_mask, context_tokens
+
+    g = torch.Generator().manual_seed(11)
+    ways, shots, queries, d = 3, 2, 2, 4
+    support_y = torch.tensor([2, 0, 1, 2, 1, 0])
+    support_z, query_z = torch.randn(ways * shots, d, generator=g), torch.randn(ways * queries, d, generator=g)
+    m, q = len(support_y), len(query_z)
+    result = fn(support_z.clone(), support_y.clone(), query_z.clone(), ways)
+    if not (isinstance(result, tuple) and len(result) == 2 and all(isinstance(t, Tensor) for t in result)):
+        _fail(f"expected a pair of tensors (tokens, mask), got {type(result).__name__}.", "return tokens, mask.")
+    tokens, mask = result[0].float(), result[1]
+    one_hot = F.one_hot(support_y, ways).float()
+    want = context_tokens(support_z[None], one_hot[None], query_z[None])[0]
+    if tokens.shape == (m + q, d + 1):
+        _fail("each token has one label column: the label is a number, not one-hot. A number puts class 2 "
+              "'twice as far' as class 1 from class 0; labels are names, not quantities.",
+              "F.one_hot(support_y, ways).float(): one column per class.")
+    if tokens.shape != want.shape:
+        _fail(f"expected tokens of shape {tuple(want.shape)} (M + Q tokens of D + ways numbers), got "
+              f"{tuple(tokens.shape)}.", "torch.cat of [features, label part] per token, support then queries.")
+    if torch.allclose(tokens[:q, :d], query_z) or not torch.allclose(tokens[:m, :d], support_z):
+        _fail("the tokens are not the support examples in order followed by the queries: support and queries "
+              "are mixed.", "tokens = torch.cat([support_tokens, query_tokens]), support first.")
+    if not torch.allclose(tokens[m:, :d], query_z):
+        _fail("the query tokens' features are not query_z, in order.", "the last Q tokens start with query_z.")
+    labels, query_labels = tokens[:m, d:], tokens[m:, d:]
+    if query_labels.abs().sum() > 0:
+        _fail("the query tokens carry a label: the label part of a query must be empty (zeros). A label there "
+              "leaks an answer into the input (or, if it is a guess, misleads the model).",
+              "query tokens: torch.cat([query_z, torch.zeros(Q, ways)], 1).")
+    if not torch.equal(labels, one_hot):
+        if torch.allclose(labels.sum(-1), torch.ones(m)) and not torch.equal(labels, labels.round()):
+            _fail("the support labels are not one-hot (a soft or mixed vector).", "F.one_hot(support_y, ways).float().")
+        _fail("the support labels are not one-hot vectors of support_y.", "F.one_hot(support_y, ways).float().")
+    if not (isinstance(mask, Tensor) and mask.dtype == torch.bool and mask.shape == (m + q, m + q)):
+        _fail(f"expected a bool mask of shape {(m + q, m + q)}, got "
+              f"{getattr(mask, 'dtype', type(mask).__name__)} {tuple(getattr(mask, 'shape', ()))}.",
+              "torch.zeros(M + Q, M + Q, dtype=torch.bool), then set True where attention is blocked.")
+    reference = context_mask(m, q)
+    if torch.equal(mask, ~reference):
+        _fail("your mask is inverted: in PyTorch's bool attention masks True means 'may not attend'.",
+              "mask = ~your_mask.")
+    if mask[:, :m].any():
+        _fail("some tokens may not attend to the support: every token must see the whole labelled support set.",
+              "leave mask[:, :M] False.")
+    if not mask[:m, m:].all():
+        _fail("support tokens attend to queries: support and queries are mixed in one softmax, so a query's image "
+              "flows into the support tokens and from there into every other query's prediction.",
+              "mask[:M, M:] = True.")
+    off_diagonal = mask[m:, m:] | torch.eye(q, dtype=torch.bool)
+    if not off_diagonal.all():
+        _fail("queries attend to each other: one query's prediction would depend on which other queries are "
+              "in the batch.", "mask[M:, M:] = True everywhere except its diagonal.")
+    if mask[m:, m:].diagonal().any():
+        _fail("a query may not attend to itself: its own token is the only place that holds its image.",
+              "set the diagonal of mask[M:, M:] back to False.")
+    assert torch.equal(mask, reference)
+    print(f"Correct: {m} support tokens (features + one-hot label), then {q} query tokens with an empty label; "
+          "queries see the support and themselves, never each other.")
 
 
 # --- lessons 06-07 (transfer learning, meta-transfer learning) -----------------------------------
