@@ -70,7 +70,7 @@ def test_tokens_and_mask():
     mask = context_mask(4, 2)  # True: may not attend
     assert not mask[:, :4].any()  # everything sees the support
     assert mask[:4, 4:].all()  # the support sees no query
-    assert mask[4, 5] and mask[5, 4] and not mask[4, 4] and not mask[5, 5]
+    assert mask[4:, 4:].all()  # no query sees a query, itself included
 
 
 def test_the_order_of_the_support_set_does_not_matter():
@@ -221,7 +221,6 @@ def _context(support_z, support_y, query_z, ways, *, label=None, query_label=Fal
     tokens = torch.cat(parts[::-1] if queries_first else parts)
     mask = torch.zeros(m + q, m + q, dtype=torch.bool)
     mask[:, m:] = True
-    mask[range(m, m + q), range(m, m + q)] = False
     return tokens, (mask if mask_of is None else mask_of(mask, m))
 
 
@@ -244,9 +243,9 @@ def _support_sees_queries(mask, m):
     return mask
 
 
-def _no_self(mask, m):
+def _self(mask, m):
     mask = mask.clone()
-    mask[m:, m:] = True
+    mask[range(m, len(mask)), range(m, len(mask))] = False
     return mask
 
 
@@ -258,7 +257,7 @@ def _no_self(mask, m):
     (lambda s, y, q, n: _context(s, y, q, n, queries_first=True), "support and queries are mixed"),
     (lambda s, y, q, n: _context(s, y, q, n, mask_of=_unblock_queries), "queries attend to each other"),
     (lambda s, y, q, n: _context(s, y, q, n, mask_of=_support_sees_queries), "support tokens attend to queries"),
-    (lambda s, y, q, n: _context(s, y, q, n, mask_of=_no_self), "may not attend to itself"),
+    (lambda s, y, q, n: _context(s, y, q, n, mask_of=_self), "a query attends to itself"),
     (lambda s, y, q, n: _context(s, y, q, n, mask_of=lambda mask, m: ~mask), "inverted"),
     (lambda s, y, q, n: _context(s, y, q, n, mask_of=lambda mask, m: mask.float()), "bool mask"),
     (lambda s, y, q, n: _context(s, y, q, n)[0], "pair"),

@@ -275,7 +275,7 @@ def check_context(fn: Callable) -> None:
     Right means (``mtl.models.in_context``): ``tokens [M + Q, D + ways]``, the support tokens first,
     each its features joined with its one-hot label, then the query tokens with an empty (zero)
     label; ``mask [M + Q, M + Q]`` bool, True where a token may **not** attend: every token attends
-    to the support, a query also to itself, and nothing attends to another query.
+    to the support and to no query token.
     """
     from mtl.models.in_context import context_mask, context_tokens
 
@@ -329,13 +329,14 @@ def check_context(fn: Callable) -> None:
     off_diagonal = mask[m:, m:] | torch.eye(q, dtype=torch.bool)
     if not off_diagonal.all():
         _fail("queries attend to each other: one query's prediction would depend on which other queries are "
-              "in the batch.", "mask[M:, M:] = True everywhere except its diagonal.")
-    if mask[m:, m:].diagonal().any():
-        _fail("a query may not attend to itself: its own token is the only place that holds its image.",
-              "set the diagonal of mask[M:, M:] back to False.")
+              "in the batch.", "mask[M:, M:] = True.")
+    if not mask[m:, m:].diagonal().all():
+        _fail("a query attends to itself: its own token is its most similar key, so attention starts by matching "
+              "the query with itself instead of with the support; its features already reach its output "
+              "through the residual connection.", "mask[:, M:] = True: no token attends to a query.")
     assert torch.equal(mask, reference)
     print(f"Correct: {m} support tokens (features + one-hot label), then {q} query tokens with an empty label; "
-          "queries see the support and themselves, never each other.")
+          "every token attends to the support only.")
 
 
 # --- lessons 06-07 (transfer learning, meta-transfer learning) -----------------------------------

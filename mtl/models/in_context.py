@@ -9,8 +9,11 @@ label (zeros)::
     tokens = [z_1, code(y_1)], ..., [z_M, code(y_M)], [q_1, 0], ..., [q_Q, 0]     # [M + Q, D + L]
 
 There is no positional encoding, so the output does not depend on the order of the support set;
-the attention mask (``context_mask``) lets the support tokens attend to the support only and each
-query to the support and itself, so one query's output does not depend on the other queries.
+the attention mask (``context_mask``) lets every token attend to the support tokens only, so one
+query's output does not depend on the other queries (a query's own features reach its output
+through the residual connections). The attention layers start as similarity matching (their query,
+key, value and output maps near the identity: the mimetic initialisation of Trockman & Kolter 2023),
+so from the first step a query attends most to the support examples that look like it.
 """
 from __future__ import annotations
 
@@ -30,12 +33,10 @@ def context_tokens(support_z: Tensor, support_code: Tensor, query_z: Tensor) -> 
 
 def context_mask(support: int, queries: int, device: torch.device | str | None = None) -> Tensor:
     """bool ``[M + Q, M + Q]``, True where token ``i`` may **not** attend to token ``j``: every token
-    attends to the ``support`` tokens, a query also to itself, nothing to another query."""
-    n = support + queries
-    blocked = torch.zeros(n, n, dtype=torch.bool, device=device)
+    attends to the ``support`` tokens and to no query token (not even a query to itself: its own
+    token would be its most similar key, and its features reach its output through the residual)."""
+    blocked = torch.zeros(support + queries, support + queries, dtype=torch.bool, device=device)
     blocked[:, support:] = True
-    index = torch.arange(support, n, device=device)
-    blocked[index, index] = False
     return blocked
 
 
@@ -65,6 +66,11 @@ class InContextTransformer(nn.Module):
         self.norm = nn.LayerNorm(width)
         self.readout = nn.Linear(width, outputs)
         self.features = features
+        with torch.no_grad():  # attention starts as similarity matching (mimetic initialisation)
+            for layer in self.layers:
+                eye = torch.eye(width)
+                layer.self_attn.in_proj_weight.view(3, width, width).mul_(0.1).add_(eye)  # W_Q, W_K, W_V
+                layer.self_attn.out_proj.weight.mul_(0.1).add_(eye)
 
     def code(self, y: Tensor) -> Tensor:
         """A support label as a token's label part: one-hot ``[B, M] -> [B, M, L]``, or for
