@@ -17,7 +17,7 @@ import nbformat
 import pytest
 
 from mtl.course.runner import find_lessons
-from mtl.course.site import SITE_MARK, SiteError, build_site
+from mtl.course.site import SITE_MARK, SiteError, build_site, plan_lessons
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
@@ -218,3 +218,25 @@ def test_refuses_to_replace_a_folder_it_did_not_build(tmp_path):
     with pytest.raises(SiteError, match="not empty"):
         build_site(out, notebooks=NOTEBOOKS, executed=None)
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
+def test_a_lesson_comes_from_the_course_run_when_it_left_a_copy(tmp_path):
+    run = tmp_path / "course-out"
+    run.mkdir()
+    first, *rest = find_lessons(NOTEBOOKS)
+    (run / first.name).write_bytes(first.read_bytes())
+    (run / "99_renamed_long_ago.ipynb").write_bytes(first.read_bytes())  # no such lesson any more: ignored
+    lessons = plan_lessons(NOTEBOOKS, run)
+    assert [lesson.name for lesson in lessons] == [first.stem] + [p.stem for p in rest]
+    assert lessons[0].executed and lessons[0].source == run / first.name
+    assert not any(lesson.executed for lesson in lessons[1:])
+    assert all(lesson.source.parent == NOTEBOOKS for lesson in lessons[1:])
+
+
+def test_a_lesson_without_its_workshop_copy_is_named(tmp_path):
+    notebooks = tmp_path / "notebooks"
+    (notebooks / "exercises").mkdir(parents=True)
+    lesson = find_lessons(NOTEBOOKS)[0]
+    (notebooks / lesson.name).write_bytes(lesson.read_bytes())
+    with pytest.raises(SiteError, match=f"no workshop copy .*{lesson.stem}.*mtl course exercises"):
+        plan_lessons(notebooks, None)
