@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import http.server
 import re
+import shutil
 import threading
 import urllib.parse
 from pathlib import Path
@@ -100,6 +101,7 @@ def test_home_page_links_every_lesson_in_order(site):
     positions = [table.index(f'href="lessons/{lesson.name}.html"') for lesson in lessons]
     assert positions == sorted(positions), "the lesson table is not in lesson order"
     assert (out / SITE_MARK).is_file()
+    assert [p.name for p in out.parent.iterdir()] == ["site"], "the build left files beside the site"
 
 
 def test_lessons_have_prev_next_and_downloads(site):
@@ -218,6 +220,19 @@ def test_refuses_to_replace_a_folder_it_did_not_build(tmp_path):
     with pytest.raises(SiteError, match="not empty"):
         build_site(out, notebooks=NOTEBOOKS, executed=None)
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
+def test_an_unreadable_lesson_is_named_before_the_site_changes(site, tmp_path):
+    notebooks = tmp_path / "notebooks"
+    shutil.copytree(NOTEBOOKS, notebooks)
+    broken = find_lessons(notebooks)[-1]
+    broken.write_text("{ not json")
+    out = site[0].parent / "site"
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    with pytest.raises(SiteError, match=f"cannot read .*{broken.name}"):
+        build_site(out, notebooks=notebooks, executed=None)
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    assert [p.name for p in out.parent.iterdir()] == ["site"]
 
 
 def test_a_lesson_comes_from_the_course_run_when_it_left_a_copy(tmp_path):

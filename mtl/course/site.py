@@ -146,7 +146,11 @@ def _title(nb, name: str) -> tuple[str, int, int]:
 def _lesson_page(lesson: Lesson, src: Path) -> str:
     """Write the lesson's page source (with download links under its title) and the two downloads
     into ``src``; returns the lesson's title."""
-    nb = nbformat.read(lesson.source, as_version=4)
+    try:
+        nb = nbformat.read(lesson.source, as_version=4)
+    except Exception as error:  # nbformat raises several kinds (JSON, validation, I/O)
+        raise SiteError(f"cannot read {lesson.source} ({type(error).__name__}: {error}): restore it "
+                        "(git checkout) or re-run the lesson") from None
     title, cell, line = _title(nb, lesson.name)
     for folder, notebook in (("notebooks", lesson.source), ("exercises", lesson.workshop)):
         (src / "downloads" / folder).mkdir(parents=True, exist_ok=True)
@@ -240,23 +244,25 @@ def build_site(out: Path, *, notebooks: Path = NOTEBOOKS, executed: Path | None 
         (src / "conf.py").write_text(CONF.format(title=_readme_sections(Path(readme))[0]),
                                      encoding="utf-8")
         warnings = io.StringIO()
-        building = Path(tempfile.mkdtemp(prefix=f".{out.name}-building-", dir=out.parent))
+        # built beside ``out`` (one rename at the end); myst-nb writes images into the outdir's parent
+        scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}-building-", dir=out.parent))
+        html = scratch / "html"
         try:
             try:
                 with patch_docutils(src), docutils_namespace():
-                    app = Sphinx(src, src, building, Path(work) / "doctrees", "html", status=None,
+                    app = Sphinx(src, src, html, Path(work) / "doctrees", "html", status=None,
                                  warning=warnings, freshenv=True)
                     app.build(force_all=True)
             except SphinxError as error:
                 raise SiteError(f"Sphinx failed: {error}\n{warnings.getvalue()[-3000:]}\n{out} was left as it was") \
                     from None
-            _copy_mathjax(building / "_static")
-            if (building / "_sources").is_dir() and not any((building / "_sources").iterdir()):
-                (building / "_sources").rmdir()  # Sphinx makes it even when told to copy no source
-            (building / SITE_MARK).write_text("built by `python -m mtl course site`; replaced by the next build\n")
+            _copy_mathjax(html / "_static")
+            if (html / "_sources").is_dir() and not any((html / "_sources").iterdir()):
+                (html / "_sources").rmdir()  # Sphinx makes it even when told to copy no source
+            (html / SITE_MARK).write_text("built by `python -m mtl course site`; replaced by the next build\n")
             if out.exists():
                 shutil.rmtree(out)
-            building.rename(out)
+            html.rename(out)
         finally:
-            shutil.rmtree(building, ignore_errors=True)
+            shutil.rmtree(scratch, ignore_errors=True)
     return lessons, [re.sub(r"\x1b\[[0-9;]*m", "", w) for w in warnings.getvalue().splitlines() if w.strip()]
