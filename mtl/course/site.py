@@ -57,6 +57,9 @@ html_context = {{"default_mode": "light"}}
 html_favicon = "favicon.svg"
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
+autodoc_typehints_format = "short"
+python_use_unqualified_type_names = True
+autodoc_preserve_defaults = True   # defaults as written (a function default has no parsable repr)
 html_theme = "sphinx_book_theme"
 html_theme_options = {{
     "home_page_in_toc": True,
