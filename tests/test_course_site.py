@@ -20,6 +20,9 @@ import pytest
 from mtl.course.runner import find_lessons
 from mtl.course.site import SITE_MARK, SiteError, build_site, plan_lessons
 
+# Sphinx's notices to its extensions (napoleon, the theme) about its next major version
+pytestmark = pytest.mark.filterwarnings("ignore:.*deprecated.*:DeprecationWarning",
+                                        "ignore:.*deprecated.*:PendingDeprecationWarning")
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
 CHROMIUM = Path("/usr/bin/chromium")
