@@ -55,16 +55,12 @@ from mtl.engine.build import build_learner, load_learner_state, resolve_device
 from mtl.engine.rundir import RunFolderError, prepare_run_dir, undo_start  # noqa: F401  (raised by train)
 from mtl.engine.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from mtl.engine.config import ConfigError, TrainConfig, preset
-from mtl.errors import InnerLoopError, MTLError
+from mtl.errors import InnerLoopError, TrainingDiverged
 from mtl.io import progress_enabled
 
 #: config fields that may change when a run is resumed
 RESUMABLE_CHANGES = ("iterations", "device", "time_budget_s", "test_episodes")
 _CSV_COLUMNS = ("kind", "step", "loss", "accuracy", "ci95", "lr", "elapsed_s")
-
-class TrainingDiverged(MTLError, FloatingPointError):
-    """The meta-loss or meta-gradient became NaN/Inf; the last good checkpoint is kept."""
-
 
 @dataclass
 class RunSummary:
