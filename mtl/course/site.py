@@ -29,7 +29,7 @@ from pathlib import Path
 import nbformat
 
 from mtl.course.runner import NOTEBOOKS, _static_widgets, find_lessons
-from mtl.errors import MTLError
+from mtl.errors import SiteError
 
 __all__ = ["Lesson", "SiteError", "plan_lessons", "build_site", "SITE_MARK"]
 
@@ -80,10 +80,6 @@ html_last_updated_fmt = None
 FAVICON = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 32 32"><rect width="32" height="32" rx="6" '
            'fill="#1f5f8b"/><text x="16" y="22" font-size="14" text-anchor="middle" fill="#fff" '
            'font-family="sans-serif">mtl</text></svg>\n')
-
-
-class SiteError(MTLError):
-    """The site cannot be built (the message says why and what to do)."""
 
 
 @dataclass(frozen=True)
