@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     info = sub.add_parser("info", help="classes and images found per dataset and split (or why not)")
     info.add_argument("--json", action="store_true", help="print JSON")
     for p in (prepare, info):
-        p.add_argument("--root", default=None, help="data folder (default: $MTL_DATA)")
+        p.add_argument("--root", default=None, help="data folder (default: $MTL_DATA, else the repository's data/)")
         p.add_argument("--cache-dir", default=None, help="cache folder (default: $MTL_CACHE or data/cache)")
     prepare.add_argument("--no-progress", action="store_true", help="no progress bar (also MTL_PROGRESS=0)")
 
@@ -56,7 +56,7 @@ def _info(args) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    print(f"data root (MTL_DATA): {report['data_root']}\ncache: {report['cache_dir']}")
+    print(f"data folder (MTL_DATA): {report['data_root']}\ncache: {report['cache_dir']}")
     for name in NAMES:
         entry = report[name]
         errors = {row["error"] for row in entry["splits"].values()}
