@@ -12,16 +12,12 @@ import os
 import shutil
 from pathlib import Path
 
-from mtl.errors import MTLError
+from mtl.errors import RunFolderError
 
 #: files a run writes into its folder (``--overwrite`` removes exactly these)
 RUN_FILES = ("config.json", "last.pt", "best.pt", "metrics.jsonl", "metrics.csv", "summary.json")
 #: where --overwrite keeps the old run until the new one has written its first checkpoint
 REPLACED = ".replaced-run"
-
-
-class RunFolderError(MTLError):
-    """The output folder cannot be used as asked (exists, missing, unwritable)."""
 
 
 def prepare_run_dir(out: str | os.PathLike | None, *, resume: bool,
