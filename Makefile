@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
-export MTL_DATA ?= $(abspath ../shared/data)
+# Datasets are read from $MTL_DATA, else from the clone's own data/ (README, "Data"); never a folder beside it.
 
 .PHONY: setup course lab test clean-venv
 
