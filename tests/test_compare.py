@@ -112,7 +112,7 @@ def test_paired_difference_is_tighter_than_the_two_intervals():
 
 
 def test_record_keeps_provenance_scores_and_the_validation_curve(tmp_path):
-    """`python -m mtl compare record` turns a finished run into a row that lesson 08 can pair and plot."""
+    """`python -m mtl compare record` turns a finished run into a row that lesson 09 can pair and plot."""
     from mtl.cli import main
     from mtl.engine.train import train
 

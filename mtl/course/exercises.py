@@ -9,9 +9,9 @@ Each ``check_*`` calls the student's function on small inputs, compares it with 
 - lesson 03: ``check_task_meta_loss(fn)``  MAML's outer loss for one task, via ``mtl.adapt``
 - lesson 04: ``check_reptile_update(fn)``  Reptile's outer update from adapted weights
 - lesson 05: ``check_prototype_head(fn)``  class prototypes as a linear head (W = 2c, b = -||c||^2)
-- in-context learning: ``check_context(fn)``  the token sequence and attention mask of a task
-- lesson 06: ``check_nearest_centroid(fn)``  nearest centroid on normalised features
-- lesson 07: ``check_hardest_class(fn)``  the hard-task meta-batch's class choice
+- lesson 06: ``check_context(fn)``      the token sequence and attention mask of a task
+- lesson 07: ``check_nearest_centroid(fn)``  nearest centroid on normalised features
+- lesson 08: ``check_hardest_class(fn)``  the hard-task meta-batch's class choice
 """
 from __future__ import annotations
 
@@ -339,7 +339,7 @@ def check_context(fn: Callable) -> None:
           "every token attends to the support only.")
 
 
-# --- lessons 06-07 (transfer learning, meta-transfer learning) -----------------------------------
+# --- lessons 07-08 (transfer learning, meta-transfer learning) -----------------------------------
 __all__ += ["check_nearest_centroid", "check_hardest_class"]
 
 

@@ -1,4 +1,4 @@
-"""Learners that start from a network pre-trained on the base classes (lessons 05-07).
+"""Learners that start from a network pre-trained on the base classes (lessons 07-09).
 
 - ``pretrain.py``: one classifier over every base class (step 1 of meta-transfer learning).
 - ``meta_transfer.py``: Scaling & Shifting of the frozen backbone, the hard-task meta-batch
