@@ -343,10 +343,12 @@ PRESETS: dict[str, dict[str, Any]] = {
                            inner_steps=1, inner_lr=0.01, test_inner_steps=10, meta_lr=1e-3,
                            iterations=70_000, val_every=5000, val_episodes=600, eval_batch=100),
     # --- small profiles for 2 CPU cores (lessons, CI-sized checks); see RESULTS.md ---
+    # vmap on a CPU too: for a 1-40-40-1 MLP the per-task loop's overhead is most of a meta-step
+    # (benchmarks/README.md, "Tiny networks")
     "cpu-maml-sinusoid": dict(dataset="sinusoid", algorithm="maml", shots=10, queries=10,
                               meta_batch=25, inner_steps=1, inner_lr=0.01, test_inner_steps=10,
                               meta_lr=1e-3, iterations=8000, val_every=2000, val_episodes=100,
-                              eval_batch=100, time_budget_s=120, device="cpu"),
+                              eval_batch=100, time_budget_s=120, device="cpu", strategy="vmap"),
     "cpu-joint-sinusoid": dict(dataset="sinusoid", algorithm="joint", shots=10, queries=10,
                                meta_batch=25, inner_steps=1, inner_lr=0.01, test_inner_steps=10,
                                meta_lr=1e-3, iterations=8000, val_every=2000, val_episodes=100,
