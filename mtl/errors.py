@@ -36,6 +36,11 @@ class TaskBatchError(MTLError, ValueError):
     """Support and query tensors of a batch of tasks that disagree (shapes, task count, labels)."""
 
 
+class OutputError(MTLError, OSError):
+    """An output path that cannot be written as a regular file (a device, FIFO, link, folder, a
+    read-only or full location)."""
+
+
 class ConfigError(MTLError, ValueError):
     """An unknown or impossible option value (a strategy name, a chunk size, an algorithm name)."""
 

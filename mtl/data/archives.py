@@ -22,7 +22,7 @@ from typing import Callable, Iterator
 
 from tqdm.utils import CallbackIOWrapper
 
-from mtl.io import progress_bar
+from mtl.io import atomic_write, progress_bar
 from mtl.errors import ChecksumError, DataError, UnsafeArchiveError
 
 _CORRUPT = (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, OSError)
@@ -187,25 +187,21 @@ def download(url: str, dest: str | os.PathLike, *, md5: str | None = None, sha25
     On a checksum mismatch nothing is kept (:class:`ChecksumError`); on a network failure a
     :class:`DataError` says what happened followed by ``hint`` (where to put the files instead).
     """
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
     digests = {"md5": hashlib.md5(), "sha256": hashlib.sha256()}
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            try:
-                with urllib.request.urlopen(url, timeout=30) as response:
-                    total = int(response.headers.get("Content-Length") or 0) or None
-                    with progress_bar(total=total, unit="B", unit_scale=True, desc=dest.name,
-                                      progress=progress) as bar:
-                        for chunk in iter(lambda: response.read(_CHUNK), b""):
-                            out.write(chunk)
-                            for digest in digests.values():
-                                digest.update(chunk)
-                            bar.update(len(chunk))
-            except (urllib.error.URLError, OSError) as exc:
-                raise DataError(f"Could not download {url} ({exc}). {hint}".strip()) from exc
+
+    def fetch(out) -> None:
+        try:
+            with urllib.request.urlopen(url, timeout=30) as response:
+                total = int(response.headers.get("Content-Length") or 0) or None
+                with progress_bar(total=total, unit="B", unit_scale=True, desc=Path(dest).name,
+                                  progress=progress) as bar:
+                    for chunk in iter(lambda: response.read(_CHUNK), b""):
+                        out.write(chunk)
+                        for digest in digests.values():
+                            digest.update(chunk)
+                        bar.update(len(chunk))
+        except (urllib.error.URLError, OSError) as exc:
+            raise DataError(f"Could not download {url} ({exc}). {hint}".strip()) from exc
         for algorithm, expected in (("md5", md5), ("sha256", sha256)):
             actual = digests[algorithm].hexdigest()
             if expected and actual != expected.lower():
@@ -213,7 +209,5 @@ def download(url: str, dest: str | os.PathLike, *, md5: str | None = None, sha25
                     f"The download of {url} has {algorithm} {actual}, expected {expected}; it was "
                     f"deleted. Try again later, or {hint or 'copy the official file by hand'}".strip()
                 )
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return dest
+
+    return atomic_write(dest, fetch)
