@@ -210,17 +210,18 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", *,
     except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError,
             OSError, AttributeError, TypeError, KeyError) as exc:
         text = str(exc)
-        if isinstance(exc, pickle.UnpicklingError) and "Unsupported global" in text:
+        lower = text.lower()
+        if isinstance(exc, pickle.UnpicklingError) and "global" in lower and any(
+                word in lower for word in ("unsupported", "blocked", "not allowed", "reduce")):
+            # torch's own text suggests weights_only=False, which would run the file's code: never shown
             raise CheckpointError(
                 f"{path} holds pickled Python objects beyond tensors and plain values, and mtl "
                 "never runs code from a checkpoint (torch.load with weights_only=True): it was not "
                 "written by mtl, or was altered. Use a checkpoint written by `python -m mtl train`."
             ) from None
-        detail = _first_line(exc)
-        if "WeightsUnpickler error:" in text:  # torch's own hint (weights_only=False) is left out
-            detail = text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()[0]
+        detail = "" if "weights_only" in text else f": {_first_line(exc)}"
         raise CheckpointError(
-            f"{path} is corrupt or not a torch checkpoint ({type(exc).__name__}: {detail}). "
+            f"{path} is corrupt or not a torch checkpoint ({type(exc).__name__}{detail}). "
             "Delete it and train again, or point to an intact checkpoint (e.g. best.pt beside it)."
         ) from exc
     if not isinstance(data, dict) or data.get("format") != FORMAT:

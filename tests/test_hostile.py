@@ -300,3 +300,74 @@ def test_threads_out_of_range_are_refused(tmp_path, capsys, threads, tiny_run):
             "--threads must be between 1 and")
     refused(capsys, main(["evaluate", "--checkpoint", str(tiny_run), "--threads", threads]), 2, "--threads")
     assert snapshot(tmp_path) == before
+
+
+# ----------------------------------------------------------------------------- 5. bounds
+def _exit_code(argv: list[str]) -> int:
+    """``main(argv)``'s exit code, argparse's own refusals (SystemExit) included."""
+    try:
+        return main(argv)
+    except SystemExit as stop:
+        return int(stop.code)
+
+
+def test_every_numeric_train_flag_at_hostile_values_is_refused_or_runs(tmp_path, capsys):
+    from mtl.cli.train import _OPTIONS
+
+    numeric = [name for name, kind, _ in _OPTIONS if kind in (int, float)]
+    assert len(numeric) > 20
+    base = [*TINY, "--iterations", "1", "--val-every", "1", "--val-episodes", "2", "--eval-batch", "2"]
+    for i, name in enumerate(numeric):
+        for value in ("0", "-1", "nan", "inf", "1e300"):
+            out = tmp_path / f"r{i}-{value}"
+            code = _exit_code(["train", *base, f"--{name}", value, "--out", str(out)])
+            err = capsys.readouterr().err
+            assert "Traceback" not in err and "unexpected" not in err, (name, value, err)
+            if code != 0:
+                assert code in (1, 2) and "error:" in err, (name, value, code, err)
+                assert not out.exists(), (name, value, "a refused run leaves no folder")
+
+
+@pytest.mark.parametrize("flag, value", [("--inner-steps", "100000000"), ("--hidden", "200000"),
+                                         ("--meta-batch", "100000"), ("--seed", str(10**23)),
+                                         ("--image-size", "4"), ("--queries", "100000")])
+def test_absurd_sizes_are_refused_with_the_flag_named(tmp_path, capsys, flag, value):
+    dataset = ["--dataset", "omniglot"] if flag == "--image-size" else []
+    code = main(["train", *TINY, *dataset, flag, value, "--out", str(tmp_path / "r")])
+    refused(capsys, code, 2, flag)
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_checkpoint_that_claims_absurd_settings_is_refused_before_building(tmp_path, capsys, tiny_run):
+    import torch
+
+    data = torch.load(tiny_run / "last.pt", weights_only=True)
+    data["config"]["hidden"] = 200_000
+    forged = tmp_path / "forged.pt"
+    torch.save(data, forged)
+    before = snapshot(tmp_path)
+    started = time.perf_counter()
+    for command in (["evaluate", "--checkpoint", str(forged), "--json", "-"],
+                    ["adapt", "--checkpoint", str(forged), "--support", str(tmp_path), "--query", str(tmp_path)]):
+        refused(capsys, main(command), 1, str(forged), "hidden must be at most")
+    assert time.perf_counter() - started < 10 and snapshot(tmp_path) == before
+
+
+# ----------------------------------------------------------------------------- 8. pickled code
+def test_a_checkpoint_with_an_os_system_payload_never_runs_and_never_advises_weights_only_false(
+        tmp_path, capsys):
+    import torch
+
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "mtl-checkpoint", "version": 1, "config": {}, "step": 0, "learner": Payload()}, evil)
+    for command in (["evaluate", "--checkpoint", str(evil), "--json", "-"],
+                    ["adapt", "--checkpoint", str(evil), "--support", str(tmp_path), "--query", str(tmp_path)]):
+        err = refused(capsys, main(command), 1, "never runs code from a checkpoint")
+        assert "weights_only=False" not in err and "Re-running" not in err  # torch's own hint is left out
+    assert not marker.exists()

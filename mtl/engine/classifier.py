@@ -65,7 +65,7 @@ class FewShotClassifier:
 
         path = checkpoint_path(path)
         data = load_checkpoint(path)
-        config = TrainConfig.from_dict(data["config"]).resolved()
+        config = TrainConfig.from_saved(data["config"], path)
         target = resolve_device(device or "cpu")
         learner = build_learner(config, target)
         load_learner_state(learner, data["learner"], path)

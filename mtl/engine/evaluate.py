@@ -156,7 +156,7 @@ def evaluate_checkpoint(path: str | Path, *, split: str = "test", episodes: int 
         resolve_device(device)
     path = checkpoint_path(path)
     data = load_checkpoint(path)
-    config = TrainConfig.from_dict(data["config"]).resolved()
+    config = TrainConfig.from_saved(data["config"], path)
     device = resolve_device(device or config.device)
     learner = build_learner(config, device)
     load_learner_state(learner, data["learner"], path)
