@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -215,3 +216,14 @@ def test_the_generated_alphabet_is_a_folder_dataset_and_reproducible(tmp_path):
     assert ds.images.shape == (6, 4, 1, 28, 28)
     ink = ds.images.float().mean((1, 2, 3, 4))
     assert (ink > 5).all() and (ink < 128).all(), "inverted: bright strokes on a dark background"
+
+
+def test_a_checkpoint_loads_after_its_training_folder_moved(symbols, tmp_path):
+    folder = tmp_path / "images"
+    shutil.copytree(symbols, folder)
+    run = _train(folder, tmp_path / "run", "protonet")
+    folder.rename(tmp_path / "moved")
+    clf = FewShotClassifier.from_checkpoint(run)
+    support = torch.rand(4, 1, 16, 16)
+    clf.fit(support, ["a", "b", "c", "d"])
+    assert clf.predict_proba(support).shape == (4, 4)

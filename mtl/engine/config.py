@@ -75,10 +75,15 @@ class TrainConfig:
         _check(self)
 
     def resolved(self) -> "TrainConfig":
-        """A copy with every ``None`` default filled in from the dataset, checked for sense."""
-        _check(self)
+        """A copy with every ``None`` default filled in from the dataset, checked for sense (a
+        ``folder:`` dataset's folder was scanned when the config was made, not again)."""
+        token = _SCAN_FOLDERS.set(False)
+        try:
+            _check(self)
+            out = dataclasses.replace(self, extra=dict(self.extra))
+        finally:
+            _SCAN_FOLDERS.reset(token)
         defaults = _DATASET_DEFAULTS[dataset_kind(self.dataset)]
-        out = dataclasses.replace(self, extra=dict(self.extra))
         for name, value in defaults.items():
             if getattr(out, name) is None:
                 setattr(out, name, value)
