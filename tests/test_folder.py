@@ -227,3 +227,41 @@ def test_a_checkpoint_loads_after_its_training_folder_moved(symbols, tmp_path):
     support = torch.rand(4, 1, 16, 16)
     clf.fit(support, ["a", "b", "c", "d"])
     assert clf.predict_proba(support).shape == (4, 4)
+
+
+def test_sixteen_bit_and_float_images_are_scaled_by_their_range_once(tmp_path, trained):
+    import numpy as np
+
+    from mtl.data._decode import decode_images, to_8bit
+
+    ramp = (np.arange(16 * 16, dtype=np.uint32).reshape(16, 16) * 257).astype(np.uint16)  # 0..65535
+    path = tmp_path / "ramp16.png"
+    Image.fromarray(ramp).save(path)
+    with Image.open(path) as opened:
+        assert opened.mode.startswith("I")
+        eight, rescaled = to_8bit(opened, "L")
+    assert rescaled and np.array_equal(np.asarray(eight), (ramp / 257).round().astype(np.uint8))
+    decoded = decode_images([path.read_bytes()], size=16, mode="L", progress=False)[0]
+    assert np.array_equal(decoded, np.asarray(eight)) and (decoded == 255).mean() < 0.01
+    floats = Image.fromarray(np.linspace(0, 1, 256, dtype=np.float32).reshape(16, 16), "F")
+    assert np.asarray(to_8bit(floats, "L")[0]).max() == 255
+    clf = FewShotClassifier.from_checkpoint(trained["protonet"])
+    with pytest.warns(UserWarning, match="scaled by their range"):
+        x = clf.prepare([path])
+    assert abs(float(x.mean()) - 0.5) < 0.02  # the ramp's mean, not white
+    with pytest.raises(MTLError, match=r"values in \[0, 1\]"):
+        clf.prepare(torch.full((1, 16, 16), 2.0))
+    assert torch.equal(clf.prepare(torch.full((1, 16, 16), 255, dtype=torch.uint8)), torch.ones(1, 1, 16, 16))
+
+
+def test_an_image_that_claims_too_many_pixels_is_refused_before_decoding(tmp_path, trained):
+    from mtl.data import _decode
+
+    bomb = tmp_path / "bomb.png"
+    Image.new("L", (8000, 8000)).save(bomb)  # 64 M pixels in a few hundred KB
+    assert bomb.stat().st_size < 2**20
+    with pytest.raises(DataError, match="more than the 50,000,000"):
+        _decode.decode_images([bomb.read_bytes()], size=16, mode="L", progress=False)
+    clf = FewShotClassifier.from_checkpoint(trained["protonet"])
+    with pytest.raises(MTLError, match="pixels"):
+        clf.prepare([bomb])
