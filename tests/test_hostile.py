@@ -371,3 +371,43 @@ def test_a_checkpoint_with_an_os_system_payload_never_runs_and_never_advises_wei
         err = refused(capsys, main(command), 1, "never runs code from a checkpoint")
         assert "weights_only=False" not in err and "Re-running" not in err  # torch's own hint is left out
     assert not marker.exists()
+
+
+# ----------------------------------------------------------------------------- 5. archive bombs
+@pytest.mark.parametrize("suffix", [".zip", ".tar.gz"])
+def test_an_archive_member_that_claims_too_much_is_refused_before_it_is_read(tmp_path, suffix):
+    from archive_helpers import write_archive
+
+    from mtl.data import archives
+    from mtl.errors import DataError
+
+    bomb, big = tmp_path / f"bomb{suffix}", bytes(archives.MAX_MEMBER_BYTES + 1)
+    if suffix == ".zip":
+        import zipfile
+
+        with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr("train/big.csv", big)
+    else:
+        write_archive(bomb, {"train/big.csv": big})
+    assert bomb.stat().st_size < 2**20  # a small file that claims more than the ceiling
+    with pytest.raises(DataError, match="claims .* bytes"):
+        list(archives.iter_files(bomb))
+    assert archives.list_names(bomb) == ["train/big.csv"]  # listing reads nothing
+
+
+def test_data_info_reports_a_bomb_or_a_non_utf8_csv_as_an_error_not_a_crash(tmp_path, capsys):
+    from archive_helpers import write_archive
+
+    from mtl.data import archives
+
+    root = tmp_path / "data"
+    write_archive(root / "mini-imagenet" / "train.tar.gz",
+                  {"train.csv": bytes(archives.MAX_MEMBER_BYTES + 1)})
+    write_archive(root / "mini-imagenet" / "val.tar.gz", {"val.csv": b"filename,label\n\xff\xfe\n"})
+    before = snapshot(root)
+    assert main(["data", "info", "--json", "--root", str(root), "--cache-dir", str(tmp_path / "c")]) == 0
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    text = captured.out
+    assert "claims" in text and "not UTF-8" in text, text
+    assert snapshot(root) == before

@@ -27,6 +27,18 @@ from mtl.errors import ChecksumError, DataError, UnsafeArchiveError
 
 _CORRUPT = (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, OSError)
 _CHUNK = 1 << 20
+#: the largest member read into memory: the datasets' members are images and CSV files of a few MB
+MAX_MEMBER_BYTES = 64 << 20
+
+
+def _check_size(name: str, size: int, archive: str | os.PathLike) -> None:
+    """`DataError` before a member that claims more than `MAX_MEMBER_BYTES` is read."""
+    if size > MAX_MEMBER_BYTES:
+        raise DataError(
+            f"{archive}: member {name!r} claims {size:,} bytes, more than the {MAX_MEMBER_BYTES:,} "
+            "mtl reads for one image or CSV file. The archive is not a genuine copy: delete it and "
+            "use the official file."
+        )
 
 
 def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
@@ -87,7 +99,8 @@ def _iter_tar(path: Path, keep: Callable[[str], bool], progress: bool) -> Iterat
             if not keep(name):
                 yield name, None
                 continue
-            data = tar.extractfile(member).read()
+            _check_size(member.name, member.size, path)
+            data = tar.extractfile(member).read(member.size)
             if len(data) != member.size:
                 raise EOFError(f"member {member.name!r} is cut short")
             yield name, data
@@ -105,7 +118,15 @@ def _iter_zip(path: Path, keep: Callable[[str], bool], progress: bool) -> Iterat
                 continue
             if _zip_is_link(info):
                 _refuse_link(info.filename, path)
-            yield name, archive.read(info) if keep(name) else None
+            if not keep(name):
+                yield name, None
+                continue
+            _check_size(info.filename, info.file_size, path)
+            with archive.open(info) as member:  # reads at most the declared size (CRC-checked)
+                data = member.read(MAX_MEMBER_BYTES + 1)
+            if len(data) > MAX_MEMBER_BYTES:
+                _check_size(info.filename, len(data), path)
+            yield name, data
 
 
 def _iter_folder(path: Path, keep: Callable[[str], bool], progress: bool) -> Iterator[tuple[str, bytes | None]]:
@@ -114,7 +135,11 @@ def _iter_folder(path: Path, keep: Callable[[str], bool], progress: bool) -> Ite
         for filename in sorted(filenames):
             full = Path(dirpath) / filename
             name = (Path(path.name) / full.relative_to(path)).as_posix()
-            yield name, full.read_bytes() if keep(name) else None
+            if not keep(name):
+                yield name, None
+                continue
+            _check_size(name, full.stat().st_size, path)
+            yield name, full.read_bytes()
 
 
 def _keep_all(name: str) -> bool:
