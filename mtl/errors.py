@@ -42,7 +42,39 @@ class OutputError(MTLError, OSError):
 
 
 class ConfigError(MTLError, ValueError):
-    """An unknown or impossible option value (a strategy name, a chunk size, an algorithm name)."""
+    """An unknown or impossible option value (a strategy name, an algorithm name, a setting)."""
+
+
+class RunFolderError(MTLError):
+    """The output folder cannot be used as asked (exists, missing, unwritable, in use)."""
+
+
+class DistributedError(MTLError, RuntimeError):
+    """A distributed run that cannot start or cannot go on (a rank died, timed out, bad launch)."""
+
+
+class TrainingDiverged(MTLError, FloatingPointError):
+    """The meta-loss or meta-gradient became NaN/Inf; the last good checkpoint is kept."""
+
+
+class ResultsError(MTLError):
+    """A results file that cannot be read as a comparison row (the message names the file)."""
+
+
+class ExerciseError(MTLError, AssertionError):
+    """The exercise's answer is not right yet; the message says what differs and how to fix it."""
+
+
+class LessonError(MTLError):
+    """A lesson failed to execute (the message names the lesson and the cell)."""
+
+
+class ScalingShiftingError(MTLError, ValueError):
+    """Scaling & Shifting asked of a model it cannot apply to (no encoder, no conv layers)."""
+
+
+class HardTaskError(EpisodeError):
+    """A hard-task meta-batch that cannot be formed (no class ids, too few classes)."""
 
 
 def report(error: MTLError) -> int:

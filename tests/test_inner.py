@@ -1,6 +1,8 @@
 """Correctness of mtl.adapt / mtl.maml_loss: closed forms, finite differences, strategy agreement."""
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -8,7 +10,7 @@ from torch import nn
 from torch.func import functional_call
 
 import mtl
-from mtl.core import auto, inner
+from mtl.core import inner
 from mtl.errors import ConfigError, InnerLoopError, TaskBatchError
 from mtl.models import BatchNorm, Conv4
 
@@ -89,17 +91,16 @@ def _small_conv(ways=3, dtype=torch.float64):
 
 
 @pytest.mark.parametrize("first_order", [False, True])
-def test_vmap_and_loop_agree_chunked_and_unchunked_with_batch_norm(first_order):
+def test_vmap_and_loop_agree_with_batch_norm(first_order):
     model = _small_conv()
     params = dict(model.named_parameters())
     tasks = _image_tasks(batch=3)
     results = {}
-    for strategy in ("loop", "vmap"):
-        for chunk in (None, 2):
-            loss = mtl.maml_loss(model, params, *tasks, steps=2, lr=0.3, first_order=first_order,
-                                 strategy=strategy, chunk_size=chunk)
-            results[strategy, chunk] = (loss, torch.autograd.grad(loss, list(params.values())))
-    ref_loss, ref_grads = results["loop", None]
+    for strategy in ("loop", "vmap", "auto"):
+        loss = mtl.maml_loss(model, params, *tasks, steps=2, lr=0.3, first_order=first_order,
+                             strategy=strategy)
+        results[strategy] = (loss, torch.autograd.grad(loss, list(params.values())))
+    ref_loss, ref_grads = results["loop"]
     for key, (loss, grads) in results.items():
         torch.testing.assert_close(loss, ref_loss, rtol=1e-12, atol=1e-12, msg=str(key))
         for g, r in zip(grads, ref_grads):
@@ -172,50 +173,56 @@ def test_adapt_is_differentiable_and_first_order_is_identity():
     assert same["weight"] is w
 
 
-def test_auto_picks_a_strategy_once_and_gives_the_same_numbers():
+def test_auto_is_decided_by_the_device_and_the_model_alone():
     model = _small_conv()
-    params = dict(model.named_parameters())
-    tasks = _image_tasks(batch=3, seed=5)
-    auto.AUTO_DECISIONS.clear()
-    by_auto = mtl.maml_loss(model, params, *tasks, steps=1, lr=0.3, strategy="auto")
-    (chosen,) = auto.AUTO_DECISIONS.values()
-    assert chosen in inner.STRATEGIES and chosen != "auto"
-    record = inner.last_auto_choice()
-    assert record["chosen"] == chosen and record["timings_ms"][chosen] is not None
-    assert set(record["timings_ms"]) >= {"loop", "vmap", "shared+task_backward"}  # every candidate timed
-    assert chosen in inner.describe_auto_choice()
-    loop = mtl.maml_loss(model, params, *tasks, steps=1, lr=0.3, strategy="loop")
-    torch.testing.assert_close(by_auto, loop, rtol=1e-12, atol=1e-12)
-    assert all(p.grad is None for p in params.values())  # timing left no .grad behind
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert inner.resolve_strategy("auto", model.eval(), cpu) == "loop"
+    assert inner.resolve_strategy("auto", model.eval(), cuda) == "vmap"
+    plain = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+    assert inner.resolve_strategy("auto", plain, cuda) == "vmap"
+    # running statistics are updated per forward only by the loop, as in plain PyTorch
+    tracking = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4)).train()
+    assert inner.resolve_strategy("auto", tracking, cuda) == "loop"
+    assert inner.resolve_strategy("auto", tracking.eval(), cuda) == "vmap"
+    assert inner.resolve_strategy("vmap", tracking.train(), cpu) == "vmap"
+    assert inner.STRATEGIES == ("auto", "vmap", "loop")
 
 
-def test_auto_times_each_step_count_once_up_to_the_trial_cap(monkeypatch):
-    model = _small_conv()
-    params = dict(model.named_parameters())
-    tasks = _image_tasks(batch=3, seed=6)
-    auto.AUTO_DECISIONS.clear()
-    timed = []
-    monkeypatch.setattr(auto, "_measure", lambda *args, **settings: timed.append(settings["steps"]) or "loop")
-    for steps in (1, 3, 10, 1, 7, 3):
-        mtl.maml_loss(model, params, *tasks, steps=steps, lr=0.3, strategy="auto")
-    mtl.maml_loss(model, params, *tasks, steps=0, lr=0.3, strategy="auto")
-    # each step count is timed once, with its own steps (a kept graph costs more at more steps);
-    # beyond AUTO_TRIAL_STEPS one timing with that many serves them all
-    assert auto.AUTO_TRIAL_STEPS == 5
-    assert timed == [1, 3, 5, 0]
+@pytest.mark.parametrize("strategy", ["auto", "loop", "vmap"])
+def test_the_loss_is_differentiable_twice_and_the_outputs_carry_the_graph(strategy):
+    """A gradient penalty on the meta-gradient: d/dw |d loss/dw|^2 against finite differences."""
+    sx, sy, qx, qy = (t.double() for t in _regression_tasks())
+    model = nn.Linear(D, 1, bias=False).double()
+    w = torch.randn(1, D, dtype=torch.float64, requires_grad=True)
+
+    def penalty(weight):
+        loss = mtl.maml_loss(model, {"weight": weight}, sx, sy, qx, qy, steps=2, lr=0.1,
+                             loss_fn=F.mse_loss, strategy=strategy)
+        (g,) = torch.autograd.grad(loss, [weight], create_graph=True)
+        return (g ** 2).sum()
+
+    (hyper,) = torch.autograd.grad(penalty(w), [w])
+    eps, numeric = 1e-6, torch.zeros_like(w)
+    for i in range(D):
+        step = torch.zeros_like(w)
+        step[0, i] = eps
+        numeric[0, i] = (penalty(w + step) - penalty(w - step)) / (2 * eps)
+    torch.testing.assert_close(hyper, numeric, rtol=1e-6, atol=1e-9)
+    _, outputs = inner.maml_outputs(model, {"weight": w}, sx, sy, qx, qy, steps=2, lr=0.1,
+                                    loss_fn=F.mse_loss, strategy=strategy)
+    (through_outputs,) = torch.autograd.grad(outputs.sum(), [w])
+    assert torch.isfinite(through_outputs).all() and through_outputs.abs().sum() > 0
 
 
 # ----------------------------------------------------------------------------- bad input
 
-def test_unknown_strategy_and_bad_chunk_size():
+def test_unknown_strategy():
     model = _small_conv()
     tasks = _image_tasks(batch=2)
-    with pytest.raises(ConfigError, match="unknown strategy 'fast'"):
-        mtl.maml_loss(model, dict(model.named_parameters()), *tasks, steps=1, lr=0.1,
-                      strategy="fast")
-    with pytest.raises(ConfigError, match="chunk_size"):
-        mtl.maml_loss(model, dict(model.named_parameters()), *tasks, steps=1, lr=0.1,
-                      strategy="loop", chunk_size=0)
+    for name in ("fast", "shared", "loop+task_backward"):
+        with pytest.raises(ConfigError, match=re.escape(f"unknown strategy '{name}'; use one of auto, vmap, loop")):
+            mtl.maml_loss(model, dict(model.named_parameters()), *tasks, steps=1, lr=0.1,
+                          strategy=name)
 
 
 @pytest.mark.parametrize("case", ["tasks", "support", "query", "image", "labels", "no_batch"])

@@ -121,3 +121,18 @@ def test_every_module_imports_alone_in_a_fresh_interpreter(module):
     done = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True,
                           cwd=MTL.parent)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def _exception_classes(path: Path) -> list[str]:
+    """Classes defined at module level whose bases name an error, exception or warning."""
+    tree = ast.parse(path.read_text())
+    return [node.name for node in tree.body if isinstance(node, ast.ClassDef)
+            and any(isinstance(b, ast.Name) and b.id.endswith(("Error", "Exception", "Warning",
+                                                                "Diverged")) for b in node.bases)]
+
+
+def test_every_exception_class_lives_in_errors_py():
+    outside = {name: classes for name, path in _modules().items() if name != "mtl.errors"
+               for classes in [_exception_classes(path)] if classes}
+    assert not outside, f"define these in mtl/errors.py (import them where they are raised): {outside}"
+    assert "ConfigError" in _exception_classes(MTL / "errors.py"), "the check sees a class when there is one"

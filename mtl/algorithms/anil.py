@@ -22,8 +22,7 @@ class ANIL(MetaLearner):
         head = self.model.head
         return maml_outputs(head, dict(head.named_parameters()), support, batch[1], query,
                             batch[3], steps=steps, lr=self.inner_lr, loss_fn=self.loss_fn,
-                            first_order=first_order, strategy=self.strategy,
-                            chunk_size=self.chunk_size)
+                            first_order=first_order, strategy=self.strategy)
 
     def per_task_parameters(self, ways: int) -> int:
         """Only the head is adapted."""

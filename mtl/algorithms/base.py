@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mtl.core.inner import map_tasks, untimed_strategy
+from mtl.core.inner import map_tasks, resolve_strategy
 from mtl.errors import MTLError
 
 
@@ -96,13 +96,13 @@ class MetaLearner(Learner):
         inner_steps: gradient steps of the inner loop during meta-training.
         inner_lr: the inner learning rate (alpha).
         first_order: drop the second-order terms of the meta-gradient.
-        strategy: how tasks are batched: "vmap", "loop" or "auto" (see ``mtl.core.inner``).
-        chunk_size: at most this many tasks at a time (bounds memory).
+        strategy: how tasks are batched: "auto" (vmap on CUDA, the loop elsewhere), "vmap" or
+            "loop" (see ``mtl.core.inner``).
         loss_fn: ``F.cross_entropy`` (classification) or e.g. ``F.mse_loss`` (sinusoid regression).
     """
 
     def __init__(self, model: nn.Module, *, inner_steps: int = 1, inner_lr: float = 0.4,
-                 first_order: bool = False, strategy: str = "auto", chunk_size: int | None = None,
+                 first_order: bool = False, strategy: str = "auto",
                  loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy) -> None:
         super().__init__()
         self.model = model
@@ -110,7 +110,6 @@ class MetaLearner(Learner):
         self.inner_lr = inner_lr
         self.first_order = first_order
         self.strategy = strategy
-        self.chunk_size = chunk_size
         self.loss_fn = loss_fn
 
     def forward(self, x: Tensor) -> Tensor:
@@ -123,11 +122,24 @@ class MetaLearner(Learner):
         raise NotImplementedError
 
     def meta_gradient(self, batch) -> dict[str, float]:
-        """Accumulate the meta-gradient of ``batch`` into ``.grad``; return loss (and accuracy)."""
-        losses, outputs = self._outputs(batch, self.inner_steps, self.first_order)
-        loss = losses.mean()
-        loss.backward()
-        return metrics(loss, outputs, batch[3])
+        """Accumulate the meta-gradient of ``batch`` into ``.grad``; return loss (and accuracy).
+
+        Under "vmap" one backward of the mean query loss; under the loop one backward per task,
+        ``(loss_b / B).backward()``, so that one task's graph is alive at a time.
+        """
+        tasks = batch[0].shape[0]
+        if resolve_strategy(self.strategy, self.model, batch[0].device) == "vmap":
+            losses, outputs = self._outputs(batch, self.inner_steps, self.first_order)
+            losses.mean().backward()
+        else:
+            losses, outputs = [], []
+            for b in range(tasks):
+                loss_b, out_b = self._outputs(task_of(batch, b), self.inner_steps, self.first_order)
+                (loss_b.sum() / tasks).backward()
+                losses.append(loss_b.detach())
+                outputs.append(out_b.detach())
+            losses, outputs = torch.cat(losses), torch.cat(outputs)
+        return metrics(losses.mean(), outputs, batch[3])
 
     def predict(self, batch, *, inner_steps: int | None = None) -> Tensor:
         """Query outputs after adapting to each task: ``[B, N*Q, N]`` (no graph kept)."""
@@ -151,10 +163,14 @@ def embed_tasks(body: nn.Module, x: Tensor, strategy: str = "auto") -> Tensor:
     Per task, so that batch norm normalises each task with its own statistics (as in the inner
     loop), never with those of the whole meta-batch.
     """
-    if strategy == "auto":
-        strategy = untimed_strategy(body, x.device)
-    return map_tasks(lambda _, task_x: body(task_x).flatten(1), None, (x,), strategy=strategy,
-                     model=body)
+    return map_tasks(lambda _, task_x: body(task_x).flatten(1), None, (x,),
+                     strategy=resolve_strategy(strategy, body, x.device), model=body)
+
+
+def task_of(batch: Any, b: int) -> Any:
+    """Task ``b`` of a batch of tasks, as a batch of one (``[1, ...]`` on every tensor)."""
+    parts = [t[b:b + 1] for t in batch]
+    return type(batch)(*parts) if hasattr(batch, "_fields") else tuple(parts)
 
 
 def metrics(loss: Tensor, outputs: Tensor, targets: Tensor) -> dict[str, float]:
@@ -168,4 +184,4 @@ def metrics(loss: Tensor, outputs: Tensor, targets: Tensor) -> dict[str, float]:
     return result
 
 
-__all__ = ["Learner", "MetaLearner", "embed_tasks", "metrics", "numel"]
+__all__ = ["Learner", "MetaLearner", "embed_tasks", "task_of", "metrics", "numel"]

@@ -28,10 +28,9 @@ class MetaSGD(MetaLearner):
         return {name: self.lrs[_key(name)] for name, _ in self.model.named_parameters()}
 
     def _outputs(self, batch, steps: int, first_order: bool) -> tuple[Tensor, Tensor]:
-        return maml_outputs(self.model, dict(self.model.named_parameters()), *batch, steps=steps,
+        return maml_outputs(self.model, dict(self.model.named_parameters()), *batch[:4], steps=steps,
                             lr=self.learning_rates(), loss_fn=self.loss_fn,
-                            first_order=first_order, strategy=self.strategy,
-                            chunk_size=self.chunk_size)
+                            first_order=first_order, strategy=self.strategy)
 
 
 def _key(name: str) -> str:

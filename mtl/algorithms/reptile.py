@@ -23,7 +23,7 @@ from torch.func import functional_call, grad
 
 from mtl.algorithms.base import MetaLearner, metrics
 from mtl.errors import ConfigError
-from mtl.core.inner import adapt_batch, map_tasks
+from mtl.core.inner import adapt_batch, map_tasks, resolve_strategy
 
 
 class Reptile(MetaLearner):
@@ -65,15 +65,12 @@ class Reptile(MetaLearner):
         if self.inner_optimizer == "sgd" and self.inner_batch is None:
             return adapt_batch(self.model, start, batch[0], batch[1], steps=steps,
                                lr=self.inner_lr, loss_fn=self.loss_fn, first_order=True,
-                               query_x=batch[2], strategy=self.strategy,
-                               chunk_size=self.chunk_size)
+                               query_x=batch[2], strategy=self.strategy)
         order = _minibatch_order(batch[0].shape[0], batch[0].shape[1], steps, self.inner_batch,
                                  batch[0].device)
-        strategy = self.strategy
-        if strategy == "auto":
-            strategy = "vmap" if batch[0].device.type == "cuda" else "loop"
         return map_tasks(self._task, start, (batch[0], batch[1], batch[2], order),
-                         strategy=strategy, chunk_size=self.chunk_size, model=self.model)
+                         strategy=resolve_strategy(self.strategy, self.model, batch[0].device),
+                         model=self.model)
 
     def _task(self, params: dict[str, Tensor], x: Tensor, y: Tensor, query_x: Tensor,
               order: Tensor) -> tuple[dict[str, Tensor], Tensor]:

@@ -26,7 +26,6 @@ COMMANDS = {
     "adapt": ("mtl.cli.adapt", "adapt a trained model to new classes of your own from a few images"),
     "pipeline": ("mtl.cli.pipeline", "meta-transfer learning end to end: pre-train, Scaling & Shifting, baselines"),
     "compare": ("mtl.cli.compare", "record a finished run as a row of the capstone's table (results/)"),
-    "bench": ("mtl.cli.bench", "time the inner/outer loops and the episode sampler"),
     "course": ("mtl.cli.course", "run every lesson top to bottom (executed copies + HTML)"),
 }
 

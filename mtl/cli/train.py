@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from mtl.algorithms import ALGORITHMS
+from mtl.core.checks import STRATEGIES
 from mtl.engine import distributed
 from mtl.engine.checkpoint import load_checkpoint
 from mtl.engine.config import PRESETS, TrainConfig, preset
@@ -33,7 +34,7 @@ _OPTIONS: tuple[tuple[str, type, str], ...] = (
     ("test-ways", int, "ways at validation/test"),
     ("test-queries", int, "queries per class at validation/test"),
     ("test-shots", int, "shots at validation/test (default: shots)"),
-    ("strategy", str, "vmap, loop or auto: how tasks are batched"),
+    ("strategy", str, f"{' | '.join(STRATEGIES)}: how tasks are batched (auto: vmap on CUDA, the loop elsewhere)"),
     ("optimizer", str, "adam or sgd"),
     ("lr-schedule", str, "constant, linear or step"),
     ("lr-step", int, "with --lr-schedule step: halve the meta-lr every this many meta-steps"),

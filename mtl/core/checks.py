@@ -25,9 +25,8 @@ Params = dict[str, Tensor]
 LR = float | Mapping[str, Tensor]
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
-STRATEGIES = ("auto", "vmap", "loop", "shared", "loop+channels_last", "shared+channels_last",
-              "loop+task_backward", "shared+task_backward", "loop+channels_last+task_backward",
-              "shared+channels_last+task_backward")
+#: how a batch of tasks runs: "auto" (vmap on CUDA, the loop elsewhere), "vmap" or "loop"
+STRATEGIES = ("auto", "vmap", "loop")
 
 
 def lr_of(lr: LR, name: str) -> float | Tensor:
@@ -109,8 +108,10 @@ def label_errors(model: nn.Module):
 
 
 def check_strategy(strategy: str) -> None:
+    """One of ``STRATEGIES``."""
     if strategy not in STRATEGIES:
-        raise ConfigError(f"unknown strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
+        raise ConfigError(f"unknown strategy {strategy!r}; use one of {', '.join(STRATEGIES)} "
+                          "('auto': vmap on CUDA, the per-task loop elsewhere)")
 
 
 def check_batch(support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor,

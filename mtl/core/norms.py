@@ -134,27 +134,14 @@ _FORWARDS = ((_BatchNorm, _batch_norm_forward), (_InstanceNorm, _instance_norm_f
 _WARNED: set[int] = set()
 
 
-_QUIET = [False]  # True inside ``quiet()``
-
-
 def _warn_frozen_stats(module: nn.Module) -> None:
-    if id(module) in _WARNED or _QUIET[0]:
+    if id(module) in _WARNED:
         return
     _WARNED.add(id(module))
     warnings.warn(f"{type(module).__name__} keeps running statistics, which strategy='vmap' does "
                   "not update (each task has its own batch statistics); the meta-gradient is "
-                  "exact. Use strategy='loop' (or 'auto') to update them as plain PyTorch does, or "
+                  "exact. Use strategy='loop' to update them as plain PyTorch does, or "
                   "put the model in eval mode to normalise with them.", stacklevel=3)
-
-
-@contextlib.contextmanager
-def quiet() -> Iterator[None]:
-    """No running-statistics warning inside this block (``auto``'s trial runs)."""
-    before, _QUIET[0] = _QUIET[0], True
-    try:
-        yield
-    finally:
-        _QUIET[0] = before
 
 
 def norm_layers(model: nn.Module) -> list[nn.Module]:

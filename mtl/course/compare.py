@@ -30,7 +30,7 @@ from torch import nn
 
 from mtl.algorithms import Learner
 from mtl.algorithms.base import numel
-from mtl.errors import MTLError
+from mtl.errors import MTLError, ResultsError
 from mtl.io import atomic_write_text, check_output_file
 
 __all__ = ["Row", "backward_memory", "per_task_parameters", "meta_parameters", "paired_difference", "hardware",
@@ -38,10 +38,6 @@ __all__ = ["Row", "backward_memory", "per_task_parameters", "meta_parameters", "
 
 #: the repository's results folder (the package is installed editable, next to it)
 RESULTS = Path(__file__).resolve().parents[2] / "results"
-
-
-class ResultsError(MTLError):
-    """A results file that cannot be read as a comparison row (the message names the file)."""
 
 
 def backward_memory(step: Callable[[], Any]) -> int:

@@ -20,13 +20,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from mtl.errors import MTLError
+from mtl.errors import ExerciseError
 
 __all__ = ["ExerciseError", "check_inner_step", "check_ci95", "check_task_meta_loss", "check_reptile_update"]
-
-
-class ExerciseError(MTLError, AssertionError):
-    """The exercise's answer is not right yet; the message says what differs and how to fix it."""
 
 
 def _fail(what: str, hint: str) -> None:

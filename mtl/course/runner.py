@@ -21,7 +21,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from mtl.errors import MTLError
+from mtl.errors import LessonError
 from mtl.io import atomic_write_text
 
 __all__ = ["find_lessons", "execute_lesson", "clean_notebook", "blank_solutions"]
@@ -30,10 +30,6 @@ __all__ = ["find_lessons", "execute_lesson", "clean_notebook", "blank_solutions"
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 SOLUTION_MARK = "# SOLUTION"
 _TRANSIENT_CELL_KEYS = ("execution", "collapsed", "scrolled", "ExecuteTime")
-
-
-class LessonError(MTLError):
-    """A lesson failed to execute (the message names the lesson and the cell)."""
 
 
 def find_lessons(folder: Path, selection: list[str] | None = None) -> list[Path]:

@@ -20,11 +20,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from mtl.core.checks import STRATEGIES
 from mtl.errors import ConfigError
 
 DATASETS = ("sinusoid", "omniglot", "mini-imagenet")
 MODELS = ("conv4", "resnet12", "mlp")
-STRATEGIES = ("auto", "vmap", "loop")
 
 __all__ = ["TrainConfig", "ConfigError", "PRESETS", "preset", "DATASETS", "MODELS"]
 
@@ -48,7 +48,7 @@ class TrainConfig:
     test_queries: int | None = None    # queries per class at validation/test (None: queries)
     test_shots: int | None = None      # shots at validation/test (None: shots; Reptile trains with more)
     first_order: bool = False
-    strategy: str = "auto"             # "vmap" | "loop" | "auto": how tasks are batched
+    strategy: str = "auto"             # "auto" (vmap on CUDA, the loop elsewhere) | "vmap" | "loop"
     optimizer: str = "adam"            # "adam" | "sgd" (Reptile: SGD on its pseudo-gradient)
     lr_schedule: str = "constant"      # "constant" | "linear" (to 0) | "step" (halve every lr_step)
     lr_step: int = 2000                # for lr_schedule="step"

@@ -38,7 +38,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from mtl.errors import MTLError
+from mtl.errors import DistributedError, MTLError
 
 __all__ = [
     "DistributedError", "DistInfo", "setup", "teardown", "info", "is_distributed", "get_rank",
@@ -49,10 +49,6 @@ __all__ = [
 
 DEFAULT_TIMEOUT_S = 300.0
 _TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-
-
-class DistributedError(MTLError, RuntimeError):
-    """A distributed run that cannot start or cannot go on (a rank died, timed out, bad launch)."""
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ import stat
 import sys
 from pathlib import Path
 
-from mtl.errors import MTLError
+from mtl.errors import MTLError, RunFolderError
 from mtl.io import check_output_folder
 
 #: files a run writes into its folder (``--overwrite`` moves exactly these, and ``eval-*.json``)
@@ -32,10 +32,6 @@ RUN_FILES = ("config.json", "last.pt", "best.pt", "metrics.jsonl", "metrics.csv"
 REPLACED = ".replaced-run"
 #: the lock file of the process that owns the folder (its pid and host)
 LOCK = ".mtl.lock"
-
-
-class RunFolderError(MTLError):
-    """The output folder cannot be used as asked (exists, missing, unwritable, in use)."""
 
 
 def written_by_mtl(path: Path) -> bool:

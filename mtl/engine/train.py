@@ -14,12 +14,10 @@ processes, and under torchrun each rank keeps its share), ``learner.meta_gradien
 ``.grad``; averaged over ranks), a check for NaN/Inf and exploding losses, ``optimizer.step()``. Every
 ``val_every`` steps the learner is scored on a fixed, seeded validation episode set; every
 ``checkpoint_every`` steps ``last.pt`` is written atomically (``best.pt`` on a new best validation
-score). ``metrics.jsonl`` and ``metrics.csv`` grow as the run goes (with ``strategy="auto"``, after
-the first meta-step one ``"strategy"`` row says which strategy it chose and the timings it chose
-by); ``config.json`` holds the resolved
-config. ``--resume`` restores model, optimizer, step, metric counters and every RNG state (torch,
+score). ``metrics.jsonl`` and ``metrics.csv`` grow as the run goes; ``config.json`` holds the
+resolved config. ``--resume`` restores model, optimizer, step, metric counters and every RNG state (torch,
 CUDA, Python, NumPy, the episode sampler's generator), so a run killed at any moment ends with the
-same metrics as an uninterrupted one (given the same device, thread count and a fixed ``strategy``).
+same metrics as an uninterrupted one (given the same device and thread count).
 
 Plugging in an algorithm (the engine never knows which one runs)
 -----------------------------------------------------------------
@@ -52,22 +50,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from mtl.core.inner import describe_auto_choice, last_auto_choice
 from mtl.engine import distributed
 from mtl.engine.build import build_learner, load_learner_state, resolve_device
 from mtl.engine.rundir import RunFolderError, finish, prepare_run_dir, release, undo_start  # noqa: F401
 from mtl.engine.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from mtl.engine.config import ConfigError, TrainConfig, preset
-from mtl.errors import InnerLoopError, MTLError
+from mtl.errors import InnerLoopError, MTLError, TrainingDiverged
 from mtl.io import atomic_write_text, progress_enabled
 
 #: config fields that may change when a run is resumed
 RESUMABLE_CHANGES = ("iterations", "device", "time_budget_s", "test_episodes")
 _CSV_COLUMNS = ("kind", "step", "loss", "accuracy", "ci95", "lr", "elapsed_s")
-
-class TrainingDiverged(MTLError, FloatingPointError):
-    """The meta-loss or meta-gradient became NaN/Inf; the last good checkpoint is kept."""
-
 
 @dataclass
 class RunSummary:
@@ -226,17 +219,6 @@ class _Loop:
         self.params = [p for p in learner.parameters() if p.requires_grad]
         self.stream = distributed.TaskStream(sampler, seed=config.seed)  # [distributed]
         self.last_good = state.step if run_dir is not None and state.step > 0 else None
-        self.strategy_logged = config.strategy != "auto"
-
-    def _log_strategy(self) -> None:
-        """One ``kind: "strategy"`` row: what ``strategy="auto"`` chose for this run's meta-steps and
-        the timings it chose by (``mtl.core.inner.last_auto_choice``)."""
-        self.strategy_logged = True
-        record = last_auto_choice()
-        if record is not None:
-            self.log.write({"kind": "strategy", "step": self.state.step, "chosen": record["chosen"],
-                            "timings_ms": record["timings_ms"], "rejected": record["rejected"],
-                            "note": describe_auto_choice(record)})
 
     def run(self) -> str:
         from tqdm.auto import tqdm
@@ -255,8 +237,6 @@ class _Loop:
                     break
                 loss, accuracy, lr = self._meta_step()
                 s.step += 1
-                if not self.strategy_logged:
-                    self._log_strategy()
                 s.window_loss, s.window_accuracy = s.window_loss + loss, s.window_accuracy + accuracy
                 s.window_count += 1
                 s.elapsed_s = time.perf_counter() - started

@@ -37,19 +37,11 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from mtl.algorithms.base import Learner, fixed_ways_error
-from mtl.errors import EpisodeError, MTLError
+from mtl.errors import HardTaskError, MTLError, ScalingShiftingError
 from mtl.core.heads import adapt_linear_head, linear_logits
 
 
 SCALINGS = ("kernel", "channel")
-
-
-class ScalingShiftingError(MTLError, ValueError):
-    """Scaling & Shifting asked of a model it cannot apply to (no encoder, no conv layers)."""
-
-
-class HardTaskError(EpisodeError):
-    """A hard-task meta-batch that cannot be formed (no class ids, too few classes)."""
 
 
 def encoder_of(model: nn.Module) -> nn.Module:
