@@ -265,3 +265,29 @@ def test_an_image_that_claims_too_many_pixels_is_refused_before_decoding(tmp_pat
     clf = FewShotClassifier.from_checkpoint(trained["protonet"])
     with pytest.raises(MTLError, match="pixels"):
         clf.prepare([bomb])
+
+
+def test_a_run_records_its_split_and_evaluation_follows_it_when_the_folder_changes(symbols, tmp_path, capsys):
+    folder = tmp_path / "images"
+    shutil.copytree(symbols, folder)
+    run = _train(folder, tmp_path / "run", "protonet")
+    recorded = json.loads((run / "config.json").read_text())["folder_classes"]
+    for split in ("train", "val", "test"):
+        dataset = load_dataset(f"folder:{folder}", split, cache_dir=tmp_path / "c", image_size=16,
+                               channels=1, progress=False)
+        assert recorded[split] == list(dataset.class_names)
+    capsys.readouterr()
+    shutil.copytree(folder / recorded["train"][0], folder / "zz_new_class")  # the folder gains a class
+    assert main(["evaluate", "--checkpoint", str(run), "--episodes", "4", "--no-progress", "--json", "-"]) == 0
+    assert json.loads(capsys.readouterr().out.split("\n", 1)[1])["split"] == "test"
+    from mtl.engine.checkpoint import load_checkpoint
+    from mtl.engine.config import TrainConfig
+
+    saved = TrainConfig.from_saved(load_checkpoint(run / "last.pt")["config"], run)
+    followed = load_dataset(saved.dataset, "test", cache_dir=tmp_path / "c", image_size=16, progress=False,
+                            **saved.dataset_options())
+    assert list(followed.class_names) == recorded["test"]
+    shutil.rmtree(folder / recorded["test"][0])  # and loses one of its test classes
+    code = main(["evaluate", "--checkpoint", str(run), "--episodes", "4", "--no-progress", "--json", "-"])
+    err = capsys.readouterr().err
+    assert code == 1 and recorded["test"][0] in err and "Traceback" not in err

@@ -70,6 +70,7 @@ class TrainConfig:
     init: str | None = None            # start from the learner weights of this checkpoint (another run's)
     extra: dict[str, Any] = field(default_factory=dict)  # forwarded to the algorithm's constructor
     preset: str | None = None          # the preset this config came from, for the record
+    folder_classes: dict[str, list[str]] | None = None  # a folder dataset's classes per split (recorded)
 
     def __post_init__(self) -> None:
         _check(self)
@@ -101,7 +102,25 @@ class TrainConfig:
 
     def dataset_options(self) -> dict[str, Any]:
         """What ``mtl.data.load_dataset`` needs beyond the name (a folder dataset's channels)."""
-        return {"channels": self.channels} if dataset_kind(self.dataset) == "folder" else {}
+        if dataset_kind(self.dataset) != "folder":
+            return {}
+        options: dict[str, Any] = {"channels": self.channels}
+        if self.folder_classes is not None:
+            options["classes"] = self.folder_classes
+        return options
+
+    def with_folder_classes(self) -> "TrainConfig":
+        """For a ``folder:`` dataset, a copy that records the class list of each split (the seeded
+        cut of the folder as it is now), so that a checkpoint is evaluated on the classes it was
+        split into even after the folder gains or loses classes; other configs unchanged."""
+        if dataset_kind(self.dataset) != "folder" or self.folder_classes is not None:
+            return self
+        from mtl.data import folder
+
+        names = list(folder.scan(self.dataset[len("folder:"):]))
+        splits = {split: [names[i] for i in folder.split_classes(names, split)]
+                  for split in ("train", "val", "test")}
+        return dataclasses.replace(self, folder_classes=splits)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -224,6 +243,13 @@ def _check(config: TrainConfig) -> None:
             isinstance(config.time_budget_s, (int, float)) and config.time_budget_s > 0
             and math.isfinite(config.time_budget_s)):
         fail("time_budget_s", "must be a positive number of seconds", "--time-budget")
+    if config.folder_classes is not None and not (
+            kind == "folder" and isinstance(config.folder_classes, dict)
+            and set(config.folder_classes) <= {"train", "val", "test"}
+            and all(isinstance(v, list) and all(isinstance(c, str) for c in v)
+                    for v in config.folder_classes.values())):
+        fail("folder_classes", "must map train/val/test to lists of class names, for a folder: dataset only",
+             "the run's config.json; mtl records it when a run starts")
     if config.init is not None and not isinstance(config.init, str):
         fail("init", "must be the path of a checkpoint")
     if config.strategy not in STRATEGIES:

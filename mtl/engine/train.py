@@ -152,6 +152,8 @@ def _train(config: TrainConfig, info, run_dir: Path | None, resume: bool,
         checkpoint = load_checkpoint(run_dir / "last.pt")
         config = _resume_config(TrainConfig.from_dict(checkpoint["config"]), config)
     config = config.resolved()
+    if checkpoint is None:
+        config = config.with_folder_classes()  # the split is recorded, whatever the folder becomes
     device = info.device if info.world_size > 1 else resolve_device(config.device)  # [distributed]
     show = progress_enabled(progress) and info.rank == 0  # [distributed]
 
