@@ -291,3 +291,14 @@ def test_a_run_records_its_split_and_evaluation_follows_it_when_the_folder_chang
     code = main(["evaluate", "--checkpoint", str(run), "--episodes", "4", "--no-progress", "--json", "-"])
     err = capsys.readouterr().err
     assert code == 1 and recorded["test"][0] in err and "Traceback" not in err
+
+
+def test_a_split_that_cannot_form_its_episodes_fails_before_training(symbols, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["train", "--dataset", f"folder:{symbols}", "--ways", "2", "--test-ways", "40", "--shots", "1",
+                 "--queries", "1", "--meta-batch", "2", "--iterations", "1000", "--val-every", "1000",
+                 "--test-episodes", "4", "--hidden", "8", "--image-size", "16", "--channels", "1",
+                 "--device", "cpu", "--no-progress", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 1 and "error:" in err and "40" in err and "Traceback" not in err, err
+    assert not out.exists()

@@ -54,7 +54,7 @@ from mtl.engine import distributed
 from mtl.engine.build import build_learner, load_learner_state, resolve_device
 from mtl.engine.rundir import RunFolderError, finish, prepare_run_dir, release, undo_start  # noqa: F401
 from mtl.engine.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
-from mtl.engine.config import ConfigError, TrainConfig, preset
+from mtl.engine.config import ConfigError, TrainConfig, dataset_kind, preset
 from mtl.errors import InnerLoopError, MTLError, TrainingDiverged
 from mtl.io import atomic_write_text, progress_enabled
 
@@ -165,6 +165,14 @@ def _train(config: TrainConfig, info, run_dir: Path | None, resume: bool,
 
     val_set = EpisodeSet(config, "val", n=config.val_episodes, seed=config.eval_seed, device=device,
                          progress=show)
+    val_set.check()
+    test_set = None
+    if config.test_episodes > 0 and dataset_kind(config.dataset) == "folder":
+        # a folder's test split is checked now, not after training (the built-in datasets' splits
+        # are checked with the config)
+        test_set = EpisodeSet(config, "test", n=config.test_episodes, seed=config.eval_seed,
+                              device=device, progress=show)
+        test_set.check()
     state = _State()
     if checkpoint is None and config.init is not None:
         start = load_checkpoint(config.init)
@@ -186,7 +194,8 @@ def _train(config: TrainConfig, info, run_dir: Path | None, resume: bool,
         from mtl.engine.evaluate import evaluate
 
         test = evaluate(learner, config, split="test", episodes=config.test_episodes,
-                        seed=config.eval_seed, device=device, progress=show).to_dict()
+                        seed=config.eval_seed, device=device, episode_set=test_set,
+                        progress=show).to_dict()
     summary = RunSummary(config=config, out=str(run_dir) if run_dir else None, steps=state.step,
                          stopped=stopped, wall_time_s=state.elapsed_s, last_val=state.last_val,
                          best_val=state.best_val, test=test, history=log.rows, learner=learner)
