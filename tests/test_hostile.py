@@ -411,3 +411,15 @@ def test_data_info_reports_a_bomb_or_a_non_utf8_csv_as_an_error_not_a_crash(tmp_
     text = captured.out
     assert "claims" in text and "not UTF-8" in text, text
     assert snapshot(root) == before
+
+
+def test_sinusoid_refuses_classifiers_and_regresses_with_every_regressor(tmp_path, capsys):
+    base = [*TINY, "--iterations", "1", "--val-every", "1", "--val-episodes", "2", "--eval-batch", "2"]
+    for name in ("protonet", "protomaml"):
+        refused(capsys, main(["train", *base, "--algorithm", name, "--out", str(tmp_path / name)]), 2,
+                "only classifies", "maml")
+        assert not (tmp_path / name).exists()
+    for name in ("fomaml", "reptile", "metasgd"):  # their constructors forward loss_fn to a parent's
+        assert main(["train", *base, "--algorithm", name, "--out", str(tmp_path / name)]) == 0, \
+            capsys.readouterr().err
+        assert "validation: loss" in capsys.readouterr().out

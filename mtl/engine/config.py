@@ -198,7 +198,7 @@ def _check(config: TrainConfig) -> None:
                           "or folder:PATH for your own images (one sub-folder per class)")
     if kind == "folder" and _SCAN_FOLDERS.get():
         _check_folder(config)
-    _check_algorithm(config.algorithm, config.extra)
+    _check_algorithm(config.algorithm, config.extra, config.dataset)
     integers = ("ways", "shots", "queries", "meta_batch", "inner_steps", "iterations", "lr_step",
                 "val_every", "val_episodes", "log_every", "eval_batch", "eval_seed", "test_episodes",
                 "seed", "test_inner_steps", "test_ways", "test_queries", "test_shots", "hidden", "channels",
@@ -333,12 +333,17 @@ def _check_episodes(config: TrainConfig) -> None:
                               f"so that they add up to at most {per_class}")
 
 
-def _check_algorithm(name: str, extra: dict[str, Any]) -> None:
-    from mtl.algorithms import algorithm_class  # the registry (imported when a config is made)
+def _check_algorithm(name: str, extra: dict[str, Any], dataset: str) -> None:
+    from mtl.algorithms import ALGORITHMS, algorithm_class  # the registry (imported when a config is made)
 
     if not isinstance(extra, dict):
         raise ConfigError(f"extra must be a dict of algorithm settings, got {type(extra).__name__}")
     cls = algorithm_class(name)
+    if dataset == "sinusoid" and not getattr(cls, "REGRESSION", True):
+        regressors = sorted(n for n, c in ALGORITHMS.items() if getattr(c, "REGRESSION", True)
+                            and not getattr(c, "CONFIG_SETTINGS", ()) and n != "pretrain")
+        raise ConfigError(f"--algorithm {name} only classifies, and sinusoid is regression: use one of "
+                          f"{', '.join(regressors)} for --dataset sinusoid, or an image dataset for {name}")
     allowed = _constructor_settings(cls)
     if allowed is None:
         return  # the class takes any keyword
