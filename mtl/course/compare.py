@@ -273,7 +273,7 @@ def record(run_dir: str | Path, *, method: str, command: str, out: str | Path | 
     test = summary.get("test")
     if not test:
         raise ResultsError(f"{run_dir}/summary.json has no test result: train with --test-episodes 600")
-    config = TrainConfig.from_dict(summary["config"]).resolved()
+    config = TrainConfig.from_saved(summary["config"], run_dir / "summary.json")
     learner = build_learner(config, torch.device("cpu"))
     metric = test.get("metric", "mse" if config.dataset == "sinusoid" else "accuracy")
     row = Row(method=method, dataset=config.dataset, accuracy=test["mean"], ci95=test["ci95"], episodes=test["n"],
