@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
-export MTL_DATA ?= $(abspath ../shared/data)
+# Datasets are read from $MTL_DATA, else from the clone's own data/ (README, "Data"); never a folder beside it.
 
 .PHONY: setup course lab test clean-venv
 
@@ -11,14 +11,16 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,site]'
 	touch $@
 
 setup: $(VENV)/.installed
 
-# The course's main job: execute every lesson in order (CPU profile) and write HTML copies.
+# The course's main job: execute every lesson in order (CPU profile), write HTML copies, then the
+# website of the executed lessons (course-out/site).
 course: setup
 	$(PY) -m mtl course run --profile $${MTL_PROFILE:-cpu} --out course-out
+	$(PY) -m mtl course site --executed course-out --out course-out/site
 
 # Open the lessons in JupyterLab.
 lab: setup

@@ -24,6 +24,8 @@ Timing is interleaved: after warm-up, every round runs one meta-step of each imp
 change of load reaches all of them alike; a row reports the median over rounds, and the ratios are
 taken round by round. On CUDA one more step per implementation records peak memory. The JSON
 (``--json``) is rewritten after every configuration; the Markdown table is printed at the end.
+Time on an otherwise idle machine: on a CPU shared with other jobs, torch's OpenMP threads wait for
+each other by spinning and a step can take tens of times as long (``OMP_NUM_THREADS=1`` limits it).
 """
 from __future__ import annotations
 

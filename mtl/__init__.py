@@ -36,3 +36,8 @@ def __getattr__(name: str):
 
         return FewShotClassifier
     raise AttributeError(f"module 'mtl' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    # The lazy names too, so that dir(), completion and documentation tools see them.
+    return sorted(set(globals()) | set(__all__))

@@ -69,6 +69,10 @@ class LessonError(MTLError):
     """A lesson failed to execute (the message names the lesson and the cell)."""
 
 
+class SiteError(MTLError):
+    """The course website cannot be built (the message says why and what to do)."""
+
+
 class ScalingShiftingError(MTLError, ValueError):
     """Scaling & Shifting asked of a model it cannot apply to (no encoder, no conv layers)."""
 

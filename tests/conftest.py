@@ -1,7 +1,9 @@
 """Shared fixtures.
 
-- ``shared_data``: the real datasets folder (``$MTL_DATA``, else ``../shared/data`` beside the repo);
-  tests that need it are skipped, with the reason printed (``-ra``), only when it is absent.
+- ``omniglot_sources`` / ``mini_imagenet_data``: the real datasets under the data folder (``$MTL_DATA``,
+  else the repository's ``data/``); tests that need one are skipped, with the reason printed
+  (``-ra``), only when it is absent. Omniglot can be downloaded, mini-ImageNet cannot: a user with
+  Omniglot alone runs every test but those of ``mini_imagenet_data``.
 - ``omniglot_cache``: a cache folder holding the real Omniglot cache, built once per test session.
 - ``make_png`` / ``make_jpeg``: tiny encoded images for synthetic archives.
 - every test runs with one intra-op torch thread (tiny networks are faster so, and CI runs two
@@ -12,12 +14,10 @@
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -40,27 +40,42 @@ def _registry_restored():
     ALGORITHMS.update(before)
 
 
-def _shared_data_path() -> Path:
-    return Path(os.environ.get("MTL_DATA") or REPO.parent / "shared" / "data")
+@pytest.fixture(scope="session")
+def omniglot_sources() -> dict[str, Path]:
+    """``{part: archive or folder}`` of the real Omniglot; skips (with the reason) when it is absent."""
+    from mtl.data import omniglot
+    from mtl.errors import DataError
+
+    try:
+        return omniglot.find_sources(download=False)
+    except DataError as exc:
+        pytest.skip(f"real Omniglot not found ({exc}) `python -m mtl data prepare --dataset omniglot` "
+                    "downloads it")
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    """The real datasets folder; skips (with the reason) when it is absent."""
-    path = _shared_data_path()
-    if not (path / "omniglot").is_dir() or not (path / "mini-imagenet").is_dir():
-        pytest.skip(f"real datasets not found at {path} (set MTL_DATA to the folder holding "
-                    "omniglot/ and mini-imagenet/, see data/README.md)")
-    return path
+def mini_imagenet_data() -> Path:
+    """The data folder holding the real mini-ImageNet; skips (with the reason) when a split is absent."""
+    from mtl.data import miniimagenet
+    from mtl.data.cache import data_root
+    from mtl.errors import DataError
+
+    try:
+        for split in miniimagenet.SPLITS:
+            miniimagenet.find_source_for(split)
+    except DataError as exc:
+        pytest.skip(f"real mini-ImageNet not found: {exc}")
+    return data_root()
 
 
 @pytest.fixture(scope="session")
-def omniglot_cache(shared_data, tmp_path_factory) -> Path:
+def omniglot_cache(omniglot_sources, tmp_path_factory) -> Path:
     """A fresh cache folder with the real Omniglot 28x28 cache, built once per session (~10 s on 2 cores)."""
     from mtl.data import omniglot
+    from mtl.data.cache import atomic_save
 
     cache = tmp_path_factory.mktemp("omniglot-cache")
-    omniglot.prepare(root=shared_data, cache_dir=cache, download=False, progress=False)
+    atomic_save(omniglot.build(omniglot_sources, progress=False), omniglot.cache_path(cache))
     return cache
 
 

@@ -59,8 +59,9 @@ def test_locations_follow_arguments_then_environment(tmp_path, monkeypatch):
     assert cache.data_root() == tmp_path / "env-data"
     monkeypatch.delenv("MTL_CACHE")
     monkeypatch.delenv("MTL_DATA")
-    assert cache.data_root() is None
-    assert cache.cache_dir() == Path(cache.__file__).resolve().parents[2] / "data" / "cache"
+    repo = Path(cache.__file__).resolve().parents[2]
+    assert cache.data_root() == repo / "data"  # the clone's own folder, never one beside it
+    assert cache.cache_dir() == repo / "data" / "cache"
 
 
 def test_a_killed_write_leaves_nothing_behind_on_the_next_run(tmp_path):

@@ -27,9 +27,27 @@ def tiny_root(tmp_path, monkeypatch, make_png):
 def test_info_json_reports_counts_and_reasons(tiny_root, tmp_path, capsys):
     assert main(["data", "info", "--json", "--root", str(tiny_root), "--cache-dir", str(tmp_path / "c")]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["omniglot"]["splits"]["all"] == {"classes": 5, "per_class": 2, "images": 10}
+    assert report["omniglot"]["splits"]["all"] == {"found": True, "classes": 5, "per_class": 2, "images": 10,
+                                                   "error": None}
     assert report["omniglot"]["splits"]["background"]["classes"] == 3
+    assert report["omniglot"]["found"] and not report["mini-imagenet"]["found"]
+    assert report["mini-imagenet"]["source"] is None
+    assert report["mini-imagenet"]["splits"]["train"] == {
+        "found": False, "classes": None, "per_class": None, "images": None,
+        "error": report["mini-imagenet"]["splits"]["train"]["error"]}
     assert "cannot be downloaded" in report["mini-imagenet"]["splits"]["train"]["error"]
+
+
+def test_info_json_has_the_same_keys_for_every_split_found_or_not(tmp_path, tiny_root, capsys):
+    from mtl.data.info import ROW_KEYS
+
+    for root in (tiny_root, tmp_path / "empty"):
+        assert main(["data", "info", "--json", "--root", str(root), "--cache-dir", str(tmp_path / "c")]) == 0
+        report = json.loads(capsys.readouterr().out)
+        for name in ("omniglot", "mini-imagenet"):
+            assert set(report[name]) == {"found", "source", "splits"}
+            assert all(tuple(row) == ROW_KEYS for row in report[name]["splits"].values()), report[name]
+    assert report["omniglot"]["splits"]["val"]["error"].startswith("Omniglot's images_background was not found")
 
 
 def test_prepare_builds_the_cache_then_info_reads_it(tiny_root, tmp_path, capsys):

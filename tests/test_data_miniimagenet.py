@@ -15,11 +15,11 @@ from mtl.errors import DataError
 
 
 @pytest.fixture(scope="module")
-def real_index(shared_data):
+def real_index(mini_imagenet_data):
     """{split: (source, member names, csv labels)}, one pass over each archive without decoding images."""
     index = {}
     for split in miniimagenet.SPLITS:
-        source = miniimagenet.find_source_for(split, shared_data)
+        source = miniimagenet.find_source_for(split, mini_imagenet_data)
         names, labels = [], None
         for name, data in iter_files(source, keep=lambda n: n.endswith(".csv")):
             names.append(name)

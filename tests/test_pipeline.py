@@ -17,9 +17,8 @@ TINY = dict(
 
 
 @pytest.fixture
-def omniglot_env(omniglot_cache, shared_data, monkeypatch):
+def omniglot_env(omniglot_cache, monkeypatch):
     monkeypatch.setenv("MTL_CACHE", str(omniglot_cache))
-    monkeypatch.setenv("MTL_DATA", str(shared_data))
 
 
 def test_cpu_pipeline_runs_every_stage_and_scores_all_on_the_same_episodes(omniglot_env, tmp_path):

@@ -1,9 +1,11 @@
-"""`python -m mtl course run | exercises`: every lesson top to bottom (executed copies + HTML), or
-the workshop copies with solutions blanked (``mtl.course.runner``)."""
+"""`python -m mtl course run | exercises | site`: every lesson top to bottom (executed copies + HTML),
+the workshop copies with solutions blanked (``mtl.course.runner``), or the executed lessons as a
+static website (``mtl.course.site``)."""
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -30,6 +32,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ex_parser.add_argument("--notebooks", type=Path, default=NOTEBOOKS, help=argparse.SUPPRESS)
     ex_parser.add_argument("--out", type=Path, default=None,
                            help="destination (default: notebooks/exercises)")
+    site_parser = sub.add_parser("site", help="build a static, searchable, offline website of the executed lessons")
+    site_parser.add_argument("--out", type=Path, default=Path("course-out") / "site",
+                             help="folder of the site (default: course-out/site)")
+    site_parser.add_argument("--executed", type=Path, default=Path("course-out"),
+                             help="folder of a course run's executed lessons (default: course-out); a lesson "
+                                  "not there is shown with the committed outputs of notebooks/")
+    site_parser.add_argument("--notebooks", type=Path, default=NOTEBOOKS, help=argparse.SUPPRESS)
 
 
 def _run_lessons(args: argparse.Namespace) -> int:
@@ -69,5 +78,22 @@ def _write_exercises(args: argparse.Namespace) -> int:
     return 0
 
 
+def _build_site(args: argparse.Namespace) -> int:
+    from mtl.course.site import build_site
+
+    start = time.perf_counter()
+    lessons, warnings = build_site(args.out, notebooks=args.notebooks, executed=args.executed)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    n_run = sum(lesson.executed for lesson in lessons)
+    print(f"site: {len(lessons)} lessons ({n_run} from the executed copies in {args.executed}, "
+          f"{len(lessons) - n_run} from the committed outputs of {args.notebooks}) in "
+          f"{time.perf_counter() - start:.0f} s -> {Path(args.out) / 'index.html'}")
+    print(f"serve it: python -m http.server -d {args.out}   then open http://localhost:8000 "
+          "(or open index.html directly; nothing is fetched from the network)")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
-    return _run_lessons(args) if args.action == "run" else _write_exercises(args)
+    actions = {"run": _run_lessons, "exercises": _write_exercises, "site": _build_site}
+    return actions[args.action](args)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import json
 
-from mtl.errors import MTLError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     info = sub.add_parser("info", help="classes and images found per dataset and split (or why not)")
     info.add_argument("--json", action="store_true", help="print JSON")
     for p in (prepare, info):
-        p.add_argument("--root", default=None, help="data folder (default: $MTL_DATA)")
+        p.add_argument("--root", default=None, help="data folder (default: $MTL_DATA, else the repository's data/)")
         p.add_argument("--cache-dir", default=None, help="cache folder (default: $MTL_CACHE or data/cache)")
     prepare.add_argument("--no-progress", action="store_true", help="no progress bar (also MTL_PROGRESS=0)")
 
@@ -46,35 +45,24 @@ def _prepare(args) -> int:
     return 0
 
 
-def info(root=None, cache_dir=None) -> dict:
-    """``{dataset: {"source": ..., "splits": {split: {"classes", "per_class", "images"} or {"error"}}}}``."""
-    from mtl.data import cache, miniimagenet, omniglot
-
-    report = {"data_root": str(cache.data_root(root)) if cache.data_root(root) else None,
-              "cache_dir": str(cache.cache_dir(cache_dir))}
-    for name, module in (("omniglot", omniglot), ("mini-imagenet", miniimagenet)):
-        try:
-            report[name] = module.describe(root=root, cache_dir=cache_dir)
-        except MTLError as exc:
-            report[name] = {"error": str(exc)}
-    return report
-
-
 def _info(args) -> int:
-    report = info(args.root, args.cache_dir)
+    from mtl.data.info import NAMES, report as data_report
+
+    report = data_report(args.root, args.cache_dir)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    print(f"data root (MTL_DATA): {report['data_root'] or 'not set'}\ncache: {report['cache_dir']}")
-    for name in ("omniglot", "mini-imagenet"):
+    print(f"data folder (MTL_DATA): {report['data_root']}\ncache: {report['cache_dir']}")
+    for name in NAMES:
         entry = report[name]
-        if "error" in entry:
-            print(f"{name}: not available: {entry['error']}")
+        errors = {row["error"] for row in entry["splits"].values()}
+        if entry["source"] is None and len(errors) == 1:
+            print(f"{name}: not available: {errors.pop()}")
             continue
         print(f"{name}  ({entry['source']})")
         for split, row in entry["splits"].items():
-            if "error" in row:
-                print(f"  {split:<11} not available: {row['error']}")
-            else:
+            if row["found"]:
                 print(f"  {split:<11} {row['classes']:>5} classes x {row['per_class']:>3} = {row['images']:>6} images")
+            else:
+                print(f"  {split:<11} not available: {row['error']}")
     return 0

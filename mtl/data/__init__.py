@@ -5,8 +5,9 @@
     batch = sampler.sample(32)                                     # TaskBatch, support_x [32, 5, 1, 28, 28]
     for batch in sampler.episodes(600, batch_size=50, seed=1): ...  # fixed evaluation set
 
-Files are looked for in ``root`` / ``$MTL_DATA``, cached under ``cache_dir`` / ``$MTL_CACHE`` /
-``data/cache`` (see :mod:`mtl.data.cache`), and Omniglot alone is downloaded when missing.
+Files are looked for in ``root`` / ``$MTL_DATA`` / the repository's ``data/``, cached under
+``cache_dir`` / ``$MTL_CACHE`` / ``data/cache`` (see :mod:`mtl.data.cache`), and Omniglot alone is
+downloaded when missing.
 """
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ def load_dataset(name: str, split: str, *, root=None, cache_dir=None, image_size
         name: ``"omniglot"`` or ``"mini-imagenet"``.
         split: omniglot ``train``/``val``/``test`` (MAML split 1100/100/423), ``background``/``evaluation``
             (alphabet split) or ``all``; mini-imagenet ``train``/``val``/``test`` (Ravi split 64/16/20).
-        root: folder with the files (default ``$MTL_DATA``); cache_dir: cache folder (see mtl.data.cache).
+        root: folder with the files (default ``$MTL_DATA``, else the repository's ``data/``).
+        cache_dir: cache folder (see mtl.data.cache).
         image_size: side in pixels (default 28 for Omniglot, 84 for mini-ImageNet); each size is cached.
         download: allow downloading Omniglot from its official source (checksum-verified).
         progress: show progress bars while building a cache (also off with ``MTL_PROGRESS=0``).

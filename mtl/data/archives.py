@@ -9,6 +9,7 @@ nothing can land outside the target folder. A truncated or corrupted archive rai
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import shutil
 import tarfile
@@ -27,6 +28,8 @@ from mtl.errors import ChecksumError, DataError, UnsafeArchiveError
 
 _CORRUPT = (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, OSError)
 _CHUNK = 1 << 20
+#: seconds a download waits for the server before giving up
+DOWNLOAD_TIMEOUT = 30.0
 #: the largest member read into memory: the datasets' members are images and CSV files of a few MB
 MAX_MEMBER_BYTES = 64 << 20
 
@@ -205,28 +208,53 @@ def safe_extract(archive: str | os.PathLike, target: str | os.PathLike) -> Path:
     return target
 
 
-def download(url: str, dest: str | os.PathLike, *, md5: str | None = None, sha256: str | None = None,
-             progress: bool = True, hint: str = "") -> Path:
-    """Download ``url`` to ``dest`` (atomically), verifying ``md5`` and/or ``sha256``.
+def _missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and its ancestors that do not exist yet, deepest first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
 
-    On a checksum mismatch nothing is kept (:class:`ChecksumError`); on a network failure a
-    :class:`DataError` says what happened followed by ``hint`` (where to put the files instead).
+
+def download(url: str, dest: str | os.PathLike, *, md5: str | None = None, sha256: str | None = None,
+             progress: bool = True, hint: str = "", timeout: float | None = None) -> Path:
+    """Download ``url`` to ``dest`` (atomically, with ``mtl.io.atomic_write``), verifying ``md5``
+    and/or ``sha256``.
+
+    The bytes go to a temporary file beside ``dest``, renamed into place only when the transfer is
+    complete (as long as the server's Content-Length) and the checksums match. On any failure
+    nothing is kept, not even the folders created for ``dest``: a checksum mismatch raises
+    :class:`ChecksumError`; a network failure, a transfer cut short or a server silent for
+    ``timeout`` seconds (default :data:`DOWNLOAD_TIMEOUT`) raise :class:`DataError`; each message
+    ends with ``hint`` (where to put the files instead).
     """
+    dest = Path(dest)
+    timeout = DOWNLOAD_TIMEOUT if timeout is None else timeout
+    created = _missing_folders(dest.parent)
     digests = {"md5": hashlib.md5(), "sha256": hashlib.sha256()}
 
     def fetch(out) -> None:
         try:
-            with urllib.request.urlopen(url, timeout=30) as response:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
                 total = int(response.headers.get("Content-Length") or 0) or None
-                with progress_bar(total=total, unit="B", unit_scale=True, desc=Path(dest).name,
+                received = 0
+                with progress_bar(total=total, unit="B", unit_scale=True, desc=dest.name,
                                   progress=progress) as bar:
                     for chunk in iter(lambda: response.read(_CHUNK), b""):
                         out.write(chunk)
                         for digest in digests.values():
                             digest.update(chunk)
                         bar.update(len(chunk))
-        except (urllib.error.URLError, OSError) as exc:
-            raise DataError(f"Could not download {url} ({exc}). {hint}".strip()) from exc
+                        received += len(chunk)
+        except TimeoutError as exc:
+            raise DataError(f"Could not download {url}: the server stopped answering for {timeout:g} s; "
+                            f"nothing was kept. Try again later. {hint}".strip()) from exc
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+            raise DataError(f"Could not download {url} ({exc}); nothing was kept. {hint}".strip()) from exc
+        if total is not None and received != total:
+            raise DataError(f"The download of {url} was cut short after {received} of {total} bytes; "
+                            f"nothing was kept. Try again. {hint}".strip())
         for algorithm, expected in (("md5", md5), ("sha256", sha256)):
             actual = digests[algorithm].hexdigest()
             if expected and actual != expected.lower():
@@ -235,4 +263,12 @@ def download(url: str, dest: str | os.PathLike, *, md5: str | None = None, sha25
                     f"deleted. Try again later, or {hint or 'copy the official file by hand'}".strip()
                 )
 
-    return atomic_write(dest, fetch)
+    try:
+        return atomic_write(dest, fetch)
+    except BaseException:
+        for folder in created:
+            try:
+                folder.rmdir()
+            except OSError:  # not empty: something else is in it now
+                break
+        raise

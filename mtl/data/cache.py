@@ -1,6 +1,7 @@
 """Where data is found and cached, and atomic cache files.
 
-- Data root: the ``root`` argument, else env var ``MTL_DATA`` (the layout of ``/work/shared/data``).
+- Data root: the ``root`` argument, else env var ``MTL_DATA``, else ``data/`` of the repository
+  (``~/.cache/mtl/data`` when mtl is not run from a checkout): never a folder outside the clone.
 - Cache folder: the ``cache_dir`` argument, else env var ``MTL_CACHE``, else ``data/cache/`` of the
   repository (``~/.cache/mtl`` when mtl is not run from a checkout).
 - Cache files are ``torch.save`` dicts written by ``mtl.io.atomic_save`` (a temporary file renamed
@@ -23,10 +24,17 @@ CACHE_VERSION = 1
 _REPO = Path(__file__).resolve().parents[2]
 
 
-def data_root(root: str | os.PathLike | None = None) -> Path | None:
-    """The folder to look for dataset files in (``root``, else ``$MTL_DATA``), or None."""
+def _in_checkout() -> bool:
+    return (_REPO / "pyproject.toml").is_file()
+
+
+def data_root(root: str | os.PathLike | None = None) -> Path:
+    """The folder dataset files are looked for (and Omniglot downloaded) in: ``root``, else
+    ``$MTL_DATA``, else ``<repo>/data`` (``~/.cache/mtl/data`` outside a checkout)."""
     value = root if root is not None else os.environ.get("MTL_DATA")
-    return Path(value).expanduser() if value else None
+    if value:
+        return Path(value).expanduser()
+    return _REPO / "data" if _in_checkout() else Path.home() / ".cache" / "mtl" / "data"
 
 
 def cache_dir(path: str | os.PathLike | None = None) -> Path:
@@ -34,9 +42,7 @@ def cache_dir(path: str | os.PathLike | None = None) -> Path:
     value = path if path is not None else os.environ.get("MTL_CACHE")
     if value:
         return Path(value).expanduser()
-    if (_REPO / "pyproject.toml").is_file():
-        return _REPO / "data" / "cache"
-    return Path.home() / ".cache" / "mtl"
+    return _REPO / "data" / "cache" if _in_checkout() else Path.home() / ".cache" / "mtl"
 
 
 def image_size(size: int | None, default: int) -> int:

@@ -21,6 +21,7 @@ class TaskBatch(NamedTuple):
     Classification (``N`` ways, ``K`` shots, ``Q`` queries per class):
         support_x: float32 ``[B, N*K, C, H, W]`` in [0, 1];  support_y: int64 ``[B, N*K]``, labels
         ``0..N-1`` class-major (``[0]*K + [1]*K + ...``);  query_x ``[B, N*Q, C, H, W]``;  query_y ``[B, N*Q]``.
+
     Regression (sinusoid): x and y are float32 ``[B, K, 1]``.
     """
 

@@ -14,6 +14,7 @@ one uint8 file ``omniglot-<size>-all.pt`` (25 MB at 28x28).
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from pathlib import Path
 
@@ -25,41 +26,63 @@ from mtl.data.archives import iter_files, list_names
 from mtl.data._sources import find_source
 from mtl.data.cache import CACHE_VERSION, atomic_save, cache_dir as _cache_dir, data_root, load_cache
 from mtl.data.dataset import FewShotDataset
-from mtl.errors import DataError
+from mtl.errors import ConfigError, DataError
 
 NAME = "omniglot"
 PARTS = {"images_background": 964, "images_evaluation": 659}
 DRAWERS = 20
+#: where the official archives are downloaded from; ``$MTL_OMNIGLOT_URL`` (a URL with ``{part}``) overrides it
 URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python/{part}.zip"
-#: md5 of the official zips, as recorded by torchvision.datasets.Omniglot.
-MD5 = {"images_background": "68d2efa1b9178cc56df9314c21c6e718",
-       "images_evaluation": "6b91aef0f799c5bb55b94e3f2daec811"}
+#: checksums of each part by file form: md5 of the official zips (as recorded by
+#: torchvision.datasets.Omniglot), sha256 of the .tar.gz repacks described in data/README.md
+CHECKSUMS = {
+    "images_background": {".zip": ("md5", "68d2efa1b9178cc56df9314c21c6e718"),
+                          ".tar.gz": ("sha256", "ddd88dca7e8314c7f65284e37dc957c58eab92b17732a82035824164e35a59b9")},
+    "images_evaluation": {".zip": ("md5", "6b91aef0f799c5bb55b94e3f2daec811"),
+                          ".tar.gz": ("sha256", "6183abaf0c3fe08f6441959dc619fb591e64491a6b59e8645c1744e144ad1e67")},
+}
 MAML_SPLIT = {"train": 1100, "val": 100, "test": 423}
 SPLITS = ("train", "val", "test", "background", "evaluation", "all")
 DEFAULT_SIZE = 28
 _MEMBER = re.compile(r"(?:^|/)(images_background|images_evaluation)/([^/]+)/([^/]+)/([^/]+\.png)$", re.I)
 
 
-def _where_to_put(root: Path | None) -> str:
+def _where_to_put(root: Path) -> str:
     return (
         "Put images_background and images_evaluation (the official .zip files from "
         "https://github.com/brendenlake/omniglot/tree/master/python, .tar.gz archives, or the unpacked "
-        f"folders) in $MTL_DATA/omniglot/ (MTL_DATA is {str(root) if root else 'not set'}), "
+        f"folders) in {root / NAME}/ ($MTL_DATA/omniglot/; MTL_DATA is {root}), "
         "or allow the download (download=True) on a machine with network access."
     )
 
 
+def download_url(part: str) -> tuple[str, str]:
+    """``(url, file suffix)`` of ``part``: from ``$MTL_OMNIGLOT_URL`` (a mirror) if set, else :data:`URL`."""
+    template = os.environ.get("MTL_OMNIGLOT_URL") or URL
+    if "{part}" not in template:
+        raise ConfigError(f"MTL_OMNIGLOT_URL={template!r} has no '{{part}}': give the address of each "
+                          "archive, e.g. http://127.0.0.1:8000/{part}.zip (or .tar.gz)")
+    url = template.replace("{part}", part)
+    suffix = next((s for s in CHECKSUMS[part] if url.lower().endswith(s)), None)
+    if suffix is None:
+        raise ConfigError(f"{url} is neither a .zip nor a .tar.gz: Omniglot's archives are verified by "
+                          f"their checksums, known for {' and '.join(CHECKSUMS[part])} only (MTL_OMNIGLOT_URL)")
+    return url, suffix
+
+
 def find_sources(root=None, cache=None, *, download: bool = True, progress: bool = True) -> dict[str, Path]:
-    """Archive or folder of each part: ``$MTL_DATA`` first, then ``<cache>/downloads``, then a download."""
+    """Archive or folder of each part: ``$MTL_DATA`` first, then ``<cache>/downloads`` (older downloads),
+    then a download into ``$MTL_DATA/omniglot/``, verified by checksum."""
     root, cache = data_root(root), _cache_dir(cache)
-    folders = [root / NAME if root else None, root / "omniglot-py" if root else None, root,
-               cache / "downloads"]
+    folders = [root / NAME, root / "omniglot-py", root, cache / "downloads"]
     sources = {}
     for part in PARTS:
         found = find_source(folders, part)
         if found is None and download:
-            found = _download(URL.format(part=part), cache / "downloads" / f"{part}.zip", md5=MD5[part],
-                              progress=progress, hint=_where_to_put(root))
+            url, suffix = download_url(part)
+            algorithm, expected = CHECKSUMS[part][suffix]
+            found = _download(url, root / NAME / f"{part}{suffix}", progress=progress, hint=_where_to_put(root),
+                              **{algorithm: expected})
         if found is None:
             raise DataError(f"Omniglot's {part} was not found. {_where_to_put(root)}")
         sources[part] = found
