@@ -54,11 +54,11 @@ def _run_lessons(args: argparse.Namespace) -> int:
         start = time.perf_counter()
         nb = execute_lesson(path, timeout=args.timeout, progress=args.progress)
         times[path.stem] = time.perf_counter() - start
-        atomic_write_text(out / path.name, nbformat.writes(nb))
+        atomic_write_text(out / path.name, nbformat.writes(nb) + "\n")
         if args.html:
             _export_html(nb, out / f"{path.stem}.html")
         if args.inplace:
-            atomic_write_text(path, nbformat.writes(nb))
+            atomic_write_text(path, nbformat.writes(nb) + "\n")
     width = max(len(k) for k in times)
     for name, seconds in times.items():
         print(f"{name:<{width}}  {seconds:7.1f} s")
@@ -73,7 +73,7 @@ def _write_exercises(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     for path in find_lessons(args.notebooks):
         nb = blank_solutions(nbformat.read(path, as_version=4))
-        atomic_write_text(out / path.name, nbformat.writes(nb))
+        atomic_write_text(out / path.name, nbformat.writes(nb) + "\n")
         print(f"wrote {out / path.name}")
     return 0
 
