@@ -380,10 +380,9 @@ def _machine(device: torch.device) -> dict:
 def _write(path: Path | None, report: dict) -> None:
     if path is None:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(report, indent=1))
-    tmp.replace(path)
+    from mtl.io import atomic_write_text
+
+    atomic_write_text(path, json.dumps(report, indent=1))
 
 
 def main(argv: list[str] | None = None) -> int:

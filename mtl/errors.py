@@ -36,12 +36,17 @@ class TaskBatchError(MTLError, ValueError):
     """Support and query tensors of a batch of tasks that disagree (shapes, task count, labels)."""
 
 
+class OutputError(MTLError, OSError):
+    """An output path that cannot be written as a regular file (a device, FIFO, link, folder, a
+    read-only or full location)."""
+
+
 class ConfigError(MTLError, ValueError):
     """An unknown or impossible option value (a strategy name, an algorithm name, a setting)."""
 
 
 class RunFolderError(MTLError):
-    """The output folder cannot be used as asked (exists, missing, unwritable)."""
+    """The output folder cannot be used as asked (exists, missing, unwritable, in use)."""
 
 
 class DistributedError(MTLError, RuntimeError):

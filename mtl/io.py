@@ -1,8 +1,13 @@
 """Writing files safely and the progress switch, shared by every layer.
 
-- ``atomic_save`` / ``atomic_write_text``: a temporary file in the same folder, flushed, then
-  ``os.replace``-d over the target: a reader (or a killed writer) sees the old file or the new one,
-  never half of one. Caches, checkpoints, benchmark and result JSON all go through them.
+- ``check_output_file`` / ``check_output_folder``: what a command calls on every output path before
+  it computes anything: a file target is absent or a regular file (never a device, FIFO, socket or
+  symbolic link), a folder target is absent or a folder, and the location is writable.
+- ``atomic_write`` (and ``atomic_save`` / ``atomic_write_text`` over it): the one atomic write of
+  mtl: the target is checked as above, the bytes go to a temporary file in the same folder,
+  flushed, then ``os.replace``-d over the target: a reader (or a killed writer) sees the old file
+  or the new one, never half of one. Caches, checkpoints, downloads, run files and result JSON all
+  go through it.
 - ``save_checkpoint`` / ``load_checkpoint``: the one checkpoint format (a ``torch.save`` dict of
   plain values and tensors, tagged ``"format": "mtl-checkpoint"``), read with
   ``weights_only=True`` so no pickled code runs; training runs and pre-training both write it.
@@ -13,12 +18,13 @@
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterable, TypeVar
+from typing import Any, Callable, Iterable, TypeVar
 
-from mtl.errors import CheckpointError
+from mtl.errors import CheckpointError, OutputError
 
 from tqdm.auto import tqdm
 
@@ -57,33 +63,115 @@ def remove_stale_temporaries(folder: str | os.PathLike, name: str, *, older_than
             pass  # gone already, or not ours to remove
 
 
-def _atomic_write(path: str | os.PathLike, write) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path.parent, path.name)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def _kind(mode: int) -> str:
+    """A file type in words (what ``stat`` reports)."""
+    for test, name in ((stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
+                       (stat.S_ISFIFO, "FIFO (named pipe)"), (stat.S_ISSOCK, "socket"),
+                       (stat.S_ISDIR, "folder"), (stat.S_ISLNK, "symbolic link")):
+        if test(mode):
+            return name
+    return "special file"
+
+
+def _writable_location(path: Path, what: str) -> None:
+    """The nearest existing folder above ``path`` is a folder mtl may write into."""
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OutputError(f"cannot write {what} {path}: {parent} is not a folder; choose another path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write {what} {path}: {parent} is not writable; choose a writable "
+                          "location")
+
+
+def check_output_file(path: str | os.PathLike, what: str = "the file") -> Path:
+    """``path`` (``~`` expanded) if mtl may write a file there, else `OutputError` naming the fix.
+
+    Allowed: an absent path in a writable location, or an existing regular file. Refused: a
+    symbolic link (even to a regular file: replacing it would cut the link), a device, FIFO,
+    socket or folder, and a location that is not a writable folder.
+    """
+    path = Path(path).expanduser()
     try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        mode = None
+    except OSError as exc:
+        raise OutputError(f"cannot use {path} as {what} ({exc.strerror or exc}): choose another path") from None
+    if mode is not None and stat.S_ISLNK(mode):
+        raise OutputError(f"{path} is a symbolic link (to {os.path.realpath(path)}): mtl writes only "
+                          f"regular files, never through a link; pass the target path itself or "
+                          f"another file name as {what}")
+    if mode is not None and stat.S_ISDIR(mode):
+        raise OutputError(f"{path} is a folder: pass a file path for {what}, e.g. {path / 'result.json'}")
+    if mode is not None and not stat.S_ISREG(mode):
+        raise OutputError(f"{path} is a {_kind(mode)}, not a regular file: mtl never writes to one; "
+                          f"pass a file path for {what}")
+    _writable_location(path, what)
+    return path
+
+
+def check_output_folder(path: str | os.PathLike, what: str = "the output folder") -> Path:
+    """``path`` (``~`` expanded) if mtl may create files in it, else `OutputError` naming the fix.
+
+    Allowed: an existing folder (a symbolic link to one included: the user named a folder) that
+    is writable, or an absent path in a writable location.
+    """
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        kind = "a regular file" if path.is_file() else f"a {_kind(os.stat(path).st_mode)}"
+        raise OutputError(f"{path} exists and is {kind}, not a folder: choose another path for {what}")
+    if path.is_dir():
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise OutputError(f"{path} is not writable: choose a writable location for {what}")
+        return path
+    if path.is_symlink():
+        raise OutputError(f"{path} is a broken symbolic link: remove it or choose another path for {what}")
+    _writable_location(path, what)
+    return path
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Any], None]) -> Path:
+    """Call ``write(binary file)`` on a temporary file beside ``path``, then ``os.replace`` it over
+    ``path`` (checked first with :func:`check_output_file`). Returns the path written.
+
+    A failure (full disk, read-only folder) raises `OutputError` and leaves ``path`` as it was.
+    """
+    path = check_output_file(path)
+    tmp_name = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path.parent, path.name)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp_name, 0o644)  # mkstemp makes it private; the result is readable like any file
+        check_output_file(path)  # still a regular file or absent (nothing swapped in meanwhile)
         os.replace(tmp_name, path)
+    except OutputError:
+        raise
+    except OSError as exc:
+        raise OutputError(f"could not write {path} ({exc.strerror or exc}); it is left as it was: "
+                          "free some space or choose a writable location") from exc
     finally:
-        Path(tmp_name).unlink(missing_ok=True)
+        if tmp_name is not None:
+            Path(tmp_name).unlink(missing_ok=True)
     return path
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save(obj)`` to ``path`` atomically (temporary file in the same folder + ``os.replace``)."""
+    """``torch.save(obj)`` to ``path`` with :func:`atomic_write`."""
     import torch
 
-    return _atomic_write(path, lambda f: torch.save(obj, f))
+    return atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` atomically."""
-    return _atomic_write(path, lambda f: f.write(text.encode()))
+    """Write ``text`` (UTF-8) to ``path`` with :func:`atomic_write`."""
+    return atomic_write(path, lambda f: f.write(text.encode()))
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -107,29 +195,33 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", *,
 
     import torch
 
-    path = Path(path)
+    path = Path(path).expanduser()
     if path.is_dir():
         raise CheckpointError(f"{path} is a folder: pass a checkpoint file such as {path / 'last.pt'}")
     if not path.exists():
         raise CheckpointError(
             f"no checkpoint at {path}: check the path, or train one with `python -m mtl train ... --out DIR`"
         )
+    if not path.is_file():  # a FIFO or device would block the read, or never end
+        raise CheckpointError(f"{path} is a {_kind(os.stat(path).st_mode)}, not a checkpoint file: "
+                              "pass the path of a .pt file written by `python -m mtl train`")
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError,
             OSError, AttributeError, TypeError, KeyError) as exc:
         text = str(exc)
-        if isinstance(exc, pickle.UnpicklingError) and "Unsupported global" in text:
+        lower = text.lower()
+        if isinstance(exc, pickle.UnpicklingError) and "global" in lower and any(
+                word in lower for word in ("unsupported", "blocked", "not allowed", "reduce")):
+            # torch's own text suggests weights_only=False, which would run the file's code: never shown
             raise CheckpointError(
                 f"{path} holds pickled Python objects beyond tensors and plain values, and mtl "
                 "never runs code from a checkpoint (torch.load with weights_only=True): it was not "
                 "written by mtl, or was altered. Use a checkpoint written by `python -m mtl train`."
             ) from None
-        detail = _first_line(exc)
-        if "WeightsUnpickler error:" in text:  # torch's own hint (weights_only=False) is left out
-            detail = text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()[0]
+        detail = "" if "weights_only" in text else f": {_first_line(exc)}"
         raise CheckpointError(
-            f"{path} is corrupt or not a torch checkpoint ({type(exc).__name__}: {detail}). "
+            f"{path} is corrupt or not a torch checkpoint ({type(exc).__name__}{detail}). "
             "Delete it and train again, or point to an intact checkpoint (e.g. best.pt beside it)."
         ) from exc
     if not isinstance(data, dict) or data.get("format") != FORMAT:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -215,3 +216,89 @@ def test_the_generated_alphabet_is_a_folder_dataset_and_reproducible(tmp_path):
     assert ds.images.shape == (6, 4, 1, 28, 28)
     ink = ds.images.float().mean((1, 2, 3, 4))
     assert (ink > 5).all() and (ink < 128).all(), "inverted: bright strokes on a dark background"
+
+
+def test_a_checkpoint_loads_after_its_training_folder_moved(symbols, tmp_path):
+    folder = tmp_path / "images"
+    shutil.copytree(symbols, folder)
+    run = _train(folder, tmp_path / "run", "protonet")
+    folder.rename(tmp_path / "moved")
+    clf = FewShotClassifier.from_checkpoint(run)
+    support = torch.rand(4, 1, 16, 16)
+    clf.fit(support, ["a", "b", "c", "d"])
+    assert clf.predict_proba(support).shape == (4, 4)
+
+
+def test_sixteen_bit_and_float_images_are_scaled_by_their_range_once(tmp_path, trained):
+    import numpy as np
+
+    from mtl.data._decode import decode_images, to_8bit
+
+    ramp = (np.arange(16 * 16, dtype=np.uint32).reshape(16, 16) * 257).astype(np.uint16)  # 0..65535
+    path = tmp_path / "ramp16.png"
+    Image.fromarray(ramp).save(path)
+    with Image.open(path) as opened:
+        assert opened.mode.startswith("I")
+        eight, rescaled = to_8bit(opened, "L")
+    assert rescaled and np.array_equal(np.asarray(eight), (ramp / 257).round().astype(np.uint8))
+    decoded = decode_images([path.read_bytes()], size=16, mode="L", progress=False)[0]
+    assert np.array_equal(decoded, np.asarray(eight)) and (decoded == 255).mean() < 0.01
+    floats = Image.fromarray(np.linspace(0, 1, 256, dtype=np.float32).reshape(16, 16), "F")
+    assert np.asarray(to_8bit(floats, "L")[0]).max() == 255
+    clf = FewShotClassifier.from_checkpoint(trained["protonet"])
+    with pytest.warns(UserWarning, match="scaled by their range"):
+        x = clf.prepare([path])
+    assert abs(float(x.mean()) - 0.5) < 0.02  # the ramp's mean, not white
+    with pytest.raises(MTLError, match=r"values in \[0, 1\]"):
+        clf.prepare(torch.full((1, 16, 16), 2.0))
+    assert torch.equal(clf.prepare(torch.full((1, 16, 16), 255, dtype=torch.uint8)), torch.ones(1, 1, 16, 16))
+
+
+def test_an_image_that_claims_too_many_pixels_is_refused_before_decoding(tmp_path, trained):
+    from mtl.data import _decode
+
+    bomb = tmp_path / "bomb.png"
+    Image.new("L", (8000, 8000)).save(bomb)  # 64 M pixels in a few hundred KB
+    assert bomb.stat().st_size < 2**20
+    with pytest.raises(DataError, match="more than the 50,000,000"):
+        _decode.decode_images([bomb.read_bytes()], size=16, mode="L", progress=False)
+    clf = FewShotClassifier.from_checkpoint(trained["protonet"])
+    with pytest.raises(MTLError, match="pixels"):
+        clf.prepare([bomb])
+
+
+def test_a_run_records_its_split_and_evaluation_follows_it_when_the_folder_changes(symbols, tmp_path, capsys):
+    folder = tmp_path / "images"
+    shutil.copytree(symbols, folder)
+    run = _train(folder, tmp_path / "run", "protonet")
+    recorded = json.loads((run / "config.json").read_text())["folder_classes"]
+    for split in ("train", "val", "test"):
+        dataset = load_dataset(f"folder:{folder}", split, cache_dir=tmp_path / "c", image_size=16,
+                               channels=1, progress=False)
+        assert recorded[split] == list(dataset.class_names)
+    capsys.readouterr()
+    shutil.copytree(folder / recorded["train"][0], folder / "zz_new_class")  # the folder gains a class
+    assert main(["evaluate", "--checkpoint", str(run), "--episodes", "4", "--no-progress", "--json", "-"]) == 0
+    assert json.loads(capsys.readouterr().out.split("\n", 1)[1])["split"] == "test"
+    from mtl.engine.checkpoint import load_checkpoint
+    from mtl.engine.config import TrainConfig
+
+    saved = TrainConfig.from_saved(load_checkpoint(run / "last.pt")["config"], run)
+    followed = load_dataset(saved.dataset, "test", cache_dir=tmp_path / "c", image_size=16, progress=False,
+                            **saved.dataset_options())
+    assert list(followed.class_names) == recorded["test"]
+    shutil.rmtree(folder / recorded["test"][0])  # and loses one of its test classes
+    code = main(["evaluate", "--checkpoint", str(run), "--episodes", "4", "--no-progress", "--json", "-"])
+    err = capsys.readouterr().err
+    assert code == 1 and recorded["test"][0] in err and "Traceback" not in err
+
+
+def test_a_split_that_cannot_form_its_episodes_fails_before_training(symbols, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["train", "--dataset", f"folder:{symbols}", "--ways", "2", "--test-ways", "40", "--shots", "1",
+                 "--queries", "1", "--meta-batch", "2", "--iterations", "1000", "--val-every", "1000",
+                 "--test-episodes", "4", "--hidden", "8", "--image-size", "16", "--channels", "1",
+                 "--device", "cpu", "--no-progress", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 1 and "error:" in err and "40" in err and "Traceback" not in err, err
+    assert not out.exists()

@@ -269,7 +269,9 @@ def _conv_tasks(b=2, n_s=3, n_q=3):
     ("zero tasks", "B is 0"), ("zero queries", "n is 0"), ("uint8 images", "x.float"),
     ("float labels", "cross-entropy needs class ids"), ("label beyond head", "larger than the model's head"),
     ("negative lr", "lr must be"), ("nan lr", "lr must be"), ("negative steps", "steps must be"),
-    ("float steps", "steps must be"),
+    ("float steps", "steps must be"), ("int32 labels", r"torch.long \(int64\): pass support_y.long\(\)"),
+    ("float64 images", r"support_x has dtype torch.float64 but the model's parameters are torch.float32"),
+    ("float16 images", r"pass support_x.to\(torch.float32\)"),
 ])
 def test_maml_loss_refuses_bad_inputs_with_a_clear_error(case, match):
     model = Conv4(1, 3, hidden=4, image_size=16)
@@ -294,6 +296,12 @@ def test_maml_loss_refuses_bad_inputs_with_a_clear_error(case, match):
         kwargs["steps"] = -1
     elif case == "float steps":
         kwargs["steps"] = 1.5
+    elif case == "int32 labels":
+        sy, qy = sy.int(), qy.int()
+    elif case == "float64 images":
+        sx, qx = sx.double(), qx.double()
+    elif case == "float16 images":
+        sx, qx = sx.half(), qx.half()
     with pytest.raises(mtl.errors.MTLError, match=match):
         mtl.maml_loss(model, params, sx, sy, qx, qy, strategy="loop", **kwargs)
 

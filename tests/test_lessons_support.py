@@ -13,7 +13,7 @@ import torch  # noqa: E402
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook  # noqa: E402
 
 import mtl  # noqa: E402
-from mtl.cli import course as course_cli  # noqa: E402
+from mtl.cli import course as course_cli, main  # noqa: E402
 from mtl.course import exercises, quadratic, viz, widgets  # noqa: E402
 from mtl.course import runner as course  # noqa: E402
 from mtl.data import FewShotDataset  # noqa: E402
@@ -291,11 +291,8 @@ def test_course_run_executes_in_order_and_writes_html(tmp_path, monkeypatch):
 
 def test_course_run_reports_a_failing_lesson(tmp_path, capsys):
     _write_lessons(tmp_path, {"00_bad.ipynb": [new_code_cell("raise RuntimeError('boom')")]})
-    parser = argparse.ArgumentParser()
-    course_cli.add_arguments(parser)
-    args = parser.parse_args(["run", "--notebooks", str(tmp_path), "--out", str(tmp_path / "o"), "--no-progress",
-                              "--no-html"])
-    assert course_cli.run(args) == 1
+    assert main(["course", "run", "--notebooks", str(tmp_path), "--out", str(tmp_path / "o"), "--no-progress",
+                 "--no-html"]) == 1
     err = capsys.readouterr().err
     assert "00_bad.ipynb failed" in err and "boom" in err and "--lessons 00" in err
 

@@ -78,7 +78,7 @@ def test_existing_run_is_never_overwritten_without_asking(tmp_path, capsys):
 
 def test_overwrite_refuses_a_folder_of_other_files(tmp_path):
     (tmp_path / "thesis.tex").write_text("precious")
-    with pytest.raises(RunFolderError, match="not from an mtl run"):
+    with pytest.raises(RunFolderError, match="mtl did not write"):
         train(_tiny(), out=tmp_path, overwrite=True, progress=False)
     assert (tmp_path / "thesis.tex").read_text() == "precious"
 

@@ -26,11 +26,27 @@ from mtl.core.inner import map_tasks, resolve_strategy
 from mtl.errors import MTLError
 
 
+def _takes_keyword(cls: type, name: str) -> bool:
+    """Whether ``cls(...)`` accepts keyword ``name``: its ``__init__``, or a parent's that it
+    forwards ``**kwargs`` to."""
+    for klass in cls.__mro__:
+        if klass in (nn.Module, object) or "__init__" not in vars(klass):
+            continue
+        params = inspect.signature(klass.__init__).parameters
+        if name in params:
+            return True
+        if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+            return False
+    return False
+
+
 class Learner(nn.Module):
     """What every registered learner offers the engine (override what differs from the default)."""
 
     #: ``config.extra`` keys that ``from_config`` reads beyond the constructor's keywords
     CONFIG_SETTINGS: tuple[str, ...] = ()
+    #: False for a learner that only classifies (refused for sinusoid regression by the config)
+    REGRESSION: bool = True
 
     @classmethod
     def from_config(cls, config: Any, build_model: Callable[[], nn.Module]) -> "Learner":
@@ -41,7 +57,7 @@ class Learner(nn.Module):
         constructor takes a ``loss_fn``.
         """
         extra = dict(config.extra)
-        if config.dataset == "sinusoid" and "loss_fn" in inspect.signature(cls).parameters:
+        if config.dataset == "sinusoid" and _takes_keyword(cls, "loss_fn"):
             extra["loss_fn"] = F.mse_loss  # regression: learners default to cross-entropy
         return cls(build_model(), inner_steps=config.inner_steps, inner_lr=config.inner_lr,
                    first_order=config.first_order, strategy=config.strategy, **extra)

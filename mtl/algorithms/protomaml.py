@@ -23,6 +23,8 @@ from mtl.core.inner import adapt
 class ProtoMAML(MetaLearner):
     """``ProtoMAML(model, ...)``; ``model`` needs ``.features`` (body) and ``.head`` (linear head)."""
 
+    REGRESSION = False  # class prototypes need class labels
+
     def __init__(self, model: nn.Module, **settings) -> None:
         super().__init__(model, **settings)
         model.head.requires_grad_(False)  # every task's head starts at its prototypes instead

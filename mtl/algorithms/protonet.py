@@ -17,6 +17,8 @@ from mtl.core.heads import prototype_logits
 class ProtoNet(MetaLearner):
     """``ProtoNet(model)``: embeds with ``model.features`` (or ``model`` if it has none)."""
 
+    REGRESSION = False  # class prototypes need class labels
+
     def _logits(self, batch) -> Tensor:
         body = getattr(self.model, "features", self.model)
         support = embed_tasks(body, batch[0], self.strategy)

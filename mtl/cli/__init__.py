@@ -3,12 +3,19 @@
 Each sub-command is one module of this package (``mtl/cli/NAME.py``) with two functions,
 ``add_arguments(parser)`` and ``run(args) -> int``, over the library functions it drives. This
 file only wires them up, importing a sub-command's module when that sub-command is used (so
-`mtl data info` never imports matplotlib).
+`mtl data info` never imports matplotlib), and holds the one handler of failures for every
+command: an expected failure (`MTLError`, an operating-system error on a file, memory exhausted)
+becomes one ``error:`` line that names the fix, exit 2 for a usage error and 1 for any other; an
+unexpected exception becomes an ``error:`` line too, asking for ``--debug``. ``--debug`` (or
+``MTL_DEBUG=1``) shows the traceback instead. SIGTERM is handled like Ctrl-C (KeyboardInterrupt),
+so a terminated command cleans up as an interrupted one does; exit 130.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
 import sys
 
 #: sub-command -> (module, one-line help)
@@ -33,8 +40,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def set_threads(threads: int | None) -> None:
+    """``torch.set_num_threads(threads)`` for a ``--threads`` flag (None: torch's default);
+    `ConfigError` unless 1 <= threads <= the machine's CPU count."""
+    from mtl.errors import ConfigError
+
+    if threads is None:
+        return
+    cpus = os.cpu_count() or 1
+    if not 1 <= threads <= cpus:
+        raise ConfigError(f"--threads must be between 1 and this machine's {cpus} CPUs, got {threads}: "
+                          f"pass --threads 1 to {cpus}, or leave it out for torch's default")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def debug_requested(argv: list[str]) -> bool:
+    """``--debug`` among the arguments, or ``MTL_DEBUG`` set to something other than 0/false/no/off."""
+    value = os.environ.get("MTL_DEBUG", "").strip().lower()
+    return "--debug" in argv or value not in ("", "0", "false", "no", "off")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    debug = debug_requested(argv)
+    if argv[:1] == ["--debug"]:
+        argv = argv[1:]
     parser = build_parser()
     # Find the command first, then let its module add its own arguments.
     if not argv or argv[0] not in COMMANDS:
@@ -44,8 +76,63 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(module_name)
     command_parser = argparse.ArgumentParser(prog=f"python -m mtl {argv[0]}", description=help_text)
     module.add_arguments(command_parser)
+    command_parser.add_argument("--debug", action="store_true",
+                                help="show the traceback of a failure (also MTL_DEBUG=1)")
     args = command_parser.parse_args(argv[1:])
-    return int(module.run(args) or 0)
+    args.debug = debug
+    with _sigterm_as_interrupt():
+        try:
+            return int(module.run(args) or 0)
+        except Exception as error:  # noqa: BLE001 - the one handler: every failure becomes one line
+            if debug:
+                raise
+            return failure(error)
+        except KeyboardInterrupt:
+            if debug:
+                raise
+            print("\ninterrupted", file=sys.stderr)
+            return 130
+
+
+def failure(error: BaseException) -> int:
+    """Print one ``error:`` line for ``error`` on stderr; the exit code (2: usage, 1: other)."""
+    from mtl.errors import MTLError, report
+
+    if isinstance(error, MTLError):
+        return report(error)
+    if isinstance(error, MemoryError):
+        print("error: out of memory: lower the sizes of the run (--meta-batch, --shots, --queries, "
+              "--hidden, --image-size, --eval-batch) or use a machine with more memory", file=sys.stderr)
+        return 1
+    if isinstance(error, OSError):
+        where = f" {error.filename}" if error.filename else ""
+        print(f"error: could not access{where} ({error.strerror or error}): check the path and its "
+              "permissions, and that the disk has free space", file=sys.stderr)
+        return 1
+    print(f"error: unexpected {type(error).__name__}: {error}. This is a bug in mtl (or an input it "
+          "does not check yet): run again with --debug (or MTL_DEBUG=1) for the traceback, and "
+          "report it", file=sys.stderr)
+    return 1
+
+
+class _sigterm_as_interrupt:
+    """Within the block, SIGTERM raises KeyboardInterrupt (as Ctrl-C does); the old handler is
+    put back after. A no-op outside the main thread (signals can only be set there)."""
+
+    def __enter__(self) -> None:
+        self.previous = None
+        try:
+            self.previous = signal.signal(signal.SIGTERM, _interrupt)
+        except ValueError:  # not the main thread
+            pass
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

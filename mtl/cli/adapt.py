@@ -5,8 +5,7 @@ import json
 from typing import Any
 
 from mtl.engine.classifier import FewShotClassifier, folder_images, query_images
-from mtl.errors import MTLError, report
-from mtl.io import atomic_write_text
+from mtl.io import atomic_write_text, check_output_file
 
 def add_arguments(parser) -> None:
     parser.add_argument("--checkpoint", required=True,
@@ -23,15 +22,14 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    try:
-        clf = FewShotClassifier.from_checkpoint(args.checkpoint, steps=args.steps, device=args.device)
-        support, labels = folder_images(args.support)
-        clf.fit(support, labels)
-        target = args.query[0] if len(args.query) == 1 else args.query
-        queries, truth = query_images(target)
-        probabilities = clf.predict_proba(queries)
-    except MTLError as error:  # usage errors exit 2, other failures 1
-        return report(error)
+    if args.json:
+        args.json = check_output_file(args.json, "--json")
+    clf = FewShotClassifier.from_checkpoint(args.checkpoint, steps=args.steps, device=args.device)
+    support, labels = folder_images(args.support)
+    clf.fit(support, labels)
+    target = args.query[0] if len(args.query) == 1 else args.query
+    queries, truth = query_images(target)
+    probabilities = clf.predict_proba(queries)
     rows = []
     for i, path in enumerate(queries):
         best = int(probabilities[i].argmax())

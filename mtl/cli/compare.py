@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 from mtl.course.compare import record
-from mtl.errors import MTLError, report
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -15,11 +14,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     rec.add_argument("--method", required=True, help="the row's name, e.g. MAML")
     rec.add_argument("--command", required=True, help="the command line that produced the run")
     rec.add_argument("--out", default=None, help="results file (default results/<run name>.json)")
+    rec.add_argument("--force", action="store_true",
+                     help="replace a results file that already exists (default: refuse)")
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        print(f"wrote {record(args.run, method=args.method, command=args.command, out=args.out)}")
-    except MTLError as exc:  # usage errors exit 2, other failures 1
-        return report(exc)
+    print(f"wrote {record(args.run, method=args.method, command=args.command, out=args.out, force=args.force)}")
     return 0

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from mtl.course.runner import NOTEBOOKS, _export_html, blank_solutions, execute_lesson, find_lessons
-from mtl.errors import MTLError
+from mtl.io import atomic_write_text, check_output_folder
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,20 +45,20 @@ def _run_lessons(args: argparse.Namespace) -> int:
     import nbformat
 
     lessons = find_lessons(args.notebooks, args.lessons)
+    out = check_output_folder(args.out, "--out")
     os.environ["MTL_PROFILE"] = args.profile  # the kernels inherit it
     os.environ.setdefault("MTL_PROGRESS", "0")  # bars inside lessons would clutter stored outputs
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     times = {}
     for path in lessons:
         start = time.perf_counter()
         nb = execute_lesson(path, timeout=args.timeout, progress=args.progress)
         times[path.stem] = time.perf_counter() - start
-        nbformat.write(nb, out / path.name)
+        atomic_write_text(out / path.name, nbformat.writes(nb) + "\n")
         if args.html:
             _export_html(nb, out / f"{path.stem}.html")
         if args.inplace:
-            nbformat.write(nb, path)
+            atomic_write_text(path, nbformat.writes(nb) + "\n")
     width = max(len(k) for k in times)
     for name, seconds in times.items():
         print(f"{name:<{width}}  {seconds:7.1f} s")
@@ -69,11 +69,11 @@ def _run_lessons(args: argparse.Namespace) -> int:
 def _write_exercises(args: argparse.Namespace) -> int:
     import nbformat
 
-    out = Path(args.out) if args.out else Path(args.notebooks) / "exercises"
+    out = check_output_folder(args.out if args.out else Path(args.notebooks) / "exercises", "--out")
     out.mkdir(parents=True, exist_ok=True)
     for path in find_lessons(args.notebooks):
         nb = blank_solutions(nbformat.read(path, as_version=4))
-        nbformat.write(nb, out / path.name)
+        atomic_write_text(out / path.name, nbformat.writes(nb) + "\n")
         print(f"wrote {out / path.name}")
     return 0
 
@@ -96,8 +96,4 @@ def _build_site(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     actions = {"run": _run_lessons, "exercises": _write_exercises, "site": _build_site}
-    try:
-        return actions[args.action](args)
-    except MTLError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    return actions[args.action](args)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import json
 
-from mtl.errors import MTLError, report
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,10 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        return _prepare(args) if args.action == "prepare" else _info(args)
-    except MTLError as exc:  # usage errors exit 2, other failures 1
-        return report(exc)
+    return _prepare(args) if args.action == "prepare" else _info(args)
 
 
 def _prepare(args) -> int:

@@ -6,11 +6,10 @@ import json
 import sys
 from pathlib import Path
 
-import torch
 
 from mtl.engine.evaluate import Evaluation, evaluate_checkpoint
-from mtl.errors import MTLError, report
-from mtl.io import atomic_write_text
+from mtl.cli import set_threads
+from mtl.io import atomic_write_text, check_output_file
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True,
@@ -28,14 +27,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        result = evaluate_checkpoint(args.checkpoint, split=args.split, episodes=args.episodes,
-                                     seed=args.seed, inner_steps=args.inner_steps, device=args.device,
-                                     progress=False if args.no_progress else None)
-    except MTLError as exc:  # usage errors exit 2, other failures 1
-        return report(exc)
+    set_threads(args.threads)
+    if args.json not in (None, "-"):
+        args.json = check_output_file(args.json, "--json")
+    result = evaluate_checkpoint(args.checkpoint, split=args.split, episodes=args.episodes,
+                                 seed=args.seed, inner_steps=args.inner_steps, device=args.device,
+                                 progress=False if args.no_progress else None)
     print(result)
     text = json.dumps(result.to_dict(), indent=2)
     if args.json == "-":

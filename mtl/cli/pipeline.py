@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from mtl.course.pipeline import PROFILES, run_pipeline
-from mtl.errors import MTLError, report
+from mtl.io import check_output_folder
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,11 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("episodes", args.episodes), ("device", args.device)) if v is not None}
-    try:
-        results = run_pipeline(args.profile, out=args.out, budget_s=args.budget,
-                               progress=False if args.no_progress else None, **overrides)
-    except MTLError as exc:  # usage errors exit 2, other failures 1
-        return report(exc)
+    args.out = check_output_folder(args.out, "--out")
+    results = run_pipeline(args.profile, out=args.out, budget_s=args.budget,
+                           progress=False if args.no_progress else None, **overrides)
     for name, row in results["test"].items():
         print(f"{name:18s} {100 * row['mean']:6.2f} +- {100 * row['ci95']:.2f} % ({row['n']} episodes)")
     print(f"wall time: {results['wall_s']}; results in {Path(args.out) / f'results-{args.profile}.json'}")

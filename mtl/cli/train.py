@@ -10,15 +10,14 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
 from mtl.algorithms import ALGORITHMS
 from mtl.core.checks import STRATEGIES
 from mtl.engine import distributed
 from mtl.engine.checkpoint import load_checkpoint
 from mtl.engine.config import PRESETS, TrainConfig, preset
 from mtl.engine.train import RunSummary, train
-from mtl.errors import ConfigError, MTLError, report
+from mtl.cli import set_threads
+from mtl.errors import ConfigError
 
 _OPTIONS: tuple[tuple[str, type, str], ...] = (
     ("algorithm", str, "the algorithm (every name of mtl.algorithms.ALGORITHMS)"),
@@ -114,28 +113,40 @@ def run(args: argparse.Namespace) -> int:
     if not args.out:
         print("error: --out DIR is required (the run folder)", file=sys.stderr)
         return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
+    out = Path(args.out).expanduser()
     try:
         base = None
-        if args.resume and (Path(args.out) / "last.pt").exists():
-            base = TrainConfig.from_dict(load_checkpoint(Path(args.out) / "last.pt")["config"])
+        if args.resume and (out / "last.pt").exists():
+            base = TrainConfig.from_dict(load_checkpoint(out / "last.pt")["config"])
             if args.preset:
                 base = config_from_args(args)  # a preset given again must match the run
         config = config_from_args(args, base)
-        summary = train(config, out=args.out, resume=args.resume, overwrite=args.overwrite,
+        summary = train(config, out=out, resume=args.resume, overwrite=args.overwrite,
                         progress=False if args.no_progress else None)
         if distributed.is_main_process():  # [distributed]
             _print_summary(summary)
-    except MTLError as exc:  # usage errors exit 2, other failures 1
-        return report(exc)
     except KeyboardInterrupt:
-        print(f"\ninterrupted: the last checkpoint is in {args.out}; continue with --resume", file=sys.stderr)
+        if args.debug:
+            raise
+        print(f"\ninterrupted: {_what_exists(out)}", file=sys.stderr)
         return 130
     finally:
         # [distributed] leave the process group before exit (Gloo's threads must not outlive it)
         distributed.teardown()
     return 0
+
+
+def _what_exists(out: Path) -> str:
+    """What an interrupted run left in ``out``, and what to do next."""
+    from mtl.engine.rundir import REPLACED
+
+    kept = (f"; the run that --overwrite replaced is kept in {out / REPLACED}"
+            if (out / REPLACED).is_dir() else "")
+    if (out / "last.pt").is_file():
+        return f"the last checkpoint is {out / 'last.pt'}; continue with --resume{kept}"
+    return (f"no checkpoint was written yet, so nothing of this run was kept ({out} is as it was "
+            f"before the command): run it again{kept}")
 
 
 def _print_summary(summary: RunSummary) -> None:

@@ -74,12 +74,22 @@ def check_inputs(model: nn.Module, params: Mapping[str, Tensor], inputs: dict[st
         if x.shape[0] != y.shape[0]:
             raise TaskBatchError(f"x has {x.shape[0]} examples but y has {y.shape[0]}: pass one "
                                  "target per example")
+    weights = {p.dtype for p in params.values() if p.is_floating_point()}
+    for name, t in inputs.items():
+        if weights and t.dtype not in weights:
+            wanted = next(iter(weights))
+            raise TaskBatchError(f"{name} has dtype {t.dtype} but the model's parameters are {wanted}: "
+                                 f"pass {name}.to({wanted}) (or convert the model, e.g. "
+                                 f"model.to({t.dtype}))")
     if loss_fn is F.cross_entropy:
         for name, t in targets.items():
             if t.dtype.is_floating_point or t.dtype == torch.bool:
                 raise TaskBatchError(f"{name} has dtype {t.dtype}, but cross-entropy needs class ids "
                                      f"(torch.long, 0..N-1): pass {name}.long(), or loss_fn="
                                      "F.mse_loss for regression targets")
+            if t.dtype != torch.long:
+                raise TaskBatchError(f"{name} has dtype {t.dtype}; cross-entropy needs class ids as "
+                                     f"torch.long (int64): pass {name}.long()")
             if leading == 1 and t.numel() and int(t.min()) < 0:  # batches: in check_batch
                 raise TaskBatchError(f"{name} holds a negative label; labels are 0..N-1 within "
                                      "each task")

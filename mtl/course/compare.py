@@ -31,7 +31,7 @@ from torch import nn
 from mtl.algorithms import Learner
 from mtl.algorithms.base import numel
 from mtl.errors import MTLError, ResultsError
-from mtl.io import atomic_write_text
+from mtl.io import atomic_write_text, check_output_file
 
 __all__ = ["Row", "backward_memory", "per_task_parameters", "meta_parameters", "paired_difference", "hardware",
            "format_table", "load_results", "PlannedRun"]
@@ -135,7 +135,9 @@ def hardware(threads: int | None = None) -> str:
 
 @dataclass
 class Row:
-    """One method on one benchmark. Accuracies are fractions; ``memory_bytes`` may be None."""
+    """One method on one benchmark. ``accuracy`` holds the test score: a fraction when ``metric``
+    is ``"accuracy"``, the mean squared error when it is ``"mse"`` (regression); ``memory_bytes``
+    may be None."""
 
     method: str
     dataset: str
@@ -147,6 +149,7 @@ class Row:
     meta_learned: int
     per_task: int
     source: str = "computed in this lesson"
+    metric: str = "accuracy"
     provenance: dict[str, Any] = field(default_factory=dict)
     #: per-episode test scores (paired differences need them), and the validation curve: rows of
     #: the engine's metrics ``{"step", "accuracy", "elapsed_s", ...}``; None where not recorded
@@ -230,7 +233,12 @@ def format_table(rows: list[Row], planned: list[PlannedRun] = ()) -> str:
               f"{'memory':>10} {'meta-learned':>12} {'per task':>9}  source")
     lines = [header, "-" * len(header)]
     for r in rows:
-        acc = f"{100 * r.accuracy:5.1f} +- {100 * r.ci95:4.1f}%" if not math.isnan(r.accuracy) else "-"
+        if math.isnan(r.accuracy):
+            acc = "-"
+        elif r.metric == "mse":
+            acc = f"mse {r.accuracy:.3g} +- {r.ci95:.2g}"
+        else:
+            acc = f"{100 * r.accuracy:5.1f} +- {100 * r.ci95:4.1f}%"
         lines.append(f"{r.method:<22} {r.dataset:<14} {acc:>18} {r.episodes:>8} {r.train_s:>7.0f}s "
                      f"{_size(r.memory_bytes):>10} {_count(r.meta_learned):>12} {_count(r.per_task):>9}  {r.source}")
     for p in planned:
@@ -238,18 +246,25 @@ def format_table(rows: list[Row], planned: list[PlannedRun] = ()) -> str:
     return "\n".join(lines)
 
 
-def record(run_dir: str | Path, *, method: str, command: str, out: str | Path | None = None) -> Path:
+def record(run_dir: str | Path, *, method: str, command: str, out: str | Path | None = None,
+           force: bool = False) -> Path:
     """Write ``results/<run name>.json`` from a finished run folder (``summary.json`` with a test result).
 
     ``command`` is the command line that produced the run (provenance); the hardware and date are
     this machine's and today's, so record on the machine that trained, right after training.
+    An existing results file is replaced only with ``force=True`` (`ResultsError` otherwise),
+    and the target is checked before anything is read.
     """
     from datetime import datetime, timezone
 
     from mtl.engine.config import TrainConfig
     from mtl.engine.build import build_learner
 
-    run_dir = Path(run_dir)
+    run_dir = Path(run_dir).expanduser()
+    target = check_output_file(Path(out) if out else RESULTS / f"{run_dir.name}.json", "the results file")
+    if target.exists() and not force:
+        raise ResultsError(f"{target} already exists (a recorded result): pass --force to replace it, "
+                           "or --out FILE to record elsewhere")
     try:
         summary = json.loads((run_dir / "summary.json").read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -258,15 +273,16 @@ def record(run_dir: str | Path, *, method: str, command: str, out: str | Path | 
     test = summary.get("test")
     if not test:
         raise ResultsError(f"{run_dir}/summary.json has no test result: train with --test-episodes 600")
-    config = TrainConfig.from_dict(summary["config"]).resolved()
+    config = TrainConfig.from_saved(summary["config"], run_dir / "summary.json")
     learner = build_learner(config, torch.device("cpu"))
+    metric = test.get("metric", "mse" if config.dataset == "sinusoid" else "accuracy")
     row = Row(method=method, dataset=config.dataset, accuracy=test["mean"], ci95=test["ci95"], episodes=test["n"],
+              metric=metric,
               train_s=summary["wall_time_s"], memory_bytes=None, meta_learned=meta_parameters(learner),
               per_task=per_task_parameters(learner, config.test_ways))
     provenance = {"command": command, "hardware": hardware(summary.get("threads")),
                   "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "run": str(run_dir),
                   "steps": summary["steps"], "stopped": summary["stopped"]}
-    target = Path(out) if out else RESULTS / f"{run_dir.name}.json"
     payload = {"row": {k: v for k, v in row.to_dict().items() if k not in ("source", "provenance", "scores", "curve")},
                "provenance": provenance, "scores": [round(float(v), 6) for v in test.get("scores", [])],
                "curve": _validation_curve(run_dir)}

@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 from mtl.errors import LessonError
+from mtl.io import atomic_write_text
 
 __all__ = ["find_lessons", "execute_lesson", "clean_notebook", "blank_solutions"]
 
@@ -156,7 +157,7 @@ def _export_html(nb, destination: Path) -> None:
 
     exporter = HTMLExporter(mathjax_url=_local_mathjax(destination.parent))
     body, _ = exporter.from_notebook_node(_static_widgets(nb))
-    destination.write_text(body, encoding="utf-8")
+    atomic_write_text(destination, body)
 
 
 def blank_solutions(nb):

@@ -17,6 +17,37 @@ from mtl.io import progress_bar
 from mtl.errors import DataError
 
 _CHUNK = 512
+#: the most pixels one image may claim (checked from its header, before it is decoded)
+MAX_PIXELS = 50_000_000
+
+
+def check_pixels(image: Image.Image, name: object = "an image") -> None:
+    """`DataError` naming the fix when ``image`` claims more than `MAX_PIXELS` pixels."""
+    width, height = image.size
+    if width * height > MAX_PIXELS:
+        raise DataError(f"{name} claims {width} x {height} = {width * height:,} pixels, more than the "
+                        f"{MAX_PIXELS:,} mtl decodes: resize it (the models use a few thousand pixels)")
+
+
+def to_8bit(image: Image.Image, mode: str) -> tuple[Image.Image, bool]:
+    """``image`` in ``mode`` ('L' or 'RGB'), 8 bits per channel, and whether its pixels were
+    rescaled: 16-bit integer pixels are divided by 257 (65535 -> 255), float pixels in [0, 1]
+    multiplied by 255 and others stretched from their own minimum to maximum, once. Pillow's own
+    conversion would clip them to 0..255 (a 16-bit image turns white)."""
+    if image.mode not in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        return image.convert(mode), False
+    pixels = np.asarray(image, dtype=np.float64)
+    if image.mode != "F":
+        top = 65535.0 if pixels.max(initial=0) <= 65535 else float(pixels.max())
+        scaled = pixels * (255.0 / top)
+    else:
+        low, high = float(np.nanmin(pixels, initial=0)), float(np.nanmax(pixels, initial=0))
+        if low >= 0 and high <= 1:
+            scaled = pixels * 255.0
+        else:
+            scaled = (pixels - low) * (255.0 / (high - low or 1.0))
+    eight = Image.fromarray(np.nan_to_num(scaled).round().clip(0, 255).astype(np.uint8), "L")
+    return eight.convert(mode), True
 
 
 def _shape(n: int, size: int, mode: str) -> tuple[int, ...]:
@@ -28,7 +59,8 @@ def _decode_chunk(blobs: list[bytes], size: int, mode: str, invert: bool) -> np.
     out = np.empty(_shape(len(blobs), size, mode), dtype=np.uint8)
     for i, blob in enumerate(blobs):
         with Image.open(io.BytesIO(blob)) as image:
-            image = image.convert(mode)
+            check_pixels(image)
+            image, _ = to_8bit(image, mode)
             if image.size != (size, size):
                 # Area-weighted (BOX) filter: a pixel's value is the fraction of ink it covers.
                 image = image.resize((size, size), Image.Resampling.BOX)

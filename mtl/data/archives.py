@@ -23,13 +23,25 @@ from typing import Callable, Iterator
 
 from tqdm.utils import CallbackIOWrapper
 
-from mtl.io import progress_bar
+from mtl.io import atomic_write, progress_bar
 from mtl.errors import ChecksumError, DataError, UnsafeArchiveError
 
 _CORRUPT = (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, OSError)
 _CHUNK = 1 << 20
 #: seconds a download waits for the server before giving up
 DOWNLOAD_TIMEOUT = 30.0
+#: the largest member read into memory: the datasets' members are images and CSV files of a few MB
+MAX_MEMBER_BYTES = 64 << 20
+
+
+def _check_size(name: str, size: int, archive: str | os.PathLike) -> None:
+    """`DataError` before a member that claims more than `MAX_MEMBER_BYTES` is read."""
+    if size > MAX_MEMBER_BYTES:
+        raise DataError(
+            f"{archive}: member {name!r} claims {size:,} bytes, more than the {MAX_MEMBER_BYTES:,} "
+            "mtl reads for one image or CSV file. The archive is not a genuine copy: delete it and "
+            "use the official file."
+        )
 
 
 def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
@@ -90,7 +102,8 @@ def _iter_tar(path: Path, keep: Callable[[str], bool], progress: bool) -> Iterat
             if not keep(name):
                 yield name, None
                 continue
-            data = tar.extractfile(member).read()
+            _check_size(member.name, member.size, path)
+            data = tar.extractfile(member).read(member.size)
             if len(data) != member.size:
                 raise EOFError(f"member {member.name!r} is cut short")
             yield name, data
@@ -108,7 +121,15 @@ def _iter_zip(path: Path, keep: Callable[[str], bool], progress: bool) -> Iterat
                 continue
             if _zip_is_link(info):
                 _refuse_link(info.filename, path)
-            yield name, archive.read(info) if keep(name) else None
+            if not keep(name):
+                yield name, None
+                continue
+            _check_size(info.filename, info.file_size, path)
+            with archive.open(info) as member:  # reads at most the declared size (CRC-checked)
+                data = member.read(MAX_MEMBER_BYTES + 1)
+            if len(data) > MAX_MEMBER_BYTES:
+                _check_size(info.filename, len(data), path)
+            yield name, data
 
 
 def _iter_folder(path: Path, keep: Callable[[str], bool], progress: bool) -> Iterator[tuple[str, bytes | None]]:
@@ -117,7 +138,11 @@ def _iter_folder(path: Path, keep: Callable[[str], bool], progress: bool) -> Ite
         for filename in sorted(filenames):
             full = Path(dirpath) / filename
             name = (Path(path.name) / full.relative_to(path)).as_posix()
-            yield name, full.read_bytes() if keep(name) else None
+            if not keep(name):
+                yield name, None
+                continue
+            _check_size(name, full.stat().st_size, path)
+            yield name, full.read_bytes()
 
 
 def _keep_all(name: str) -> bool:
@@ -194,11 +219,12 @@ def _missing_folders(folder: Path) -> list[Path]:
 
 def download(url: str, dest: str | os.PathLike, *, md5: str | None = None, sha256: str | None = None,
              progress: bool = True, hint: str = "", timeout: float | None = None) -> Path:
-    """Download ``url`` to ``dest`` (atomically), verifying ``md5`` and/or ``sha256``.
+    """Download ``url`` to ``dest`` (atomically, with ``mtl.io.atomic_write``), verifying ``md5``
+    and/or ``sha256``.
 
-    The bytes go to a temporary ``.part`` file beside ``dest``, renamed into place only when the
-    transfer is complete (as long as the server's Content-Length) and the checksums match. On any
-    failure nothing is kept, not even the folders created for ``dest``: a checksum mismatch raises
+    The bytes go to a temporary file beside ``dest``, renamed into place only when the transfer is
+    complete (as long as the server's Content-Length) and the checksums match. On any failure
+    nothing is kept, not even the folders created for ``dest``: a checksum mismatch raises
     :class:`ChecksumError`; a network failure, a transfer cut short or a server silent for
     ``timeout`` seconds (default :data:`DOWNLOAD_TIMEOUT`) raise :class:`DataError`; each message
     ends with ``hint`` (where to put the files instead).
@@ -206,32 +232,29 @@ def download(url: str, dest: str | os.PathLike, *, md5: str | None = None, sha25
     dest = Path(dest)
     timeout = DOWNLOAD_TIMEOUT if timeout is None else timeout
     created = _missing_folders(dest.parent)
-    dest.parent.mkdir(parents=True, exist_ok=True)
     digests = {"md5": hashlib.md5(), "sha256": hashlib.sha256()}
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            try:
-                with urllib.request.urlopen(url, timeout=timeout) as response:
-                    total = int(response.headers.get("Content-Length") or 0) or None
-                    received = 0
-                    with progress_bar(total=total, unit="B", unit_scale=True, desc=dest.name,
-                                      progress=progress) as bar:
-                        for chunk in iter(lambda: response.read(_CHUNK), b""):
-                            out.write(chunk)
-                            for digest in digests.values():
-                                digest.update(chunk)
-                            bar.update(len(chunk))
-                            received += len(chunk)
-            except TimeoutError as exc:
-                raise DataError(f"Could not download {url}: the server stopped answering for {timeout:g} s; "
-                                f"nothing was kept. Try again later. {hint}".strip()) from exc
-            except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
-                raise DataError(f"Could not download {url} ({exc}); nothing was kept. {hint}".strip()) from exc
-            if total is not None and received != total:
-                raise DataError(f"The download of {url} was cut short after {received} of {total} bytes; "
-                                f"nothing was kept. Try again. {hint}".strip())
+
+    def fetch(out) -> None:
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                total = int(response.headers.get("Content-Length") or 0) or None
+                received = 0
+                with progress_bar(total=total, unit="B", unit_scale=True, desc=dest.name,
+                                  progress=progress) as bar:
+                    for chunk in iter(lambda: response.read(_CHUNK), b""):
+                        out.write(chunk)
+                        for digest in digests.values():
+                            digest.update(chunk)
+                        bar.update(len(chunk))
+                        received += len(chunk)
+        except TimeoutError as exc:
+            raise DataError(f"Could not download {url}: the server stopped answering for {timeout:g} s; "
+                            f"nothing was kept. Try again later. {hint}".strip()) from exc
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+            raise DataError(f"Could not download {url} ({exc}); nothing was kept. {hint}".strip()) from exc
+        if total is not None and received != total:
+            raise DataError(f"The download of {url} was cut short after {received} of {total} bytes; "
+                            f"nothing was kept. Try again. {hint}".strip())
         for algorithm, expected in (("md5", md5), ("sha256", sha256)):
             actual = digests[algorithm].hexdigest()
             if expected and actual != expected.lower():
@@ -239,13 +262,13 @@ def download(url: str, dest: str | os.PathLike, *, md5: str | None = None, sha25
                     f"The download of {url} has {algorithm} {actual}, expected {expected}; it was "
                     f"deleted. Try again later, or {hint or 'copy the official file by hand'}".strip()
                 )
-        os.replace(tmp, dest)
+
+    try:
+        return atomic_write(dest, fetch)
     except BaseException:
-        tmp.unlink(missing_ok=True)
         for folder in created:
             try:
                 folder.rmdir()
             except OSError:  # not empty: something else is in it now
                 break
         raise
-    return dest

@@ -1,6 +1,6 @@
 """Data benchmarks: cache build (cold), cache load (warm), episodes sampled per second.
 
-Used by ``benchmarks/bench_data.py`` and ``python -m mtl bench --data`` (through :func:`benchmark`).
+Used by ``benchmarks/bench_data.py``.
 Each function returns plain dicts (JSON-ready); :func:`bench_data` runs them all and :func:`markdown`
 formats the result.
 """
@@ -131,11 +131,3 @@ def markdown(report: dict) -> str:
             result = f"{row['seconds']} s" + (f" ({row['cache_mb']} MB)" if "cache_mb" in row else "")
         lines.append(f"| {row['what']} | {row.get('batch_size', '')} | {row.get('device', '')} | {result} |")
     return "\n".join(lines)
-
-
-def benchmark(device: str = "cpu", quick: bool = False) -> dict:
-    """Entry point of ``python -m mtl bench --data``: warm load + sampling on ``device`` (data from ``$MTL_DATA``).
-
-    ``quick`` measures each sampling setting for 0.3 s instead of 1 s.
-    """
-    return bench_data(devices=(device,), seconds=0.3 if quick else 1.0)

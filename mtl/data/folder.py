@@ -174,7 +174,9 @@ def split_classes(names: list[str], split: str, *, classes: dict[str, list[str]]
     if classes is not None:
         unknown = sorted(set(classes.get(split, [])) - set(names))
         if unknown:
-            raise DataError(f"classes {unknown[:5]} of split {split!r} are not folders of the dataset")
+            raise DataError(f"classes {unknown[:5]} of split {split!r} are not folders of the dataset: "
+                            "put those class folders back (a run records the classes of each split), "
+                            "or train a new run on the folder as it is")
         seen: dict[str, str] = {}
         for other, members in classes.items():
             for member in members:

@@ -54,7 +54,12 @@ def find_source_for(split: str, root=None) -> Path:
 
 def _read_csv(data: bytes) -> dict[str, str]:
     """``filename -> wnid`` from a Ravi CSV (header ``filename,label``)."""
-    rows = csv.reader(io.StringIO(data.decode("utf-8")))
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise DataError(f"A mini-ImageNet CSV is not UTF-8 text ({error}): the file is corrupted or "
+                        "not the official one; replace it with the CSV of Ravi & Larochelle's split.") from None
+    rows = csv.reader(io.StringIO(text))
     header = next(rows, None)
     if header is None or [h.strip().lower() for h in header[:2]] != ["filename", "label"]:
         raise DataError("A mini-ImageNet CSV must start with the header 'filename,label'.")

@@ -19,6 +19,7 @@ Batch norm of the Conv4 learners is transductive (as in MAML): the query images 
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
+from mtl.data._decode import check_pixels, to_8bit
 from mtl.errors import MTLError, TaskBatchError
 
 __all__ = ["FewShotClassifier", "IMAGE_SUFFIXES"]
@@ -65,7 +67,7 @@ class FewShotClassifier:
 
         path = checkpoint_path(path)
         data = load_checkpoint(path)
-        config = TrainConfig.from_dict(data["config"]).resolved()
+        config = TrainConfig.from_saved(data["config"], path)
         target = resolve_device(device or "cpu")
         learner = build_learner(config, target)
         load_learner_state(learner, data["learner"], path)
@@ -92,15 +94,21 @@ class FewShotClassifier:
         if isinstance(image, (str, Path)):
             try:
                 with Image.open(image) as opened:
-                    return self._pil(opened)
-            except (OSError, ValueError) as error:
+                    check_pixels(opened, image)
+                    return self._pil(opened, image)
+            except (OSError, ValueError, Image.DecompressionBombError) as error:
                 raise TaskBatchError(f"{image} is not an image Pillow can read ({error})") from None
         if isinstance(image, Image.Image):
             return self._pil(image)
         raise TaskBatchError(f"an image must be a path, a PIL image or a tensor, got {type(image).__name__}")
 
-    def _pil(self, image: Image.Image) -> Tensor:
-        image = image.convert("L" if self.channels == 1 else "RGB")
+    def _pil(self, image: Image.Image, name: object = "an image") -> Tensor:
+        check_pixels(image, name)
+        source_mode = image.mode
+        image, rescaled = to_8bit(image, "L" if self.channels == 1 else "RGB")
+        if rescaled:
+            warnings.warn(f"{name} has {source_mode} pixels (16-bit or float): they were scaled by "
+                          "their range to the 8 bits the model was trained on", stacklevel=3)
         if image.size != (self.size, self.size):
             image = image.resize((self.size, self.size), Image.Resampling.BOX)
         pixels = np.asarray(image, dtype=np.uint8)
@@ -116,8 +124,17 @@ class FewShotClassifier:
                 f"an image tensor of shape {tuple(image.shape)} does not fit this checkpoint, which "
                 f"takes {expected} ({self.channels} channel(s), {self.size} x {self.size} pixels): "
                 "resize it, or pass paths/PIL images, which are prepared for you")
+        if image.dtype == torch.uint8:
+            return image.float().div(255)
+        if not image.is_floating_point():
+            raise TaskBatchError(f"an image tensor of dtype {image.dtype} is ambiguous: pass uint8 "
+                                 "(0..255) or floats in [0, 1]")
         image = image.float()
-        return image.div(255) if not image.is_floating_point() or image.max() > 1 else image
+        low, high = float(image.min()), float(image.max())
+        if not (0 <= low and high <= 1):
+            raise TaskBatchError(f"float image tensors must hold values in [0, 1], got {low:g}..{high:g}: "
+                                 "divide 0..255 pixels by 255 (or pass them as uint8)")
+        return image
 
     # ------------------------------------------------------------------------------- the task
     def fit(self, images: Any, labels: Sequence) -> "FewShotClassifier":

@@ -13,6 +13,7 @@ The ``cpu-*`` presets are small profiles sized for 2 CPU cores; ``RESULTS.md`` r
 """
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import math
 import re
@@ -69,15 +70,21 @@ class TrainConfig:
     init: str | None = None            # start from the learner weights of this checkpoint (another run's)
     extra: dict[str, Any] = field(default_factory=dict)  # forwarded to the algorithm's constructor
     preset: str | None = None          # the preset this config came from, for the record
+    folder_classes: dict[str, list[str]] | None = None  # a folder dataset's classes per split (recorded)
 
     def __post_init__(self) -> None:
         _check(self)
 
     def resolved(self) -> "TrainConfig":
-        """A copy with every ``None`` default filled in from the dataset, checked for sense."""
-        _check(self)
+        """A copy with every ``None`` default filled in from the dataset, checked for sense (a
+        ``folder:`` dataset's folder was scanned when the config was made, not again)."""
+        token = _SCAN_FOLDERS.set(False)
+        try:
+            _check(self)
+            out = dataclasses.replace(self, extra=dict(self.extra))
+        finally:
+            _SCAN_FOLDERS.reset(token)
         defaults = _DATASET_DEFAULTS[dataset_kind(self.dataset)]
-        out = dataclasses.replace(self, extra=dict(self.extra))
         for name, value in defaults.items():
             if getattr(out, name) is None:
                 setattr(out, name, value)
@@ -95,7 +102,25 @@ class TrainConfig:
 
     def dataset_options(self) -> dict[str, Any]:
         """What ``mtl.data.load_dataset`` needs beyond the name (a folder dataset's channels)."""
-        return {"channels": self.channels} if dataset_kind(self.dataset) == "folder" else {}
+        if dataset_kind(self.dataset) != "folder":
+            return {}
+        options: dict[str, Any] = {"channels": self.channels}
+        if self.folder_classes is not None:
+            options["classes"] = self.folder_classes
+        return options
+
+    def with_folder_classes(self) -> "TrainConfig":
+        """For a ``folder:`` dataset, a copy that records the class list of each split (the seeded
+        cut of the folder as it is now), so that a checkpoint is evaluated on the classes it was
+        split into even after the folder gains or loses classes; other configs unchanged."""
+        if dataset_kind(self.dataset) != "folder" or self.folder_classes is not None:
+            return self
+        from mtl.data import folder
+
+        names = list(folder.scan(self.dataset[len("folder:"):]))
+        splits = {split: [names[i] for i in folder.split_classes(names, split)]
+                  for split in ("train", "val", "test")}
+        return dataclasses.replace(self, folder_classes=splits)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -111,6 +136,25 @@ class TrainConfig:
             )
         return cls(**values)
 
+    @classmethod
+    def from_saved(cls, values: dict[str, Any], source: Any) -> "TrainConfig":
+        """The resolved config stored in checkpoint ``source``: every value checked as one from
+        the command line (`CheckpointError` naming ``source`` otherwise), but a ``folder:``
+        dataset is not scanned, so a checkpoint loads without its training images."""
+        from mtl.errors import CheckpointError
+
+        token = _SCAN_FOLDERS.set(False)
+        try:
+            if not isinstance(values, dict):
+                raise ConfigError(f"its config is a {type(values).__name__}, not a dict")
+            return cls.from_dict(values).resolved()
+        except ConfigError as error:
+            raise CheckpointError(f"{source} holds settings mtl refuses ({error}); it was not "
+                                  "written by mtl, or was altered: use a checkpoint of "
+                                  "`python -m mtl train`") from None
+        finally:
+            _SCAN_FOLDERS.reset(token)
+
 
 _DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     "sinusoid": {"model": "mlp", "hidden": 40, "image_size": None, "channels": None},
@@ -125,6 +169,23 @@ def dataset_kind(dataset: str) -> str:
     return "folder" if isinstance(dataset, str) and dataset.startswith("folder:") else dataset
 
 
+#: False while a config stored in a checkpoint is read (`TrainConfig.from_saved`)
+_SCAN_FOLDERS: contextvars.ContextVar[bool] = contextvars.ContextVar("scan_folders", default=True)
+
+#: sanity ceilings: a value above one is taken as a typo that would exhaust memory or time
+CEILINGS = {"ways": 10_000, "test_ways": 10_000, "shots": 10_000, "test_shots": 10_000,
+            "queries": 10_000, "test_queries": 10_000, "meta_batch": 4096, "eval_batch": 4096,
+            "inner_steps": 1000, "test_inner_steps": 1000, "hidden": 4096, "image_size": 1024,
+            "iterations": 10**9, "val_every": 10**9, "log_every": 10**9, "checkpoint_every": 10**9,
+            "lr_step": 10**9, "val_episodes": 10**6, "test_episodes": 10**6,
+            "seed": 2**63 - 1, "eval_seed": 2**63 - 1, "inner_lr": 1e3, "meta_lr": 1e3,
+            "time_budget_s": 1e9}
+#: the most pixels (or sinusoid points) one meta-step's tasks may hold: 2^31 floats, 8 GiB
+MAX_STEP_ELEMENTS = 2**31
+#: the smallest image side the convolutional models take (four halvings leave one pixel)
+MIN_IMAGE_SIZE = 16
+
+
 def _check(config: TrainConfig) -> None:
     """Every field checked for sense, so that a bad value stops a run before it touches a file."""
     def fail(name: str, rule: str, flag: str | None = None) -> None:
@@ -135,9 +196,9 @@ def _check(config: TrainConfig) -> None:
     if kind not in DATASETS + ("folder",):
         raise ConfigError(f"unknown dataset {config.dataset!r}; choose one of {', '.join(DATASETS)}, "
                           "or folder:PATH for your own images (one sub-folder per class)")
-    if kind == "folder":
+    if kind == "folder" and _SCAN_FOLDERS.get():
         _check_folder(config)
-    _check_algorithm(config.algorithm, config.extra)
+    _check_algorithm(config.algorithm, config.extra, config.dataset)
     integers = ("ways", "shots", "queries", "meta_batch", "inner_steps", "iterations", "lr_step",
                 "val_every", "val_episodes", "log_every", "eval_batch", "eval_seed", "test_episodes",
                 "seed", "test_inner_steps", "test_ways", "test_queries", "test_shots", "hidden", "channels",
@@ -158,6 +219,14 @@ def _check(config: TrainConfig) -> None:
         value = getattr(config, name)
         if value is not None and value < 0:
             fail(name, "must be >= 0")
+    for name, ceiling in CEILINGS.items():
+        value = getattr(config, name)
+        if isinstance(value, (int, float)) and value > ceiling:
+            fail(name, f"must be at most {ceiling:,g} (a larger value is taken as a typo: it would "
+                       "exhaust memory or time, or overflow)", "--time-budget" if name == "time_budget_s" else None)
+    if config.image_size is not None and config.dataset != "sinusoid" and config.image_size < MIN_IMAGE_SIZE:
+        fail("image_size", f"must be at least {MIN_IMAGE_SIZE} (the convolutional models halve it four times)")
+    _check_step_size(config)
     for name in ("ways", "test_ways"):
         value = getattr(config, name)
         if value is not None and config.dataset != "sinusoid" and value < 2:
@@ -174,6 +243,13 @@ def _check(config: TrainConfig) -> None:
             isinstance(config.time_budget_s, (int, float)) and config.time_budget_s > 0
             and math.isfinite(config.time_budget_s)):
         fail("time_budget_s", "must be a positive number of seconds", "--time-budget")
+    if config.folder_classes is not None and not (
+            kind == "folder" and isinstance(config.folder_classes, dict)
+            and set(config.folder_classes) <= {"train", "val", "test"}
+            and all(isinstance(v, list) and all(isinstance(c, str) for c in v)
+                    for v in config.folder_classes.values())):
+        fail("folder_classes", "must map train/val/test to lists of class names, for a folder: dataset only",
+             "the run's config.json; mtl records it when a run starts")
     if config.init is not None and not isinstance(config.init, str):
         fail("init", "must be the path of a checkpoint")
     if config.strategy not in STRATEGIES:
@@ -196,6 +272,22 @@ def _check(config: TrainConfig) -> None:
     _check_episodes(config)
     if not isinstance(config.device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", config.device):
         fail("device", "must be auto, cpu, cuda or cuda:N")
+
+
+def _check_step_size(config: TrainConfig) -> None:
+    """One meta-step's tasks fit in `MAX_STEP_ELEMENTS` floats (checked before any allocation)."""
+    kind = dataset_kind(config.dataset)
+    defaults = _DATASET_DEFAULTS.get(kind, {})
+    side = config.image_size or defaults.get("image_size") or 1
+    channels = config.channels or defaults.get("channels") or 1
+    ways = 1 if kind == "sinusoid" else config.ways
+    elements = config.meta_batch * ways * (config.shots + config.queries) * channels * side * side
+    if elements > MAX_STEP_ELEMENTS:
+        raise ConfigError(
+            f"one meta-step would hold {elements:,} input values (--meta-batch {config.meta_batch} x "
+            f"{ways} ways x ({config.shots} shots + {config.queries} queries) x {channels} x {side} x "
+            f"{side}), more than {MAX_STEP_ELEMENTS:,}: lower --meta-batch, --shots, --queries or "
+            "--image-size")
 
 
 def _check_folder(config: TrainConfig) -> None:
@@ -241,12 +333,17 @@ def _check_episodes(config: TrainConfig) -> None:
                               f"so that they add up to at most {per_class}")
 
 
-def _check_algorithm(name: str, extra: dict[str, Any]) -> None:
-    from mtl.algorithms import algorithm_class  # the registry (imported when a config is made)
+def _check_algorithm(name: str, extra: dict[str, Any], dataset: str) -> None:
+    from mtl.algorithms import ALGORITHMS, algorithm_class  # the registry (imported when a config is made)
 
     if not isinstance(extra, dict):
         raise ConfigError(f"extra must be a dict of algorithm settings, got {type(extra).__name__}")
     cls = algorithm_class(name)
+    if dataset == "sinusoid" and not getattr(cls, "REGRESSION", True):
+        regressors = sorted(n for n, c in ALGORITHMS.items() if getattr(c, "REGRESSION", True)
+                            and not getattr(c, "CONFIG_SETTINGS", ()) and n != "pretrain")
+        raise ConfigError(f"--algorithm {name} only classifies, and sinusoid is regression: use one of "
+                          f"{', '.join(regressors)} for --dataset sinusoid, or an image dataset for {name}")
     allowed = _constructor_settings(cls)
     if allowed is None:
         return  # the class takes any keyword
@@ -343,10 +440,12 @@ PRESETS: dict[str, dict[str, Any]] = {
                            inner_steps=1, inner_lr=0.01, test_inner_steps=10, meta_lr=1e-3,
                            iterations=70_000, val_every=5000, val_episodes=600, eval_batch=100),
     # --- small profiles for 2 CPU cores (lessons, CI-sized checks); see RESULTS.md ---
+    # vmap on a CPU too: for a 1-40-40-1 MLP the per-task loop's overhead is most of a meta-step
+    # (benchmarks/README.md, "Tiny networks")
     "cpu-maml-sinusoid": dict(dataset="sinusoid", algorithm="maml", shots=10, queries=10,
                               meta_batch=25, inner_steps=1, inner_lr=0.01, test_inner_steps=10,
                               meta_lr=1e-3, iterations=8000, val_every=2000, val_episodes=100,
-                              eval_batch=100, time_budget_s=120, device="cpu"),
+                              eval_batch=100, time_budget_s=120, device="cpu", strategy="vmap"),
     "cpu-joint-sinusoid": dict(dataset="sinusoid", algorithm="joint", shots=10, queries=10,
                                meta_batch=25, inner_steps=1, inner_lr=0.01, test_inner_steps=10,
                                meta_lr=1e-3, iterations=8000, val_every=2000, val_episodes=100,

@@ -98,6 +98,15 @@ class EpisodeSet:
                                              **config.dataset_options(),
                                              progress=progress).to(device)
 
+    def check(self) -> None:
+        """Raise `EpisodeError` naming the fix now if this split cannot form its episodes."""
+        if self.dataset is not None:
+            c = self.config
+            from mtl import data
+
+            data.EpisodeSampler(self.dataset, ways=c.test_ways, shots=c.test_shots, queries=c.test_queries,
+                                device=self.device, seed=self.seed)
+
     def __len__(self) -> int:
         return sum(math.ceil(min(DRAW_BATCH, self.n - start) / self.config.eval_batch)
                    for start in range(0, self.n, DRAW_BATCH))
@@ -156,7 +165,7 @@ def evaluate_checkpoint(path: str | Path, *, split: str = "test", episodes: int 
         resolve_device(device)
     path = checkpoint_path(path)
     data = load_checkpoint(path)
-    config = TrainConfig.from_dict(data["config"]).resolved()
+    config = TrainConfig.from_saved(data["config"], path)
     device = resolve_device(device or config.device)
     learner = build_learner(config, device)
     load_learner_state(learner, data["learner"], path)

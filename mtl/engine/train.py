@@ -40,7 +40,7 @@ import json
 import math
 import os
 import random
-import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,11 +52,11 @@ from torch import nn
 
 from mtl.engine import distributed
 from mtl.engine.build import build_learner, load_learner_state, resolve_device
-from mtl.engine.rundir import RunFolderError, prepare_run_dir, undo_start  # noqa: F401  (raised by train)
+from mtl.engine.rundir import RunFolderError, finish, prepare_run_dir, release, undo_start  # noqa: F401
 from mtl.engine.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
-from mtl.engine.config import ConfigError, TrainConfig, preset
-from mtl.errors import InnerLoopError, TrainingDiverged
-from mtl.io import progress_enabled
+from mtl.engine.config import ConfigError, TrainConfig, dataset_kind, preset
+from mtl.errors import InnerLoopError, MTLError, TrainingDiverged
+from mtl.io import atomic_write_text, progress_enabled
 
 #: config fields that may change when a run is resumed
 RESUMABLE_CHANGES = ("iterations", "device", "time_budget_s", "test_episodes")
@@ -127,14 +127,21 @@ def train(config: TrainConfig | dict | str, *, out: str | os.PathLike | None = N
                                if info.rank == 0 else
                                (Path(out) if out is not None else None, None, False))
     try:
-        return _train(config, info, run_dir, resume, progress)
-    except BaseException:
+        summary = _train(config, info, run_dir, resume, progress)
+    except BaseException as error:
         if info.rank == 0 and run_dir is not None:
-            undo_start(run_dir, aside, created)
+            note = undo_start(run_dir, aside, created)
+            if note and isinstance(error, MTLError):
+                error.args = (f"{error} {note}",)
+            elif note:
+                print(note, file=sys.stderr)
         raise
     finally:
-        if aside is not None and aside.exists() and (run_dir / "last.pt").exists():
-            shutil.rmtree(aside)  # the new run has its first checkpoint: the old one may go
+        if info.rank == 0:
+            release(run_dir)
+    if info.rank == 0 and run_dir is not None:
+        finish(run_dir, aside)  # the new run has finished: the run it replaced may go
+    return summary
 
 
 def _train(config: TrainConfig, info, run_dir: Path | None, resume: bool,
@@ -145,6 +152,8 @@ def _train(config: TrainConfig, info, run_dir: Path | None, resume: bool,
         checkpoint = load_checkpoint(run_dir / "last.pt")
         config = _resume_config(TrainConfig.from_dict(checkpoint["config"]), config)
     config = config.resolved()
+    if checkpoint is None:
+        config = config.with_folder_classes()  # the split is recorded, whatever the folder becomes
     device = info.device if info.world_size > 1 else resolve_device(config.device)  # [distributed]
     show = progress_enabled(progress) and info.rank == 0  # [distributed]
 
@@ -156,6 +165,14 @@ def _train(config: TrainConfig, info, run_dir: Path | None, resume: bool,
 
     val_set = EpisodeSet(config, "val", n=config.val_episodes, seed=config.eval_seed, device=device,
                          progress=show)
+    val_set.check()
+    test_set = None
+    if config.test_episodes > 0 and dataset_kind(config.dataset) == "folder":
+        # a folder's test split is checked now, not after training (the built-in datasets' splits
+        # are checked with the config)
+        test_set = EpisodeSet(config, "test", n=config.test_episodes, seed=config.eval_seed,
+                              device=device, progress=show)
+        test_set.check()
     state = _State()
     if checkpoint is None and config.init is not None:
         start = load_checkpoint(config.init)
@@ -168,7 +185,7 @@ def _train(config: TrainConfig, info, run_dir: Path | None, resume: bool,
     run_dir = run_dir if info.rank == 0 else None  # [distributed] only rank 0 writes
     log = _MetricsLog(run_dir, keep_until=state.step if checkpoint is not None else None)
     if run_dir is not None:
-        (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        atomic_write_text(run_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
     loop = _Loop(config, learner, optimizer, sampler, val_set, state, log, run_dir, show)
     stopped = loop.run()
 
@@ -177,12 +194,13 @@ def _train(config: TrainConfig, info, run_dir: Path | None, resume: bool,
         from mtl.engine.evaluate import evaluate
 
         test = evaluate(learner, config, split="test", episodes=config.test_episodes,
-                        seed=config.eval_seed, device=device, progress=show).to_dict()
+                        seed=config.eval_seed, device=device, episode_set=test_set,
+                        progress=show).to_dict()
     summary = RunSummary(config=config, out=str(run_dir) if run_dir else None, steps=state.step,
                          stopped=stopped, wall_time_s=state.elapsed_s, last_val=state.last_val,
                          best_val=state.best_val, test=test, history=log.rows, learner=learner)
     if run_dir is not None:
-        (run_dir / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
+        atomic_write_text(run_dir / "summary.json", json.dumps(summary.to_dict(), indent=2) + "\n")
     return summary
 
 
@@ -284,10 +302,16 @@ class _Loop:
         step = self.state.step + 1
         lower = (f"a lower learning rate (--inner-lr below {self.config.inner_lr:g} or --meta-lr "
                  f"below {self.config.meta_lr:g})")
-        if self.last_good is not None:
-            kept = (f"The last checkpoint with a finite validation score (step {self.last_good}) is "
-                    f"kept in {self.run_dir / 'last.pt'}: start a new run from its weights with "
-                    f"--init {self.run_dir / 'last.pt'} --out NEW_FOLDER and {lower}")
+        best = self.state.best_val
+        if self.last_good is not None and best is not None:
+            kept = (f"The last checkpoint (step {self.last_good}) is kept in {self.run_dir / 'last.pt'}, "
+                    f"and the weights of the best validation (step {best['step']}) in "
+                    f"{self.run_dir / 'best.pt'}: start a new run from those with --init "
+                    f"{self.run_dir / 'best.pt'} --out NEW_FOLDER and {lower}")
+        elif self.last_good is not None:
+            kept = (f"The last checkpoint (step {self.last_good}) is kept in {self.run_dir / 'last.pt'}, "
+                    f"but no validation has scored it yet, so its weights may already be bad: run "
+                    f"again with {lower}")
         else:
             kept = (f"No checkpoint was written yet (the run folder is left as it was): run the "
                     f"same command again with {lower}")
