@@ -54,8 +54,10 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
+    """Headless Chromium for this module's tests; closed with the module, since an open sync
+    playwright keeps its event loop running and later tests of the same process start their own."""
     if not CHROMIUM.exists():
         reason = f"{CHROMIUM} not found: install Debian's chromium package (apt-get install chromium) to run this test"
         print(reason)
