@@ -205,19 +205,19 @@ def maml_outputs(model: nn.Module, params: Mapping[str, Tensor], support_x: Tens
     check_inputs(model, params, {"support_x": support_x, "query_x": query_x},
                  {"support_y": support_y, "query_y": query_y}, loss_fn, leading=2)
     check_batch(support_x, support_y, query_x, query_y, loss_fn)
-    functional = resolve_strategy(strategy, model, support_x.device) == "vmap"
+    strategy = resolve_strategy(strategy, model, support_x.device)
 
     def one_task(shared: dict, sx: Tensor, sy: Tensor, qx: Tensor,
                  qy: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         adapted, inner_losses = _adapt(model, shared["params"], sx, sy, steps, shared["lr"],
-                                       loss_fn, first_order, shared["fixed"], functional)
+                                       loss_fn, first_order, shared["fixed"], strategy == "vmap")
         out = functional_call(model, {**shared["fixed"], **adapted}, (qx,))
         return loss_fn(out, qy), out, inner_losses
 
     with label_errors(model):
         losses, outputs, inner_losses = map_tasks(
             one_task, _shared(model, params, lr), (support_x, support_y, query_x, query_y),
-            strategy="vmap" if functional else "loop", model=model)
+            strategy=strategy, model=model)
     check_finite(inner_losses, losses, steps, lr)
     return losses, outputs
 
