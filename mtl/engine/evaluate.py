@@ -28,6 +28,7 @@ from typing import Any, Iterable, Iterator
 import torch
 from torch import nn
 
+from mtl.algorithms.base import Learner
 from mtl.engine.config import TrainConfig
 from mtl.errors import ConfigError, MTLError
 
@@ -51,6 +52,14 @@ class Evaluation:
     seed: int = 0
     inner_steps: int | None = None
     protocol: dict[str, Any] = field(default_factory=dict)
+    adapts: bool = True         # False: the learner has no inner loop (it sets no weight per task)
+
+    @property
+    def adaptation(self) -> str:
+        """How each task was adapted to, in words: ``"3 inner steps"``, or ``"no inner loop"``."""
+        if not self.adapts:
+            return "no inner loop"
+        return f"{self.inner_steps} inner step{'' if self.inner_steps == 1 else 's'}"
 
     def __str__(self) -> str:
         if self.metric == "accuracy":
@@ -60,7 +69,7 @@ class Evaluation:
         details = ", ".join(f"{k} {v}" for k, v in self.protocol.items() if k != "batch_norm")
         norm = self.protocol.get("batch_norm")
         return (f"{value} (95% CI, {self.n} episodes, split {self.split}, seed {self.seed}, "
-                f"{self.inner_steps} inner steps{', ' + details if details else ''}"
+                f"{self.adaptation}{', ' + details if details else ''}"
                 f"{'; ' + norm if norm else ''})")
 
     def to_dict(self) -> dict[str, Any]:
@@ -134,7 +143,9 @@ def evaluate(learner: nn.Module, config: TrainConfig, *, split: str = "test", ep
     """Score ``learner`` (an algorithm module with ``predict``) on a fixed episode set.
 
     ``config`` (resolved) fixes the dataset and the episode shape; ``inner_steps`` defaults to
-    ``config.test_inner_steps``; ``episode_set`` reuses already loaded episodes (validation).
+    ``config.test_inner_steps``; ``episode_set`` reuses already loaded episodes (validation). A
+    `Learner` that sets no weight per task (``per_task_parameters`` 0: ProtoNet, in-context) has no
+    inner loop, and its result says so (``adapts=False``) whatever ``inner_steps`` is.
     """
     from mtl.engine.build import resolve_device
     from mtl.io import progress_enabled
@@ -148,9 +159,11 @@ def evaluate(learner: nn.Module, config: TrainConfig, *, split: str = "test", ep
         episode_set = EpisodeSet(config, split, n=episodes, seed=seed, device=device, progress=show)
     scores = _scores(learner, episode_set, steps, config.dataset == "sinusoid", show)
     mean, ci95 = confidence_interval(scores)
+    adapts = not (isinstance(learner, Learner) and learner.per_task_parameters(config.test_ways) == 0)
     return Evaluation(metric="mse" if config.dataset == "sinusoid" else "accuracy", mean=mean,
                       ci95=ci95, n=len(scores), scores=scores, split=episode_set.split,
-                      seed=episode_set.seed, inner_steps=steps, protocol=_protocol(config, learner))
+                      seed=episode_set.seed, inner_steps=steps, protocol=_protocol(config, learner),
+                      adapts=adapts)
 
 
 def evaluate_checkpoint(path: str | Path, *, split: str = "test", episodes: int = 600, seed: int = 0,
