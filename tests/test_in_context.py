@@ -208,6 +208,22 @@ def test_cli_train_evaluate_adapt_and_the_classifier(symbols, tmp_path, capsys):
     assert clf.predict_proba([query / "new1" / "b.png"]).shape == (1, 2)
 
 
+
+def test_cli_trains_and_evaluates_it_on_sinusoids(tmp_path, capsys):
+    """Regression end to end: the label token is the y value; the summary names no inner loop."""
+    run = tmp_path / "sine"
+    assert main(["train", "--dataset", "sinusoid", "--algorithm", "in-context", "--shots", "10", "--queries", "10",
+                 "--meta-batch", "4", "--inner-steps", "0", "--inner-lr", "0", "--test-inner-steps", "0",
+                 "--iterations", "3", "--val-every", "3", "--val-episodes", "4", "--test-episodes", "5",
+                 "--set", "width=16", "--set", "layers=1", "--device", "cpu", "--no-progress",
+                 "--out", str(run)]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["test"]["metric"] == "mse" and summary["test"]["n"] == 5 and not summary["test"]["adapts"]
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(run), "--episodes", "6", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("mse ") and "no inner loop" in out and "inner step" not in out
+
 # ------------------------------------------------------------------- the lesson's exercise checker
 
 def _context(support_z, support_y, query_z, ways, *, label=None, query_label=False, queries_first=False,
