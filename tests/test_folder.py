@@ -162,7 +162,7 @@ def test_adapt_cli_prints_predictions_and_accuracy(trained, symbols, tmp_path, c
     assert main(["adapt", "--checkpoint", str(trained["maml"]), "--support", str(support),
                  "--query", str(query), "--json", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "accuracy:" in printed and "4-way" in printed
+    assert "accuracy:" in printed and "4-way" in printed and "inner step" in printed
     result = json.loads(out.read_text())
     assert len(result["predictions"]) == 8 and set(result["classes"]) == {"new0", "new3", "new5", "new7"}
     assert all(0 <= r["probability"] <= 1 for r in result["predictions"])

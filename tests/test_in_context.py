@@ -199,6 +199,7 @@ def test_cli_train_evaluate_adapt_and_the_classifier(symbols, tmp_path, capsys):
     assert main(["adapt", "--checkpoint", str(run), "--support", str(support), "--query", str(query),
                  "--json", str(out)]) == 0
     assert len(json.loads(out.read_text())["predictions"]) == 3
+    assert "no inner loop" in capsys.readouterr().out  # not "N inner steps": nothing is adapted
     (support / "new11").mkdir()
     _draw(support / "new11" / "a.png", 11, 0)
     assert main(["adapt", "--checkpoint", str(run), "--support", str(support), "--query", str(query)]) == 1
