@@ -73,11 +73,11 @@ def test_a_toy_dataset_added_by_one_file_and_one_entry_trains(toy, tmp_path):
     assert set(toy.LOADS) == {"train", "val", "test"}
     # the config checks read its split sizes: no other dataset's are assumed
     with pytest.raises(ConfigError, match="'val' has 3"):
-        TrainConfig(dataset="toy", ways=4, test_ways=5, device="cpu")
+        TrainConfig(dataset="toy", ways=4, test_ways=5, queries=2)
     with pytest.raises(ConfigError, match="8 per class"):
         TrainConfig(dataset="toy", ways=3, shots=4, queries=5)
     with pytest.raises(ConfigError, match="must be 1 for toy"):
-        TrainConfig(dataset="toy", ways=3, channels=3)
+        TrainConfig(dataset="toy", ways=3, queries=2, channels=3)
 
 
 def test_load_dataset_and_task_source_read_the_spec(toy):

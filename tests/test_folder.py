@@ -306,7 +306,7 @@ def test_a_split_that_cannot_form_its_episodes_fails_before_training(symbols, tm
     assert not out.exists()
 
 
-def make_nested(root: Path, alphabets: int = 3, characters: int = 4, drawers: int = 6) -> Path:
+def make_nested(root: Path, alphabets: int = 4, characters: int = 5, drawers: int = 6) -> Path:
     """Omniglot's own layout: ``root/<alphabet>/<character>/<drawing>.png``."""
     for a in range(alphabets):
         for c in range(characters):
@@ -324,7 +324,7 @@ def test_nested_class_folders_train_as_omniglot_ships_them_and_are_listed_once(t
     walk = folder_data._walk
     monkeypatch.setattr(folder_data, "_walk", lambda *args: walks.append(args[0]) or walk(*args))
     classes = folder_data.scan(root)
-    assert len(classes) == 12 and list(classes)[:2] == ["alphabet_0/character00", "alphabet_0/character01"]
+    assert len(classes) == 20 and list(classes)[:2] == ["alphabet_0/character00", "alphabet_0/character01"]
     assert all(len(files) == 6 and files[0].parent.name == name.split("/")[1] for name, files in classes.items())
     code = main(["train", "--dataset", f"folder:{root}", "--ways", "3", "--shots", "1", "--queries", "2",
                  "--meta-batch", "2", "--iterations", "2", "--val-every", "2", "--val-episodes", "3",

@@ -52,7 +52,7 @@ def parse_name(name: str) -> tuple[DatasetSpec, str | None]:
     base, sep, path = name.partition(":")
     if base not in DATASETS:
         raise DataError(f"unknown dataset {name!r}: use one of {', '.join(names())} "
-                        "(folder:PATH: your own images, one folder per class)")
+                        "(NAME:PATH: your own images, a folder of class folders)")
     spec = DATASETS[base]
     if spec.path and sep and not path:
         raise DataError(f"--dataset {base}:PATH needs the folder's path after '{base}:'")
