@@ -17,14 +17,26 @@ from mtl import models
 from mtl.engine.config import TrainConfig
 from mtl.errors import CheckpointError, ConfigError
 
-__all__ = ["build_model", "build_learner", "load_learner_state", "resolve_device"]
+__all__ = ["build_model", "build_learner", "load_learner_state", "resolve_device", "task_source"]
+
+
+def task_source(config: TrainConfig, split: str, *, ways: int, shots: int, queries: int,
+                device: torch.device | str, seed: int, progress: bool = True, training: bool = False) -> Any:
+    """The tasks of ``split`` of the config's dataset (``mtl.data.task_source``): ``ways``-way
+    episodes of its images at ``config.image_size``, or its own task family. ``training``: the
+    meta-training tasks (with the rotation classes, where the config asks for them)."""
+    from mtl.data import task_source as source
+
+    return source(config.dataset, split, ways=ways, shots=shots, queries=queries, device=device,
+                  seed=seed, image_size=config.image_size, progress=progress,
+                  **config.dataset_options(training))
 
 
 def build_model(config: TrainConfig) -> nn.Module:
     """The network named by ``config.model`` (resolved config), sized for the dataset."""
     if config.model == "mlp":
         return models.MLP(hidden=config.hidden)
-    channels = config.channels or (1 if config.dataset == "omniglot" else 3)
+    channels = config.channels or config.spec.defaults()["channels"]
     if config.model == "conv4":
         return models.Conv4(channels, config.ways, hidden=config.hidden, image_size=config.image_size)
     if config.model == "resnet12":

@@ -385,8 +385,7 @@ class Pretrain(Learner):
         channels = extra.pop("channels", None)
         hidden = extra.pop("hidden", None)
         dataset = load_dataset(config.dataset, "train", image_size=config.image_size,
-                               rotations=config.rotations and config.dataset == "omniglot",
-                               progress=False, **config.dataset_options())
+                               progress=False, **config.dataset_options(training=True))
         num_classes, _, in_channels = dataset.images.shape[:3]
         model = ResNet12(in_channels, num_classes, channels, hidden=hidden)
         return cls(model, seed=config.seed, **extra)
