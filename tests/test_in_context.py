@@ -284,3 +284,17 @@ def test_context_checker_names_the_mistake(wrong, message):
 
     with pytest.raises(exercises.ExerciseError, match=message):
         exercises.check_context(wrong)
+
+
+def test_presets_of_other_algorithms_leave_the_inner_loop_to_learners_without_one():
+    from mtl.engine.config import preset
+
+    for algorithm in ("protonet", "in-context"):
+        config = preset("cpu-maml-omniglot-5w1s", algorithm=algorithm).resolved()
+        assert (config.inner_steps, config.inner_lr, config.test_inner_steps) == (0, 0.0, 0)
+        assert (config.ways, config.meta_batch) == (5, 16)  # the preset's budget stays
+        build_learner(config, torch.device("cpu"))
+    assert preset("cpu-maml-omniglot-5w1s", algorithm="anil").resolved().inner_steps == 1  # kept for MAML's kin
+    with pytest.raises(MTLError, match="drop --inner-steps"):
+        build_learner(preset("cpu-maml-omniglot-5w1s", algorithm="in-context", inner_steps=2).resolved(),
+                      torch.device("cpu"))

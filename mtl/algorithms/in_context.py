@@ -28,6 +28,8 @@ class InContext(Learner):
     """``InContext(model)``: ``model`` an ``InContextTransformer`` (see ``from_config``)."""
 
     CONFIG_SETTINGS = ("width", "heads", "layers")
+    #: TrainConfig fields set when a run leaves them unset: no inner loop
+    DEFAULTS = {"inner_steps": 0, "inner_lr": 0.0}
 
     def __init__(self, model: InContextTransformer, *, fixed_labels: bool = False) -> None:
         super().__init__()
@@ -39,6 +41,9 @@ class InContext(Learner):
         """The encoder of ``config.model`` without its head (Conv4 with per-image layer norm, or the
         sinusoid MLP's body) under a transformer with ``config.ways`` label slots; ``extra`` may set
         ``width``, ``heads``, ``layers`` and ``fixed_labels``."""
+        if config.inner_steps or config.inner_lr or config.test_inner_steps or config.first_order:
+            raise ConfigError("the in-context learner has no inner loop (it reads the support set as input): "
+                              "drop --inner-steps, --inner-lr, --test-inner-steps and --first-order")
         extra = dict(config.extra)
         shape = {key: extra.pop(key) for key in cls.CONFIG_SETTINGS if key in extra}
         if config.model == "mlp":

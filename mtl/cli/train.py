@@ -99,7 +99,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) -> TrainConfig:
     """``base`` (else the preset, else defaults) with every option given on the command line."""
     if base is None:
-        base = preset(args.preset) if args.preset else TrainConfig()
+        chosen = {"algorithm": args.algorithm} if args.algorithm else {}
+        base = preset(args.preset, **chosen) if args.preset else TrainConfig()
     values = base.to_dict()
     for name, _, _ in _OPTIONS:
         key = name.replace("-", "_")

@@ -169,6 +169,9 @@ class TrainConfig:
             _SCAN_FOLDERS.reset(token)
 
 
+#: a preset's inner-loop settings, which an algorithm whose ``DEFAULTS`` fix its inner loop replaces
+INNER_LOOP_FIELDS = ("inner_steps", "inner_lr", "test_inner_steps", "first_order")
+
 #: the values of these fields when neither the run nor its algorithm's ``DEFAULTS`` sets them
 GENERIC_DEFAULTS: dict[str, Any] = {"ways": 5, "meta_batch": 32, "inner_steps": 1, "inner_lr": 0.4}
 
@@ -488,9 +491,16 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def preset(name: str, **overrides: Any) -> TrainConfig:
-    """The named preset as a `TrainConfig`, with ``overrides`` applied (``preset`` field set)."""
+    """The named preset as a `TrainConfig`, with ``overrides`` applied (``preset`` field set). With
+    another ``algorithm`` whose ``DEFAULTS`` fix its inner loop (ProtoNet, in-context: none), the
+    preset's inner-loop settings are left to that algorithm; its budget and episodes are kept."""
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(sorted(PRESETS))}")
     values = dict(PRESETS[name], preset=name)
+    algorithm = overrides.get("algorithm")
+    if algorithm and algorithm != values.get("algorithm") and "inner_steps" in algorithm_defaults(algorithm):
+        # another algorithm on this preset's budget that fixes its own inner loop (e.g. ProtoNet: none)
+        for field in INNER_LOOP_FIELDS:
+            values.pop(field, None)
     values.update(overrides)
     return TrainConfig.from_dict(values)

@@ -150,11 +150,21 @@ def evaluate(learner: nn.Module, config: TrainConfig, *, split: str = "test", ep
         episode_set = EpisodeSet(config, split, n=episodes, seed=seed, device=device, progress=show)
     scores = _scores(learner, episode_set, steps, config.regression, show)
     mean, ci95 = confidence_interval(scores)
-    adapts = not (isinstance(learner, Learner) and learner.per_task_parameters(config.test_ways) == 0)
+    adapts = _adapts(learner, config.test_ways)
     return Evaluation(metric="mse" if config.regression else "accuracy", mean=mean,
                       ci95=ci95, n=len(scores), scores=scores, split=episode_set.split,
                       seed=episode_set.seed, inner_steps=steps, protocol=_protocol(config, learner),
                       adapts=adapts)
+
+
+def _adapts(learner: nn.Module, ways: int) -> bool:
+    """Whether ``learner`` sets weights per task (a learner that does not say is taken to)."""
+    if not isinstance(learner, Learner):
+        return True
+    try:
+        return learner.per_task_parameters(ways) != 0
+    except NotImplementedError:
+        return True
 
 
 def evaluate_checkpoint(path: str | Path, *, split: str = "test", episodes: int = 600, seed: int = 0,
