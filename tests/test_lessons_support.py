@@ -341,7 +341,7 @@ def test_quadratic_figures(tasks):
     fig = viz.quadratic_family(tasks, 0.1, 2)
     assert len(fig.axes) == 2  # plot + colour bar
     fig = viz.meta_landscape(tasks, 0.1, 2)
-    assert fig.axes[0].get_legend() is not None
+    assert fig.axes[0].get_legend() is not None and len(fig.axes) == 2  # plot + colour bar
     fig = viz.reptile_geometry(tasks, torch.tensor([1.0, 1.0], dtype=torch.float64), 0.1, 3, show=4)
     assert len(fig.axes[0].texts) == 4 + 3  # one arrow per shown task, one per method
     fig = viz.fixed_point_paths(tasks, 0.1, 5)
