@@ -138,3 +138,33 @@ def test_record_keeps_provenance_scores_and_the_validation_curve(tmp_path):
     assert row.method == "MAML" and row.episodes == 6 and len(row.scores) == 6
     assert [r["step"] for r in row.curve] == [2, 4] and all("elapsed_s" in r for r in row.curve)
     assert row.provenance["command"] == "python -m mtl train ..." and row.provenance["date"]
+
+
+def test_verdict_reads_the_paired_interval():
+    assert compare.verdict(0.03, 0.01) == "ahead"
+    assert compare.verdict(-0.03, 0.01) == "behind"
+    assert compare.verdict(0.005, 0.01) == compare.verdict(-0.01, 0.01) == "no difference detected"
+    with pytest.raises(compare.MTLError, match="finite"):
+        compare.verdict(float("nan"), 0.01)
+    with pytest.raises(compare.MTLError, match=">= 0"):
+        compare.verdict(0.1, -0.01)
+
+
+def test_paired_words_the_difference_from_the_first_method():
+    g = torch.Generator().manual_seed(1)
+    difficulty = torch.rand(300, generator=g)
+    a = (difficulty + 0.04 + 0.01 * torch.randn(300, generator=g)).tolist()
+    b = difficulty.tolist()
+    ahead, behind = compare.paired("A", a, "B", b), compare.paired("B", b, "A", a)
+    assert (ahead.verdict, behind.verdict) == ("ahead", "behind") and ahead.n == 300
+    assert ahead.mean == pytest.approx(-behind.mean) and ahead.ci95 == pytest.approx(behind.ci95)
+    assert ahead.phrase() == "A ahead of B" and behind.phrase() == "B behind A"
+    line = ahead.sentence()
+    assert line.startswith("A - B: +4.0 points, 95% interval [+")
+    assert line.endswith("over the same 300 episodes: A ahead of B")
+    same = compare.paired("A", b, "B", b)
+    assert same.verdict == "no difference detected" and same.phrase() == "no difference detected between A and B"
+    # overlapping per-method intervals, separated paired interval: the paired one decides
+    from mtl.engine.evaluate import confidence_interval
+    (_, ci_a), (_, ci_b) = confidence_interval(a), confidence_interval(b)
+    assert ahead.mean < ci_a + ci_b and ahead.verdict == "ahead"

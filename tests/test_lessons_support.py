@@ -189,13 +189,159 @@ def test_prototype_head_checker_names_the_mistake(wrong, message):
     with pytest.raises(exercises.ExerciseError, match=message):
         exercises.check_prototype_head(wrong)
 
+
+def test_prototype_head_checker_accepts_heads_with_the_same_softmax(capsys):
+    def shifted(support, support_y, ways):  # W = 2c + v, b = -||c||^2 + beta: the same softmax
+        weight, bias = _prototype_head(support, support_y, ways)
+        v = torch.linspace(-1.0, 2.0, support.shape[1], dtype=weight.dtype)
+        return weight + v, bias + 3.5
+
+    exercises.check_prototype_head(shifted)
+    assert "one number per query" in capsys.readouterr().out
+    exercises.check_prototype_head(lambda s, y, n: (_prototype_head(s, y, n)[0], _prototype_head(s, y, n)[1] - 7.0))
+    assert "one number per query" in capsys.readouterr().out
+    exercises.check_prototype_head(lambda s, y, n: tuple(t.float() for t in _prototype_head(s, y, n)))
+    assert "W = 2c, b = -||c||^2;" in capsys.readouterr().out
+    with pytest.raises(exercises.ExerciseError, match="half"):  # a common shift does not hide a slip
+        exercises.check_prototype_head(lambda s, y, n: (_prototype_head(s, y, n, scale=1.0)[0] + 1.0,
+                                                        -0.5 * (_prototype_head(s, y, n)[0] / 2).pow(2).sum(-1)))
+
+
+def test_prototype_head_checker_needs_the_labels_not_the_order():
+    def by_position(support, support_y, ways):
+        c = support.reshape(ways, -1, support.shape[1]).mean(1)
+        return 2 * c, -(c ** 2).sum(-1)
+
+    with pytest.raises(exercises.ExerciseError, match="by position, not by label"):
+        exercises.check_prototype_head(by_position)
+
+
+def _nearest_centroid(support, support_y, query, ways, *, normalise=True, form="distance", reduce="mean"):
+    import torch.nn.functional as F
+
+    if normalise:
+        support, query = F.normalize(support, dim=-1), F.normalize(query, dim=-1)
+    c = torch.stack([getattr(support[support_y == k], reduce)(0) for k in range(ways)])
+    if form == "distance":
+        return -torch.cdist(query, c) ** 2
+    return 2 * query @ c.T - (c ** 2).sum(-1)  # minus the squared distance, without ||q||^2 = 1
+
+
+def test_nearest_centroid_checker_accepts_logits_up_to_a_constant_per_query(capsys):
+    exercises.check_nearest_centroid(_nearest_centroid)
+    assert "minus squared distances (nearest centroid)" in capsys.readouterr().out
+    exercises.check_nearest_centroid(lambda *a: _nearest_centroid(*a, form="linear"))
+    assert "one number per query" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (lambda *a: _nearest_centroid(*a, normalise=False), "not L2-normalised"),
+    (lambda *a: -_nearest_centroid(*a), "plus distances"),
+    (lambda *a: _nearest_centroid(*a, reduce="sum"), "sums"),
+    (lambda *a: -(-_nearest_centroid(*a)).sqrt(), "not squared"),
+    (lambda s, y, q, n: _nearest_centroid(s, y, q, n)[:, :-1], "shape"),
+])
+def test_nearest_centroid_checker_names_the_mistake(wrong, message):
+    with pytest.raises(exercises.ExerciseError, match=message):
+        exercises.check_nearest_centroid(wrong)
+
+
+def test_hardest_class_checker():
+    def right(logits, query_y, classes):
+        correct = (logits.argmax(-1) == query_y).float()
+        per_class = torch.stack([correct[:, query_y[0] == c].mean(1) for c in range(classes.shape[1])], 1)
+        return classes.gather(1, per_class.argmin(1, keepdim=True)).squeeze(1)
+
+    exercises.check_hardest_class(right)
+    with pytest.raises(exercises.ExerciseError, match="labels"):
+        exercises.check_hardest_class(lambda z, y, c: right(z, y, torch.arange(c.shape[1]).expand_as(c)))
+
+
+def test_checkers_try_several_settings():
+    """A solution that holds one setting fixed passes the first setting and is caught at the next."""
+    import torch.nn.functional as F
+
+    def fixed_loss(model, params, x, y, lr, loss_fn):  # ignores loss_fn
+        return _step(model, params, x, y, lr, F.mse_loss)
+
+    with pytest.raises(exercises.ExerciseError, match="loss_fn"):
+        exercises.check_inner_step(fixed_loss)
+
+    def fixed_steps(model, params, sx, sy, qx, qy, *, steps, lr):
+        fast = mtl.adapt(model, params, sx, sy, steps=2, lr=0.1, loss_fn=F.mse_loss)
+        return F.mse_loss(torch.func.functional_call(model, fast, (qx,)), qy)
+
+    with pytest.raises(exercises.ExerciseError, match="steps=1, lr=0.5"):
+        exercises.check_task_meta_loss(fixed_steps)
+
+    def fixed_eps(theta, phis, eps):
+        return {k: v + 0.25 * (torch.stack([p[k] for p in phis]).mean(0) - v) for k, v in theta.items()}
+
+    with pytest.raises(exercises.ExerciseError, match="3 tasks, outer_lr 0.6"):
+        exercises.check_reptile_update(fixed_eps)
+    with pytest.raises(exercises.ExerciseError, match="first task"):
+        exercises.check_reptile_update(
+            lambda t, p, e: {k: v + e * (p[0][k] - v) for k, v in t.items()})
+
+
+def _t_cdf(t: float, df: int) -> float:
+    """Student's t CDF for an integer ``df`` in closed form (Abramowitz & Stegun 26.7.3-4)."""
+    import math
+
+    theta = math.atan(t / math.sqrt(df))
+    c2, s = math.cos(theta) ** 2, math.sin(theta)
+    if df % 2:
+        term, total = math.cos(theta), 0.0
+        if df > 1:
+            total = term
+            for j in range(3, df - 1, 2):
+                term *= c2 * (j - 1) / j
+                total += term
+        a = 2 / math.pi * (theta + s * total)
+    else:
+        term = total = 1.0
+        for j in range(2, df - 1, 2):
+            term *= c2 * (j - 1) / j
+            total += term
+        a = s * total
+    return (1 + a) / 2
+
+
+def _t_quantile(p: float, df: int) -> float:
+    low, high = 0.0, 10.0
+    for _ in range(80):
+        mid = (low + high) / 2
+        low, high = (mid, high) if _t_cdf(mid, df) < p else (low, mid)
+    return (low + high) / 2
+
+
+def test_student_t_quantile():
+    assert _t_quantile(0.975, 9) == pytest.approx(2.2621571628, abs=1e-9)  # the printed tables' 2.262
+    for df in (9, 29, 599, 600):
+        assert exercises._t_quantile(0.975, df) == pytest.approx(_t_quantile(0.975, df), abs=1e-9)
+
+
+def test_ci95_checker_accepts_every_correct_interval(capsys):
+    n_std = lambda a: a.std(correction=0)  # noqa: E731
+    exercises.check_ci95(lambda a: (a.mean(), 1.96 * n_std(a) / len(a) ** 0.5))  # ddof 0, as np.std
+    exercises.check_ci95(lambda a: (a.mean(), 1.959963984540054 * a.std() / len(a) ** 0.5))  # the exact z
+    assert "1.96 std / sqrt(n)" in capsys.readouterr().out
+    exercises.check_ci95(lambda a: (a.mean(), _t_quantile(0.975, len(a) - 1) * a.std() / len(a) ** 0.5))
+    out = capsys.readouterr().out
+    assert "Student-t" in out and "t = 2.262 at n = 10" in out
+    with pytest.raises(exercises.ExerciseError, match="n - 1 degrees of freedom"):
+        exercises.check_ci95(lambda a: (a.mean(), _t_quantile(0.975, len(a)) * a.std() / len(a) ** 0.5))
+    with pytest.raises(exercises.ExerciseError, match="99%"):
+        exercises.check_ci95(lambda a: (a.mean(), 2.576 * a.std() / len(a) ** 0.5))
+
+
 # ---------------------------------------------------------------------------- viz and widgets
 
 def test_quadratic_figures(tasks):
     fig = viz.quadratic_family(tasks, 0.1, 2)
     assert len(fig.axes) == 2  # plot + colour bar
     fig = viz.meta_landscape(tasks, 0.1, 2)
-    assert fig.axes[0].get_legend() is not None
+    assert fig.axes[0].get_legend() is not None and len(fig.axes) == 2  # plot + colour bar
     fig = viz.reptile_geometry(tasks, torch.tensor([1.0, 1.0], dtype=torch.float64), 0.1, 3, show=4)
     assert len(fig.axes[0].texts) == 4 + 3  # one arrow per shown task, one per method
     fig = viz.fixed_point_paths(tasks, 0.1, 5)

@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     run_parser = sub.add_parser("run", help="execute the lessons in order; write executed copies + HTML")
     run_parser.add_argument("--profile", choices=["cpu", "gpu"], default=os.environ.get("MTL_PROFILE", "cpu"),
-                            help="cpu: minutes on 2 cores (default); gpu: the paper protocol")
+                            help="cpu: minutes on 2 cores (default); gpu: paper-sized budgets on a GPU (untested)")
     run_parser.add_argument("--out", type=Path, default=Path("course-out"),
                             help="folder for the executed notebooks and HTML (default: course-out)")
     run_parser.add_argument("--lessons", nargs="*", default=None, metavar="NN",

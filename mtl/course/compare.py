@@ -1,4 +1,10 @@
-"""The capstone's comparison: one row per method, measured the same way for every method.
+"""Comparisons the lessons print: paired verdicts, and the capstone's one row per method.
+
+Two methods scored on the same episodes are compared episode by episode, and every lesson words
+the result the same way (``verdict``: "ahead", "behind", "no difference detected")::
+
+    p = paired("ProtoNet", protonet.scores, "MAML", maml.scores)
+    print(p.sentence())   # ProtoNet - MAML: +3.9 points, 95% interval [+3.0, +4.8] over the same 300 episodes: ...
 
 A row holds the test accuracy (mean +- 95% CI over fixed episodes, ``mtl.engine.evaluate``), the
 training time, the memory one meta-step holds for its backward pass, and two parameter counts:
@@ -33,8 +39,8 @@ from mtl.algorithms.base import numel
 from mtl.errors import MTLError, ResultsError
 from mtl.io import atomic_write_text, check_output_file
 
-__all__ = ["Row", "backward_memory", "per_task_parameters", "meta_parameters", "paired_difference", "hardware",
-           "format_table", "load_results", "PlannedRun"]
+__all__ = ["Row", "backward_memory", "per_task_parameters", "meta_parameters", "paired_difference", "Paired",
+           "paired", "verdict", "hardware", "format_table", "load_results", "PlannedRun"]
 
 #: the repository's results folder (the package is installed editable, next to it)
 RESULTS = Path(__file__).resolve().parents[2] / "results"
@@ -114,6 +120,70 @@ def paired_difference(scores_a, scores_b) -> tuple[float, float]:
         raise MTLError(f"paired differences need the same episodes for both methods: got {len(a)} "
                        f"and {len(b)} scores")
     return confidence_interval([x - y for x, y in zip(a, b)])
+
+
+#: the three words a paired interval supports, from the first method's side
+AHEAD, BEHIND, NO_DIFFERENCE = "ahead", "behind", "no difference detected"
+
+
+def verdict(mean: float, ci95: float) -> str:
+    """What a paired difference ``a - b`` (its mean and 95% half-width) supports, from ``a``'s side:
+    ``"ahead"`` when the whole interval is above 0, ``"behind"`` when it is below 0, else
+    ``"no difference detected"`` (an interval that contains 0 does not show the methods equal: only
+    that these episodes cannot tell them apart)."""
+    if not (math.isfinite(mean) and math.isfinite(ci95)) or ci95 < 0:
+        raise MTLError(f"a verdict needs a finite mean and a half-width >= 0, got {mean} and {ci95}")
+    if mean - ci95 > 0:
+        return AHEAD
+    if mean + ci95 < 0:
+        return BEHIND
+    return NO_DIFFERENCE
+
+
+@dataclass(frozen=True)
+class Paired:
+    """Method ``a`` against method ``b`` on the same ``n`` episodes: the mean of ``a - b`` and its
+    95% half-width (``paired_difference``), with the verdict they support."""
+
+    a: str
+    b: str
+    mean: float
+    ci95: float
+    n: int
+
+    @property
+    def verdict(self) -> str:
+        """``"ahead"``, ``"behind"`` or ``"no difference detected"``, ``a`` against ``b``."""
+        return verdict(self.mean, self.ci95)
+
+    @property
+    def low(self) -> float:
+        return self.mean - self.ci95
+
+    @property
+    def high(self) -> float:
+        return self.mean + self.ci95
+
+    def phrase(self) -> str:
+        """``"A ahead of B"``, ``"A behind B"`` or ``"no difference detected between A and B"``."""
+        if self.verdict == AHEAD:
+            return f"{self.a} ahead of {self.b}"
+        if self.verdict == BEHIND:
+            return f"{self.a} behind {self.b}"
+        return f"no difference detected between {self.a} and {self.b}"
+
+    def sentence(self, scale: float = 100.0, unit: str = "points", digits: int = 1) -> str:
+        """One line: the difference (times ``scale``, in ``unit``), its interval, the episodes and the verdict."""
+        f = lambda v: f"{scale * v:+.{digits}f}"  # noqa: E731
+        return (f"{self.a} - {self.b}: {f(self.mean)} {unit}, 95% interval [{f(self.low)}, {f(self.high)}] "
+                f"over the same {self.n} episodes: {self.phrase()}")
+
+
+def paired(a: str, scores_a, b: str, scores_b) -> Paired:
+    """``Paired`` for two methods named ``a`` and ``b``, scored on the same episodes (in the same order)."""
+    scores_a, scores_b = list(scores_a), list(scores_b)
+    mean, ci95 = paired_difference(scores_a, scores_b)
+    return Paired(a, b, mean, ci95, len(scores_a))
 
 
 def hardware(threads: int | None = None) -> str:

@@ -6,7 +6,7 @@ notebook back over ``notebooks/NN_*.ipynb``, which is how the committed outputs 
 execution counts in order, no timing or widget-state metadata.
 
     python -m mtl course run                        # CPU profile, every lesson -> course-out/
-    python -m mtl course run --profile gpu          # the paper protocol (needs a GPU)
+    python -m mtl course run --profile gpu          # paper-sized budgets (needs a GPU; untested end to end)
     python -m mtl course run --lessons 01 03        # some lessons only
     python -m mtl course run --inplace --no-html    # refresh the committed outputs
     python -m mtl course exercises                  # notebooks/exercises/: solutions blanked

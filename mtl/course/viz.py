@@ -91,12 +91,13 @@ def quadratic_family(tasks: quadratic.QuadraticTasks, lr: float, steps: int, *, 
 
 def meta_landscape(tasks: quadratic.QuadraticTasks, lr: float, steps: int, *, ax=None,
                    methods: Sequence[str] = ("average", "maml", "first_order", "reptile")) -> Figure:
-    """Contours of the meta-objective ``mean_tau L_tau(phi_tau(theta))`` over theta, with each
-    method's fixed point (``quadratic.optimal_init``)."""
+    """Contours of the meta-objective ``mean_tau L_tau(phi_tau(theta))`` over theta (natural log, with
+    a colour bar), with each method's fixed point (``quadratic.optimal_init``)."""
     fig, ax = _axes(ax)
     gx, gy, points = _grid(tasks, margin=0.5, n=81)
     z = quadratic.meta_objective_grid(points, tasks, lr, steps).reshape(gx.shape)
-    ax.contourf(gx, gy, z.log().numpy(), levels=20, cmap="Greys_r", alpha=0.8)
+    filled = ax.contourf(gx, gy, z.log().numpy(), levels=20, cmap="Greys_r", alpha=0.8)
+    fig.colorbar(filled, ax=ax, label=r"$\ln$ of the mean loss after adaptation")
     for method in methods:
         point = quadratic.optimal_init(tasks, lr, steps, method).numpy()
         ax.scatter(*point, s=160, edgecolor="black", zorder=4, **METHOD_STYLE[method])
