@@ -11,9 +11,10 @@ label (zeros)::
 There is no positional encoding, so the output does not depend on the order of the support set;
 the attention mask (``context_mask``) lets every token attend to the support tokens only, so one
 query's output does not depend on the other queries (a query's own features reach its output
-through the residual connections). The attention layers start as similarity matching (their query,
-key, value and output maps near the identity: the mimetic initialisation of Trockman & Kolter 2023),
-so from the first step a query attends most to the support examples that look like it.
+through the residual connections). The attention layers start as similarity matching (their query
+and key maps near the identity, the query-key half of Trockman & Kolter 2023's mimetic
+initialisation; the value and output maps start near the identity too), so from the first step a
+query attends most to the support examples that look like it.
 """
 from __future__ import annotations
 
@@ -66,7 +67,7 @@ class InContextTransformer(nn.Module):
         self.norm = nn.LayerNorm(width)
         self.readout = nn.Linear(width, outputs)
         self.features = features
-        with torch.no_grad():  # attention starts as similarity matching (mimetic initialisation)
+        with torch.no_grad():  # attention starts as similarity matching
             for layer in self.layers:
                 eye = torch.eye(width)
                 layer.self_attn.in_proj_weight.view(3, width, width).mul_(0.1).add_(eye)  # W_Q, W_K, W_V
