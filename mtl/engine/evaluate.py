@@ -56,9 +56,7 @@ class Evaluation:
     @property
     def adaptation(self) -> str:
         """How each task was adapted to, in words: ``"3 inner steps"``, or ``"no inner loop"``."""
-        if not self.adapts:
-            return "no inner loop"
-        return f"{self.inner_steps} inner step{'' if self.inner_steps == 1 else 's'}"
+        return adaptation(self.inner_steps, self.adapts)
 
     def __str__(self) -> str:
         if self.metric == "accuracy":
@@ -150,14 +148,22 @@ def evaluate(learner: nn.Module, config: TrainConfig, *, split: str = "test", ep
         episode_set = EpisodeSet(config, split, n=episodes, seed=seed, device=device, progress=show)
     scores = _scores(learner, episode_set, steps, config.regression, show)
     mean, ci95 = confidence_interval(scores)
-    adapts = _adapts(learner, config.test_ways)
+    learner_adapts = adapts(learner, config.test_ways)
     return Evaluation(metric="mse" if config.regression else "accuracy", mean=mean,
                       ci95=ci95, n=len(scores), scores=scores, split=episode_set.split,
                       seed=episode_set.seed, inner_steps=steps, protocol=_protocol(config, learner),
-                      adapts=adapts)
+                      adapts=learner_adapts)
 
 
-def _adapts(learner: nn.Module, ways: int) -> bool:
+def adaptation(steps: int | None, adapts: bool = True) -> str:
+    """How each task is adapted to, in words: ``"3 inner steps"``, ``"1 inner step"``, or
+    ``"no inner loop"`` for a learner that sets no weight per task."""
+    if not adapts:
+        return "no inner loop"
+    return f"{steps} inner step{'' if steps == 1 else 's'}"
+
+
+def adapts(learner: nn.Module, ways: int) -> bool:
     """Whether ``learner`` sets weights per task (a learner that does not say is taken to)."""
     if not isinstance(learner, Learner):
         return True
