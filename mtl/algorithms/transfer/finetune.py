@@ -21,8 +21,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from mtl.algorithms.base import Learner
-from mtl.algorithms.transfer.meta_transfer import (_load_into, _ways_of, encoder_of, freeze_to_buffers,
-                                          pretrained_from_config)
+from mtl.algorithms.transfer.meta_transfer import _ways_of, encoder_of, freeze_to_buffers, pretrained_from_config
 from mtl.errors import InnerLoopError, MTLError
 from mtl.core.heads import adapt_linear_head, linear_logits, prototype_logits
 from mtl.core.inner import adapt
@@ -33,10 +32,8 @@ class _PretrainedBaseline(Learner):
 
     def __init__(self, model: nn.Module, *, inner_steps: int = 100, inner_lr: float = 0.01,
                  first_order: bool = False, strategy: str = "auto", ways: int | None = None,
-                 pretrained: str | None = None, **_ignored):
+                 **_ignored):
         super().__init__()
-        if pretrained is not None:
-            model = _load_into(model, pretrained)
         self.encoder = freeze_to_buffers(encoder_of(model))
         self.ways = ways if ways is not None else _ways_of(model)
         self.inner_steps, self.inner_lr = int(inner_steps), float(inner_lr)
@@ -46,7 +43,7 @@ class _PretrainedBaseline(Learner):
     @classmethod
     def from_config(cls, config, build_model):
         """The network of ``--set pretrained=PATH`` (nothing is trained: iterations 0)."""
-        backbone, extra = pretrained_from_config(config)
+        backbone, extra = pretrained_from_config(config, build_model)
         return cls(backbone, inner_steps=config.inner_steps, inner_lr=config.inner_lr, ways=config.test_ways,
                    **extra)
 
