@@ -15,7 +15,8 @@ processes, and under torchrun each rank keeps its share), ``learner.meta_gradien
 ``val_every`` steps the learner is scored on a fixed, seeded validation episode set; every
 ``checkpoint_every`` steps ``last.pt`` is written atomically (``best.pt`` on a new best validation
 score; both by ``mtl.engine.checkpoint``, which owns the files and their format).
-``metrics.jsonl`` and ``metrics.csv`` grow as the run goes; ``config.json`` holds the resolved config. ``--resume`` restores model, optimizer, step, metric counters and every RNG state (torch,
+``metrics.jsonl`` and ``metrics.csv`` grow as the run goes; ``config.json`` holds the resolved
+config. ``--resume`` restores model, optimizer, step, metric counters and every RNG state (torch,
 CUDA, Python, NumPy, the episode sampler's generator), so a run killed at any moment ends with the
 same metrics as an uninterrupted one (given the same device and thread count). Pre-training
 (``--algorithm pretrain``) runs through this same loop: its task source is a batch of
