@@ -60,7 +60,7 @@ def remove_stale_temporaries(folder: str | os.PathLike, name: str, *, older_than
             pass  # gone already, or not ours to remove
 
 
-def _kind(mode: int) -> str:
+def file_kind(mode: int) -> str:
     """A file type in words (what ``stat`` reports)."""
     for test, name in ((stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
                        (stat.S_ISFIFO, "FIFO (named pipe)"), (stat.S_ISSOCK, "socket"),
@@ -103,7 +103,7 @@ def check_output_file(path: str | os.PathLike, what: str = "the file") -> Path:
     if mode is not None and stat.S_ISDIR(mode):
         raise OutputError(f"{path} is a folder: pass a file path for {what}, e.g. {path / 'result.json'}")
     if mode is not None and not stat.S_ISREG(mode):
-        raise OutputError(f"{path} is a {_kind(mode)}, not a regular file: mtl never writes to one; "
+        raise OutputError(f"{path} is a {file_kind(mode)}, not a regular file: mtl never writes to one; "
                           f"pass a file path for {what}")
     _writable_location(path, what)
     return path
@@ -117,7 +117,7 @@ def check_output_folder(path: str | os.PathLike, what: str = "the output folder"
     """
     path = Path(path).expanduser()
     if path.exists() and not path.is_dir():
-        kind = "a regular file" if path.is_file() else f"a {_kind(os.stat(path).st_mode)}"
+        kind = "a regular file" if path.is_file() else f"a {file_kind(os.stat(path).st_mode)}"
         raise OutputError(f"{path} exists and is {kind}, not a folder: choose another path for {what}")
     if path.is_dir():
         if not os.access(path, os.W_OK | os.X_OK):

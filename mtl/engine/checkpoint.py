@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from mtl.errors import CheckpointError
-from mtl.io import _kind, atomic_save
+from mtl.io import atomic_save, file_kind
 
 FORMAT = "mtl-checkpoint"
 VERSION = 1
@@ -133,7 +133,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", *,
             f"no checkpoint at {path}: check the path, or train one with `python -m mtl train ... --out DIR`"
         )
     if not path.is_file():  # a FIFO or device would block the read, or never end
-        raise CheckpointError(f"{path} is a {_kind(os.stat(path).st_mode)}, not a checkpoint file: "
+        raise CheckpointError(f"{path} is a {file_kind(os.stat(path).st_mode)}, not a checkpoint file: "
                               "pass the path of a .pt file written by `python -m mtl train`")
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
