@@ -1,7 +1,7 @@
 """Data benchmark: cold cache build, warm load, episodes/s (see benchmarks/README.md).
 
-    MTL_DATA=../shared/data python benchmarks/bench_data.py                  # warm load + sampling
-    MTL_DATA=../shared/data python benchmarks/bench_data.py --cold --mini-imagenet --device cpu --device cuda
+    MTL_DATA=/path/to/data python benchmarks/bench_data.py                  # warm load + sampling
+    MTL_DATA=/path/to/data python benchmarks/bench_data.py --cold --mini-imagenet --device cpu --device cuda
 """
 from __future__ import annotations
 

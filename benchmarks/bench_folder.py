@@ -42,12 +42,12 @@ def write_folder(root: Path, images: int, size: int, classes: int = 200) -> None
 
 def time_adaptation(algorithm: str, dataset: str, hidden: int, size: int, steps: int) -> float:
     """Seconds of ``fit`` + ``predict`` on one 5-way 5-shot task with 20 query images."""
-    config = TrainConfig(algorithm=algorithm, dataset=dataset, ways=5, shots=5, inner_steps=1,
-                         test_inner_steps=steps, hidden=hidden, image_size=size, inner_lr=0.01,
-                         device="cpu").resolved()
+    inner = dict(inner_steps=1, inner_lr=0.01) if steps else {}  # ProtoNet: no inner loop
+    config = TrainConfig(algorithm=algorithm, dataset=dataset, ways=5, shots=5, test_inner_steps=steps,
+                         hidden=hidden, image_size=size, device="cpu", **inner).resolved()
     clf = FewShotClassifier(build_learner(config, torch.device("cpu")), config)
     g = torch.Generator().manual_seed(0)
-    shape = (size, size) if dataset == "omniglot" else (size, size, 3)
+    shape = (size, size) if config.channels == 1 else (size, size, 3)
     support = [Image.fromarray(np.asarray(torch.randint(0, 256, shape, generator=g,
                                                         dtype=torch.uint8))) for _ in range(25)]
     labels = [i // 5 for i in range(25)]

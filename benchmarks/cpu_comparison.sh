@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# The capstone's recorded CPU rows: six meta-learners on one budget, made with the project's CLI.
+# The capstone's recorded CPU rows: seven meta-learners on one budget, made with the project's CLI.
 #
 # Budget (the same for every method): Omniglot 5-way 1-shot, Conv4-32, 1,500 meta-steps of 16 tasks,
 # validation on 100 fixed episodes every 250 steps, test on the same 600 episodes (seed 0). Each
 # method keeps its own inner loop: MAML/FOMAML/ANIL/Meta-SGD one step of 0.4 (3 at test), ProtoNet
 # none, Reptile its paper's (3 Adam steps with beta1 = 0 on 15 training shots, 5 at test; outer SGD
-# of 1.0 annealed linearly). One seed (0). Writes runs/cpu-compare/<method>/ and results/cpu-*.json.
+# of 1.0 annealed linearly), the in-context learner none, with lesson 06's meta-learning rate (1e-3,
+# where the others keep the preset's 3e-3). One seed (0). Writes runs/cpu-compare/<method>/ and
+# results/cpu-*.json.
 #
-#   bash benchmarks/cpu_comparison.sh            # all six, one after another: about 1 h 35 min
-#                                                # (2026-12-01, one core each: MAML 16 min, FOMAML 11,
-#                                                # ANIL 10, Meta-SGD 16, ProtoNet 9, Reptile 31)
+#   bash benchmarks/cpu_comparison.sh            # all seven, one after another: the first six took
+#                                                # about 1 h 35 min (2026-12-01, one core each: MAML
+#                                                # 16 min, FOMAML 11, ANIL 10, Meta-SGD 16, ProtoNet 9,
+#                                                # Reptile 31)
 #   bash benchmarks/cpu_comparison.sh maml anil  # some of them
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,11 +28,12 @@ declare -A EXTRA=(
   [protonet]="--algorithm protonet"
   [reptile]="--algorithm reptile --shots 15 --test-shots 1 --inner-steps 3 --inner-lr 0.001 --test-inner-steps 5
              --optimizer sgd --meta-lr 1.0 --lr-schedule linear --set inner_optimizer=adam --set inner_batch=25"
+  [in-context]="--algorithm in-context --meta-lr 0.001 --inner-steps 0 --inner-lr 0 --test-inner-steps 0"
 )
 declare -A NAME=([maml]=MAML [fomaml]="first-order MAML" [anil]=ANIL [metasgd]=Meta-SGD [protonet]=ProtoNet
-                 [reptile]=Reptile)
+                 [reptile]=Reptile [in-context]=in-context)
 methods=("$@")
-[ ${#methods[@]} -eq 0 ] && methods=(maml fomaml anil metasgd protonet reptile)
+[ ${#methods[@]} -eq 0 ] && methods=(maml fomaml anil metasgd protonet reptile in-context)
 for m in "${methods[@]}"; do
   # shellcheck disable=SC2086
   cmd="python -m mtl train ${COMMON[*]} ${EXTRA[$m]} --out $OUT/$m"

@@ -36,7 +36,8 @@ def test_registry_names_and_constructor_contract():
     for name, cls in ALGORITHMS.items():
         if name not in {"maml", "fomaml", "reptile", "anil", "metasgd", "protonet", "protomaml"}:
             continue
-        algo = cls(_model(), inner_steps=1, inner_lr=0.1, first_order=False, strategy="loop")
+        inner = {} if name == "protonet" else dict(inner_steps=1, inner_lr=0.1, first_order=False)
+        algo = cls(_model(), strategy="loop", **inner)  # ProtoNet refuses inner-loop settings
         metrics = algo.meta_gradient(batch)
         assert set(metrics) == {"loss", "accuracy"}, name
         assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["loss"] > 0, name

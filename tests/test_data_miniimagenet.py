@@ -120,7 +120,7 @@ def test_missing_images_and_wrong_layout(tmp_path, tiny, make_jpeg):
 def test_absent_data_explains_how_to_obtain_it(tmp_path):
     with pytest.raises(DataError, match="cannot be downloaded.*data/README.md"):
         load_dataset("mini-imagenet", "train", root=tmp_path, cache_dir=tmp_path / "cache")
-    with pytest.raises(DataError, match="Omniglot only"):
+    with pytest.raises(DataError, match="mini-imagenet has none"):
         load_dataset("mini-imagenet", "train", root=tmp_path, rotations=True)
 
 

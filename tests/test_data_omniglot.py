@@ -101,7 +101,7 @@ def test_sampling_real_episodes(omniglot_cache):
 
 
 def test_unknown_names_are_refused(omniglot_cache):
-    with pytest.raises(DataError, match="use one of omniglot, mini-imagenet"):
+    with pytest.raises(DataError, match="use one of sinusoid, omniglot, mini-imagenet, folder:PATH"):
         load_dataset("omniglott", "train")
     with pytest.raises(DataError, match="use one of train, val, test"):
         load_dataset("omniglot", "training", cache_dir=omniglot_cache)

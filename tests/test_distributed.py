@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from mtl.engine import distributed as D
 from mtl.engine.checkpoint import load_checkpoint, save_checkpoint
@@ -119,21 +118,6 @@ def _evaluate_scores() -> list[float]:
     return evaluate(algorithm, config, episode_set=_EvalSet(), progress=False).scores
 
 
-def _pretrain_grads() -> list[torch.Tensor]:
-    """Data-parallel gradients of a linear classifier over 3 global batches (4, 4, 3 examples)."""
-    g = torch.Generator().manual_seed(5)
-    x, y = torch.randn(11, 6, generator=g, dtype=torch.float64), torch.randint(0, 3, (11,), generator=g)
-    torch.manual_seed(1)
-    model = torch.nn.Linear(6, 3).double()
-    grads = []
-    for indices, weight in D.epoch_batches(11, 4, epoch=2, seed=9):
-        model.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x[indices]), y[indices]).backward()
-        D.all_reduce_gradients(model, weight=weight)
-        grads.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]))
-    return grads
-
-
 # ----------------------------------------------------------------------------- scenarios (run by each rank)
 
 def _cooperate(tmp: Path) -> dict:
@@ -161,17 +145,12 @@ def _cooperate(tmp: Path) -> dict:
     algorithm, _, _ = _build("maml")
     out["eval"] = D.sharded_scores(_eval_episodes(), EVAL_EPISODES, _accuracy_of(algorithm))
     out["evaluate"] = _evaluate_scores()
-    out["pretrain"] = _pretrain_grads()
     # A gradient present on rank 1 only, and one absent everywhere.
     present, absent = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(2))
     present.grad = torch.full((3,), 4.0) if D.get_rank() == 1 else None
     D.all_reduce_gradients([present, absent], weight=0.5)
     out["sparse"] = {"present": present.grad, "absent": absent.grad is None}
-    # Rank-dependent weights made equal from rank 0; a gather where rank 1 has no share.
-    torch.manual_seed(100 + D.get_rank())
-    model = torch.nn.Linear(3, 2)
-    D.broadcast_parameters(model)
-    out["broadcast"] = _params(model)
+    # A gather where rank 1 has no share.
     out["gather_one"] = D.gather_shards(torch.tensor([5.0]) if D.get_rank() == 0 else torch.zeros(0), 1)
     # A stop decision (time budget) that only rank 1's clock has reached yet, then one no rank has.
     out["stop"] = [D.any_rank(D.get_rank() == 1), D.any_rank(False)]
@@ -279,23 +258,8 @@ def _references_and_ranks(tmp: Path):
     with torch.no_grad():
         reference["eval"] = torch.cat([_accuracy_of(algorithm)(b) for b in _eval_episodes()])
     reference["evaluate"] = _evaluate_scores()
-    reference["pretrain"] = _single_pretrain_grads()
     ranks = _spawn("_cooperate", tmp)
     return reference, ranks, tmp
-
-
-def _single_pretrain_grads() -> list[torch.Tensor]:
-    g = torch.Generator().manual_seed(5)
-    x, y = torch.randn(11, 6, generator=g, dtype=torch.float64), torch.randint(0, 3, (11,), generator=g)
-    torch.manual_seed(1)
-    model = torch.nn.Linear(6, 3).double()
-    grads = []
-    for indices, weight in D.epoch_batches(11, 4, epoch=2, seed=9):
-        assert weight == 1.0
-        model.zero_grad()
-        F.cross_entropy(model(x[indices]), y[indices]).backward()
-        grads.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]))
-    return grads
 
 
 # ----------------------------------------------------------------------------- tests
@@ -308,13 +272,9 @@ def test_shard_range_partitions_in_order():
             assert max(map(len, shares)) - min(map(len, shares)) <= 1
 
 
-def test_broadcast_and_a_gather_with_an_empty_share(world):
+def test_a_gather_with_an_empty_share(world):
     _, ranks, _ = world
-    torch.manual_seed(100)
-    expected = _params(torch.nn.Linear(3, 2))
     for rank in ranks:
-        for key, value in expected.items():
-            assert torch.equal(rank["broadcast"][key], value)
         assert rank["gather_one"].tolist() == [5.0]
 
 
@@ -401,14 +361,6 @@ def test_evaluation_under_torchrun_is_sharded_and_gives_the_single_process_score
     monkeypatch.setattr(D, "shard_range", lambda n, **_: range(0, 4))
     _evaluate_scores()
     assert adapted == [4]
-
-
-def test_data_parallel_pretraining_matches_global_batches(world):
-    reference, ranks, _ = world
-    for rank in ranks:
-        assert len(rank["pretrain"]) == len(reference["pretrain"]) == 3
-        for got, expected in zip(rank["pretrain"], reference["pretrain"]):
-            torch.testing.assert_close(got, expected, **GRAD_TOL)
 
 
 def test_missing_gradients_count_as_zero(world):

@@ -102,3 +102,21 @@ def test_omniglot_episodes_identical_across_two_runs(omniglot_config):
     b = _flat(EpisodeSet(omniglot_config, "test", n=30, seed=7, device="cpu"))
     assert a[0].shape == (30, 5, 1, 28, 28)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_the_summary_says_no_inner_loop_for_a_learner_without_one():
+    """A learner that sets no weight per task (in-context, ProtoNet) is not said to take inner steps."""
+    from mtl.engine.build import build_learner
+
+    torch.manual_seed(0)
+    results = {}
+    for algorithm, steps in (("in-context", 0), ("maml", 1)):
+        config = _sinusoid(algorithm=algorithm, inner_steps=steps, inner_lr=0.01 * steps)
+        learner = build_learner(config, torch.device("cpu"))
+        results[algorithm] = evaluate(learner, config, episodes=7, progress=False)
+    in_context, maml = results["in-context"], results["maml"]
+    assert not in_context.adapts and in_context.adaptation == "no inner loop"
+    assert "no inner loop" in str(in_context) and "inner step" not in str(in_context)
+    assert maml.adapts and ", 1 inner step," in str(maml)  # one step, not "1 inner steps"
+    maml.inner_steps = 3
+    assert ", 3 inner steps," in str(maml)

@@ -213,7 +213,8 @@ def test_every_algorithm_gives_the_same_meta_gradient_under_vmap_and_the_loop(na
     for strategy in ("loop", "vmap"):
         torch.manual_seed(0)
         model = _StandardConv().double().eval()  # eval: running statistics read, identical
-        algo = ALGORITHMS[name](model, inner_steps=2, inner_lr=LR, strategy=strategy)
+        inner = {} if name == "protonet" else dict(inner_steps=2, inner_lr=LR)  # ProtoNet: no inner loop
+        algo = ALGORITHMS[name](model, strategy=strategy, **inner)
         algo.meta_gradient(batch)
         grads[strategy] = [p.grad for p in algo.parameters() if p.grad is not None]
     assert grads["loop"], "no meta-gradient at all"

@@ -15,7 +15,8 @@ from mtl.engine.classifier import FewShotClassifier
 from mtl.cli import main
 from mtl.data import EpisodeSampler, load_dataset
 from mtl.data import folder as folder_data
-from mtl.errors import DataError, EpisodeError, MTLError
+from mtl.engine.config import TrainConfig
+from mtl.errors import ConfigError, DataError, EpisodeError, MTLError
 
 
 def _draw(path: Path, cls: int, k: int, size: int = 20, mode: str = "L") -> None:
@@ -129,10 +130,11 @@ def test_mixed_sizes_and_modes_are_converted_and_counted(tmp_path):
 
 
 def _train(folder: Path, out: Path, algorithm: str, ways: int = 4) -> Path:
+    inner = [] if algorithm == "protonet" else ["--inner-lr", "0.1"]  # ProtoNet has no inner loop
     code = main(["train", "--dataset", f"folder:{folder}", "--algorithm", algorithm, "--ways",
                  str(ways), "--shots", "1", "--queries", "2", "--meta-batch", "2", "--iterations", "3",
                  "--val-every", "3", "--val-episodes", "4", "--eval-batch", "4", "--hidden", "8",
-                 "--image-size", "16", "--channels", "1", "--inner-lr", "0.1", "--device", "cpu",
+                 "--image-size", "16", "--channels", "1", *inner, "--device", "cpu",
                  "--no-progress", "--out", str(out)])
     assert code == 0
     return out
@@ -162,7 +164,7 @@ def test_adapt_cli_prints_predictions_and_accuracy(trained, symbols, tmp_path, c
     assert main(["adapt", "--checkpoint", str(trained["maml"]), "--support", str(support),
                  "--query", str(query), "--json", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "accuracy:" in printed and "4-way" in printed
+    assert "accuracy:" in printed and "4-way" in printed and "inner step" in printed
     result = json.loads(out.read_text())
     assert len(result["predictions"]) == 8 and set(result["classes"]) == {"new0", "new3", "new5", "new7"}
     assert all(0 <= r["probability"] <= 1 for r in result["predictions"])
@@ -302,3 +304,44 @@ def test_a_split_that_cannot_form_its_episodes_fails_before_training(symbols, tm
     err = capsys.readouterr().err
     assert code == 1 and "error:" in err and "40" in err and "Traceback" not in err, err
     assert not out.exists()
+
+
+def make_nested(root: Path, alphabets: int = 4, characters: int = 5, drawers: int = 6) -> Path:
+    """Omniglot's own layout: ``root/<alphabet>/<character>/<drawing>.png``."""
+    for a in range(alphabets):
+        for c in range(characters):
+            folder = root / f"alphabet_{a}" / f"character{c:02d}"
+            folder.mkdir(parents=True)
+            for k in range(drawers):
+                _draw(folder / f"{k}.png", a * characters + c, k)
+    return root
+
+
+def test_nested_class_folders_train_as_omniglot_ships_them_and_are_listed_once(tmp_path, monkeypatch,
+                                                                                capsys):
+    root = make_nested(tmp_path / "images_background")
+    walks = []
+    walk = folder_data._walk
+    monkeypatch.setattr(folder_data, "_walk", lambda *args: walks.append(args[0]) or walk(*args))
+    classes = folder_data.scan(root)
+    assert len(classes) == 20 and list(classes)[:2] == ["alphabet_0/character00", "alphabet_0/character01"]
+    assert all(len(files) == 6 and files[0].parent.name == name.split("/")[1] for name, files in classes.items())
+    code = main(["train", "--dataset", f"folder:{root}", "--ways", "3", "--shots", "1", "--queries", "2",
+                 "--meta-batch", "2", "--iterations", "2", "--val-every", "2", "--val-episodes", "3",
+                 "--test-episodes", "3", "--eval-batch", "3", "--hidden", "8", "--image-size", "16",
+                 "--channels", "1", "--inner-lr", "0.1", "--device", "cpu", "--no-progress",
+                 "--out", str(tmp_path / "run")])
+    assert code == 0, capsys.readouterr().err
+    assert walks == [root], "the folder was listed more than once in one process"
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())["folder_classes"]
+    assert sorted(sum(recorded.values(), [])) == sorted(classes)
+    # a folder that changes is listed again: an image beside class folders is refused, naming both
+    _draw(root / "alphabet_1" / "stray.png", 0, 0)
+    with pytest.raises(DataError, match=r"alphabet_1 holds both images \(stray.png, ...\) and folders"):
+        folder_data.scan(root)
+    with pytest.raises(ConfigError, match="holds both images"):
+        TrainConfig(dataset=f"folder:{root}", ways=3)
+    (root / "alphabet_1" / "stray.png").unlink()
+    (root / "alphabet_2" / "character00" / "6.png").write_bytes((root / "alphabet_2" / "character00" / "0.png")
+                                                              .read_bytes())
+    assert [len(f) for f in folder_data.scan(root).values()].count(7) == 1 and len(walks) == 4

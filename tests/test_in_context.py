@@ -199,6 +199,7 @@ def test_cli_train_evaluate_adapt_and_the_classifier(symbols, tmp_path, capsys):
     assert main(["adapt", "--checkpoint", str(run), "--support", str(support), "--query", str(query),
                  "--json", str(out)]) == 0
     assert len(json.loads(out.read_text())["predictions"]) == 3
+    assert "no inner loop" in capsys.readouterr().out  # not "N inner steps": nothing is adapted
     (support / "new11").mkdir()
     _draw(support / "new11" / "a.png", 11, 0)
     assert main(["adapt", "--checkpoint", str(run), "--support", str(support), "--query", str(query)]) == 1
@@ -207,6 +208,22 @@ def test_cli_train_evaluate_adapt_and_the_classifier(symbols, tmp_path, capsys):
     clf.fit([support / f"new{c}" / "a.png" for c in (1, 4)], ["one", "four"])
     assert clf.predict_proba([query / "new1" / "b.png"]).shape == (1, 2)
 
+
+
+def test_cli_trains_and_evaluates_it_on_sinusoids(tmp_path, capsys):
+    """Regression end to end: the label token is the y value; the summary names no inner loop."""
+    run = tmp_path / "sine"
+    assert main(["train", "--dataset", "sinusoid", "--algorithm", "in-context", "--shots", "10", "--queries", "10",
+                 "--meta-batch", "4", "--inner-steps", "0", "--inner-lr", "0", "--test-inner-steps", "0",
+                 "--iterations", "3", "--val-every", "3", "--val-episodes", "4", "--test-episodes", "5",
+                 "--set", "width=16", "--set", "layers=1", "--device", "cpu", "--no-progress",
+                 "--out", str(run)]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["test"]["metric"] == "mse" and summary["test"]["n"] == 5 and not summary["test"]["adapts"]
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(run), "--episodes", "6", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("mse ") and "no inner loop" in out and "inner step" not in out
 
 # ------------------------------------------------------------------- the lesson's exercise checker
 

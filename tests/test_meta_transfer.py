@@ -5,7 +5,7 @@ from torch import nn
 
 from mtl.algorithms.transfer.meta_transfer import (HardTaskError, MetaTransfer, ScalingShiftingError,
                                           hard_task_classes, hardest_classes)
-from mtl.data import EpisodeSampler, FewShotDataset
+from mtl.data import EpisodeSampler, FewShotDataset, TaskBatch
 from mtl.errors import CheckpointError, MTLError
 from mtl.models import MLP
 from mtl.models.resnet import ResNet12
@@ -136,8 +136,9 @@ def test_hard_task_meta_batch_resamples_the_failing_classes():
     spy = _Spy(EpisodeSampler(_class_coded_dataset(), ways=5, shots=1, queries=2, seed=0))
     algo = _algo(hard_tasks=3)
     sampler = algo.attach_sampler(spy)
+    assert sampler is spy  # batches are drawn from the sampler itself: they carry their class ids
     batch = sampler.sample(4)
-    _, classes = sampler.last
+    classes = batch.classes
     algo.zero_grad()
     metrics = algo.meta_gradient(batch)
     assert "hard_accuracy" in metrics
@@ -162,8 +163,10 @@ def test_hard_tasks_need_class_ids_and_enough_classes():
     with pytest.raises(HardTaskError, match="sampler"):
         algo.meta_gradient(batch)
     algo.attach_sampler(EpisodeSampler(_class_coded_dataset(), ways=5, shots=1, queries=1))
-    with pytest.raises(HardTaskError, match="attach_sampler"):
-        algo.meta_gradient(batch)  # a batch the attached sampler did not draw
+    with pytest.raises(HardTaskError, match="class ids"):
+        algo.meta_gradient(TaskBatch(*batch))  # a batch made by hand, without class ids
+    algo.meta_gradient(TaskBatch(*batch), classes=batch.classes)  # or given with it
+    assert algo.meta_gradient(batch)["hard_loss"] > 0  # a batch of the sampler carries them
 
     class _Small:
         images = torch.zeros(3, 4, 1, 8, 8, dtype=torch.uint8)

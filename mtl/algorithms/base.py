@@ -45,19 +45,22 @@ class Learner(nn.Module):
 
     #: ``config.extra`` keys that ``from_config`` reads beyond the constructor's keywords
     CONFIG_SETTINGS: tuple[str, ...] = ()
-    #: False for a learner that only classifies (refused for sinusoid regression by the config)
+    #: False for a learner that only classifies (refused for regression datasets by the config)
     REGRESSION: bool = True
+    #: ``TrainConfig`` fields (``ways``, ``meta_batch``, ``inner_steps``, ``inner_lr``) this learner
+    #: sets when a run leaves them unset (``mtl.engine.config.GENERIC_DEFAULTS`` otherwise)
+    DEFAULTS: dict[str, Any] = {}
 
     @classmethod
     def from_config(cls, config: Any, build_model: Callable[[], nn.Module]) -> "Learner":
         """The learner a resolved ``TrainConfig`` describes; ``build_model()`` makes its network.
 
         Default: ``cls(build_model(), inner_steps=, inner_lr=, first_order=, strategy=,
-        **config.extra)``, with ``loss_fn=F.mse_loss`` for sinusoid regression when the
+        **config.extra)``, with ``loss_fn=F.mse_loss`` for a regression dataset when the
         constructor takes a ``loss_fn``.
         """
         extra = dict(config.extra)
-        if config.dataset == "sinusoid" and _takes_keyword(cls, "loss_fn"):
+        if config.regression and _takes_keyword(cls, "loss_fn"):
             extra["loss_fn"] = F.mse_loss  # regression: learners default to cross-entropy
         return cls(build_model(), inner_steps=config.inner_steps, inner_lr=config.inner_lr,
                    first_order=config.first_order, strategy=config.strategy, **extra)

@@ -41,11 +41,10 @@ class InContext(Learner):
         ``width``, ``heads``, ``layers`` and ``fixed_labels``."""
         extra = dict(config.extra)
         shape = {key: extra.pop(key) for key in cls.CONFIG_SETTINGS if key in extra}
-        if config.dataset == "sinusoid":
+        if config.model == "mlp":
             encoder, features, labels, outputs = models.MLP(hidden=config.hidden).features, config.hidden, 2, 1
         elif config.model == "conv4":
-            channels = config.channels or (1 if config.dataset == "omniglot" else 3)
-            encoder = models.Conv4(channels, config.ways, hidden=config.hidden, image_size=config.image_size,
+            encoder = models.Conv4(config.channels, config.ways, hidden=config.hidden, image_size=config.image_size,
                                    norm="layer").features
             features = config.hidden * max(config.image_size // 16, 1) ** 2
             labels = outputs = config.ways

@@ -27,13 +27,17 @@ ALGORITHMS: dict[str, type[Learner]] = {
     "protomaml": ProtoMAML,
     "in-context": InContext,
     "pretrain": Pretrain,
-    "mtl": MetaTransfer,
+    "meta-transfer": MetaTransfer,
     "finetune-head": FineTuneHead,
     "finetune-all": FineTuneAll,
     "linear-probe": LinearProbe,
     "nearest-centroid": NearestCentroid,
     "joint": JointTraining,
 }
+
+
+#: other names of registered algorithms: alias -> name (``mtl``, the package's name, is meta-transfer's old name)
+ALIASES: dict[str, str] = {"mtl": "meta-transfer"}
 
 
 def register_algorithm(name: str, cls: type[Learner]) -> None:
@@ -47,7 +51,9 @@ def register_algorithm(name: str, cls: type[Learner]) -> None:
 
 
 def algorithm_class(name: str) -> type[Learner]:
-    """The class registered as ``name``; ``ConfigError`` naming the choices otherwise."""
+    """The class registered as ``name`` (or as the name ``name`` is an alias of, `ALIASES`);
+    ``ConfigError`` naming the choices otherwise."""
+    name = ALIASES.get(name, name) if isinstance(name, str) else name
     if name not in ALGORITHMS:
         raise ConfigError(f"unknown algorithm {name!r}; choose one of: {', '.join(sorted(ALGORITHMS))}")
     return ALGORITHMS[name]

@@ -41,10 +41,12 @@ def run(args) -> int:
     result: dict[str, Any] = {"checkpoint": str(args.checkpoint), "classes": clf.classes_,
                               "support_images": len(support), "steps": clf.steps, "predictions": rows}
     if truth is not None:
+        adapts = clf.learner.per_task_parameters(len(clf.classes_)) != 0
+        adaptation = (f"{clf.steps} inner step{'' if clf.steps == 1 else 's'}" if adapts else "no inner loop")
         correct = sum(r["predicted"] == r["true"] for r in rows)
         result["accuracy"] = correct / len(rows)
         print(f"accuracy: {correct}/{len(rows)} = {100 * correct / len(rows):.1f}% "
-              f"({len(clf.classes_)}-way, {len(support)} support images, {clf.steps} inner steps)")
+              f"({len(clf.classes_)}-way, {len(support)} support images, {adaptation})")
     if args.json:
         atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
     return 0

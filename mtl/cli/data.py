@@ -1,19 +1,29 @@
-"""``python -m mtl data prepare --dataset {omniglot,mini-imagenet}`` and ``python -m mtl data info [--json]``."""
+"""``python -m mtl data prepare --dataset NAME`` and ``python -m mtl data info [--json]``.
+
+Both read the dataset registry (``mtl.data.registry``): ``prepare`` offers every dataset whose spec
+can build a cache, ``info`` describes every dataset whose spec can describe itself.
+"""
 from __future__ import annotations
 
 import argparse
 import json
 
 
+def _preparable() -> list[str]:
+    from mtl.data.registry import DATASETS
+
+    return [name for name, spec in DATASETS.items() if spec.prepare is not None]
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     prepare = sub.add_parser("prepare", help="build the cache of a dataset (decode once, with a progress bar)")
-    prepare.add_argument("--dataset", required=True, choices=["omniglot", "mini-imagenet"])
-    prepare.add_argument("--split", action="append", help="mini-ImageNet split(s) to build (default: all)")
-    prepare.add_argument("--image-size", type=int, default=None, help="side in pixels (default 28 / 84)")
+    prepare.add_argument("--dataset", required=True, choices=_preparable())
+    prepare.add_argument("--split", action="append",
+                         help="split(s) to build, for datasets cached split by split (default: all)")
+    prepare.add_argument("--image-size", type=int, default=None, help="side in pixels (default: the dataset's)")
     prepare.add_argument("--force", action="store_true", help="rebuild even if the cache exists")
-    prepare.add_argument("--no-download", action="store_true", help="never download (Omniglot)")
+    prepare.add_argument("--no-download", action="store_true", help="never download (datasets that can be)")
     info = sub.add_parser("info", help="classes and images found per dataset and split (or why not)")
     info.add_argument("--json", action="store_true", help="print JSON")
     for p in (prepare, info):
@@ -27,33 +37,30 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _prepare(args) -> int:
-    from mtl.data import cache, miniimagenet, omniglot
+    from mtl.data import cache, dataset_spec
+    from mtl.errors import DataError
 
-    common = dict(root=args.root, cache_dir=args.cache_dir, image_size=args.image_size,
-                  progress=not args.no_progress, force=args.force)
-    if args.dataset == "omniglot":
-        content = omniglot.prepare(download=not args.no_download, **common)
-        print(f"omniglot: {content['images'].shape[0]} characters x {content['images'].shape[1]} drawers -> "
-              f"{omniglot.cache_path(args.cache_dir, args.image_size or omniglot.DEFAULT_SIZE)}")
-        return 0
-    for split in args.split or list(miniimagenet.SPLITS):
-        content = miniimagenet.prepare(split, **common)
-        classes, per_class = content["images"].shape[:2]
-        print(f"mini-imagenet {split}: {classes} classes x {per_class} images -> "
-              f"{miniimagenet.cache_path(split, args.cache_dir, args.image_size or miniimagenet.DEFAULT_SIZE)}")
+    spec = dataset_spec(args.dataset)
+    unknown = sorted(set(args.split or ()) - set(spec.splits))
+    if unknown:
+        raise DataError(f"{spec.name} has no split {unknown[0]!r}: use one of {', '.join(spec.splits)}")
+    lines = spec.prepare(args.split, root=args.root, cache_dir=args.cache_dir, image_size=args.image_size,
+                         progress=not args.no_progress, force=args.force, download=not args.no_download)
+    for line in lines:
+        print(line)
     print(f"cache folder: {cache.cache_dir(args.cache_dir)}")
     return 0
 
 
 def _info(args) -> int:
-    from mtl.data.info import NAMES, report as data_report
+    from mtl.data.info import names, report as data_report
 
     report = data_report(args.root, args.cache_dir)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
     print(f"data folder (MTL_DATA): {report['data_root']}\ncache: {report['cache_dir']}")
-    for name in NAMES:
+    for name in names():
         entry = report[name]
         errors = {row["error"] for row in entry["splits"].values()}
         if entry["source"] is None and len(errors) == 1:

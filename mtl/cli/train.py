@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from mtl.algorithms import ALGORITHMS
+from mtl.algorithms import ALGORITHMS, ALIASES
 from mtl.core.checks import STRATEGIES
 from mtl.engine import distributed
 from mtl.engine.checkpoint import LAST, load_checkpoint
@@ -21,17 +21,17 @@ from mtl.errors import ConfigError
 
 _OPTIONS: tuple[tuple[str, type, str], ...] = (
     ("algorithm", str, "the algorithm (every name of mtl.algorithms.ALGORITHMS)"),
-    ("dataset", str, "sinusoid, omniglot, mini-imagenet, or folder:PATH (one sub-folder per class)"),
-    ("ways", int, "N classes per task"),
+    ("dataset", str, "every name of mtl.data.DATASETS"),
+    ("ways", int, "N classes per task (default 5, or the algorithm's)"),
     ("shots", int, "K support examples per class (sinusoid: K points)"),
     ("queries", int, "query examples per class"),
-    ("meta-batch", int, "tasks per meta-step"),
-    ("inner-steps", int, "inner steps while meta-training"),
-    ("inner-lr", float, "inner step size alpha"),
+    ("meta-batch", int, "tasks per meta-step (default 32, or the algorithm's)"),
+    ("inner-steps", int, "inner steps while meta-training (default 1, or the algorithm's)"),
+    ("inner-lr", float, "inner step size alpha (default 0.4, or the algorithm's)"),
     ("meta-lr", float, "outer step size beta"),
     ("iterations", int, "meta-steps"),
     ("test-inner-steps", int, "inner steps at validation/test"),
-    ("test-ways", int, "ways at validation/test"),
+    ("test-ways", int, "ways at validation/test (default: --ways if given, else 5)"),
     ("test-queries", int, "queries per class at validation/test"),
     ("test-shots", int, "shots at validation/test (default: shots)"),
     ("strategy", str, f"{' | '.join(STRATEGIES)}: how tasks are batched (auto: vmap on CUDA, the loop elsewhere)"),
@@ -55,11 +55,30 @@ _OPTIONS: tuple[tuple[str, type, str], ...] = (
 )
 
 
+def _algorithm_help() -> str:
+    """Every algorithm name, its aliases and the defaults it sets for options left unset."""
+    names = []
+    for name in sorted(ALGORITHMS):
+        defaults = getattr(ALGORITHMS[name], "DEFAULTS", {})
+        note = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in defaults.items())
+        names.append(f"{name} (unless set: {note})" if note else name)
+    names += [f"{alias} (an alias of {name})" for alias, name in sorted(ALIASES.items())]
+    return ", ".join(names)
+
+
+def _dataset_help() -> str:
+    from mtl.data.registry import names
+
+    return ", ".join(names()) + " (folder:PATH: your own images, a folder of class folders)"
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", help=f"start from a named protocol: {', '.join(PRESETS)}")
     for name, kind, help_text in _OPTIONS:
         if name == "algorithm":
-            help_text = ", ".join(sorted(ALGORITHMS))
+            help_text = _algorithm_help()
+        elif name == "dataset":
+            help_text = _dataset_help()
         parser.add_argument(f"--{name}", type=kind, default=None, help=help_text)
     parser.add_argument("--first-order", action="store_true", default=None, help="drop second-order terms")
     parser.add_argument("--no-rotations", dest="rotations", action="store_false", default=None,

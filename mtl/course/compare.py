@@ -275,7 +275,7 @@ def record(run_dir: str | Path, *, method: str, command: str, out: str | Path | 
         raise ResultsError(f"{run_dir}/summary.json has no test result: train with --test-episodes 600")
     config = TrainConfig.from_saved(summary["config"], run_dir / "summary.json")
     learner = build_learner(config, torch.device("cpu"))
-    metric = test.get("metric", "mse" if config.dataset == "sinusoid" else "accuracy")
+    metric = test.get("metric", "mse" if config.regression else "accuracy")
     row = Row(method=method, dataset=config.dataset, accuracy=test["mean"], ci95=test["ci95"], episodes=test["n"],
               metric=metric,
               train_s=summary["wall_time_s"], memory_bytes=None, meta_learned=meta_parameters(learner),

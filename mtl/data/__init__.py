@@ -1,4 +1,4 @@
-"""Datasets and episodes: Omniglot, mini-ImageNet, sinusoids, and the N-way K-shot sampler.
+"""Datasets and episodes: Omniglot, mini-ImageNet, sinusoids, your own folders, the N-way K-shot sampler.
 
     ds = load_dataset("omniglot", "train", rotations=True)       # FewShotDataset, uint8 [4400, 20, 1, 28, 28]
     sampler = EpisodeSampler(ds, ways=5, shots=1, queries=15, device="cuda", seed=0)
@@ -7,73 +7,83 @@
 
 Files are looked for in ``root`` / ``$MTL_DATA`` / the repository's ``data/``, cached under
 ``cache_dir`` / ``$MTL_CACHE`` / ``data/cache`` (see :mod:`mtl.data.cache`), and Omniglot alone is
-downloaded when missing.
+downloaded when missing. What mtl knows of each dataset is its :class:`DatasetSpec` in the registry
+(:mod:`mtl.data.registry`, :data:`DATASETS`).
 """
 from __future__ import annotations
 
 from mtl.data.dataset import FewShotDataset
 from mtl.data.episodes import EpisodeSampler, TaskBatch
+from mtl.data.registry import DATASETS, dataset_spec, parse_name, register_dataset
 from mtl.data.sinusoid import SinusoidTasks
+from mtl.data.spec import DatasetSpec
 from mtl.errors import DataError
 
-__all__ = ["DATASETS", "EpisodeSampler", "FewShotDataset", "SinusoidTasks", "TaskBatch", "load_dataset"]
-
-#: dataset name -> its splits
-DATASETS = {
-    "omniglot": ("train", "val", "test", "background", "evaluation", "all"),
-    "mini-imagenet": ("train", "val", "test"),
-    "folder": ("train", "val", "test", "all"),
-}
+__all__ = ["DATASETS", "DatasetSpec", "EpisodeSampler", "FewShotDataset", "SinusoidTasks", "TaskBatch",
+           "dataset_spec", "load_dataset", "register_dataset", "task_source"]
 
 
 def load_dataset(name: str, split: str, *, root=None, cache_dir=None, image_size: int | None = None,
                  download: bool = True, progress: bool = True, rotations: bool = False,
-                 channels: int | None = None, **folder_options) -> FewShotDataset:
+                 channels: int | None = None, **options) -> FewShotDataset:
     """One split of a dataset as a :class:`FewShotDataset` (uint8 ``[classes, per_class, C, H, W]``, CPU).
 
     Args:
-        name: ``"omniglot"`` or ``"mini-imagenet"``.
+        name: a name of :data:`DATASETS` (``"omniglot"``, ``"mini-imagenet"``, ...) or
+            ``"folder:PATH"`` (your own images, a folder per class; the same as ``"folder"`` with
+            ``root=PATH``).
         split: omniglot ``train``/``val``/``test`` (MAML split 1100/100/423), ``background``/``evaluation``
-            (alphabet split) or ``all``; mini-imagenet ``train``/``val``/``test`` (Ravi split 64/16/20).
+            (alphabet split) or ``all``; mini-imagenet ``train``/``val``/``test`` (Ravi split 64/16/20);
+            a folder's ``train``/``val``/``test``/``all`` (see ``mtl.data.folder``).
         root: folder with the files (default ``$MTL_DATA``, else the repository's ``data/``).
         cache_dir: cache folder (see mtl.data.cache).
-        image_size: side in pixels (default 28 for Omniglot, 84 for mini-ImageNet); each size is cached.
-        download: allow downloading Omniglot from its official source (checksum-verified).
+        image_size: side in pixels (default: the dataset's, 28 for Omniglot, 84 otherwise); each size is cached.
+        download: allow downloading a dataset that can be (Omniglot, checksum-verified).
         progress: show progress bars while building a cache (also off with ``MTL_PROGRESS=0``).
-        rotations: Omniglot only; adds 90/180/270-degree rotations as new classes (x4, MAML protocol).
-        channels: a folder dataset's 1 (grayscale) or 3 (RGB, default).
-        folder_options: a folder dataset's ``classes``, ``ratios``, ``seed``, ``invert`` (see
-            ``mtl.data.folder.load``).
-
-    ``name`` may be ``"folder:PATH"`` (one sub-folder per class), the same as ``"folder"`` with
-    ``root=PATH``.
+        rotations: adds the 90/180/270-degree rotations as new classes (x4, MAML protocol), for
+            datasets whose spec has ``rotations`` (Omniglot).
+        channels: 1 (grayscale) or 3 (RGB), among those the dataset's spec allows (a folder's:
+            3 by default, or 1).
+        options: the dataset's own options (its spec's ``options``; a folder's ``classes``,
+            ``ratios``, ``seed``, ``invert``, see ``mtl.data.folder.load``).
     """
-    from mtl.data import folder
-
-    name, path = folder.parse_name(name)
-    if name == "folder":
-        if rotations:
-            raise DataError("rotations=True is for Omniglot only; drop it for a folder dataset.")
+    spec, path = parse_name(name)
+    if spec.load is None:
+        raise DataError(f"{spec.name} is a family of {spec.task} tasks with no images to load: draw "
+                        f"them with mtl.data.task_source({spec.name!r}, split, ...)")
+    if spec.path:
         if path is None and root is None:
-            raise DataError("a folder dataset needs its folder: load_dataset('folder:PATH', ...) "
+            raise DataError(f"a {spec.name} dataset needs its folder: load_dataset('{spec.name}:PATH', ...) "
                             "or root=PATH")
-        return folder.load(split, root=path or root, cache_dir=cache_dir, image_size=image_size,
-                           channels=3 if channels is None else channels, progress=progress,
-                           **folder_options)
-    if folder_options:
-        raise DataError(f"{sorted(folder_options)} are options of folder datasets, not of {name}")
-    if name not in DATASETS:
-        raise DataError(f"Unknown dataset {name!r}: use one of omniglot, mini-imagenet or "
-                        "folder:PATH (your own images, one sub-folder per class).")
-    if split not in DATASETS[name]:
-        raise DataError(f"Unknown {name} split {split!r}: use one of {', '.join(DATASETS[name])}.")
-    common = dict(root=root, cache_dir=cache_dir, image_size=image_size, download=download, progress=progress)
-    if name == "omniglot":
-        from mtl.data import omniglot
-
-        return omniglot.load(split, rotations=rotations, **common)
+        root = path or root
+    if split not in spec.splits:
+        raise DataError(f"Unknown {spec.name} split {split!r}: use one of {', '.join(spec.splits)}.")
     if rotations:
-        raise DataError("rotations=True is for Omniglot only; drop it for mini-ImageNet.")
-    from mtl.data import miniimagenet
+        if not spec.rotations:
+            raise DataError(f"rotations=True adds rotated classes to datasets that have them; "
+                            f"{spec.name} has none: drop it")
+        options["rotations"] = True
+    if channels is not None:
+        if channels not in spec.channels:
+            raise DataError(f"{spec.name} is loaded with {' or '.join(map(str, spec.channels))} "
+                            f"channel(s), not {channels!r}: drop channels= or use one of those")
+        if "channels" in spec.options:
+            options["channels"] = channels
+    unknown = sorted(set(options) - set(spec.options))
+    if unknown:
+        raise DataError(f"{unknown} are not options of {spec.name} (its options: "
+                        f"{', '.join(spec.options) or 'none'})")
+    return spec.load(split, root=root, cache_dir=cache_dir, image_size=image_size, download=download,
+                     progress=progress, **options)
 
-    return miniimagenet.load(split, **common)
+
+def task_source(name: str, split: str, *, ways: int, shots: int, queries: int,
+                device=None, seed: int = 0, **load_options):
+    """The tasks of ``split``: ``ways``-way episodes of the loaded images (an :class:`EpisodeSampler`),
+    or the dataset's own task family (``SinusoidTasks``); ``load_options`` go to `load_dataset`."""
+    spec = dataset_spec(name)
+    if spec.tasks is not None:
+        return spec.tasks(split, shots=shots, queries=queries, device=device, seed=seed)
+    dataset = load_dataset(name, split, **load_options)
+    return EpisodeSampler(dataset.to(device), ways=ways, shots=shots, queries=queries, device=device,
+                          seed=seed)

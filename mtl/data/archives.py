@@ -1,4 +1,4 @@
-"""Archives and checksums: read, list and extract ``.tar(.gz)``/``.zip`` files safely; download.
+"""Archives and checksums: read and list ``.tar(.gz)``/``.zip`` files (or unpacked folders) safely; download.
 
 Every member name is checked before anything is read or written: absolute paths, ``..`` components,
 symbolic/hard links and device files are refused with :class:`~mtl.errors.UnsafeArchiveError`, so
@@ -11,9 +11,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
-import shutil
 import tarfile
-import tempfile
 import urllib.error
 import urllib.request
 import zipfile
@@ -51,16 +49,6 @@ def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
         for chunk in iter(lambda: f.read(_CHUNK), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def verify_checksum(path: str | os.PathLike, expected: str, algorithm: str = "sha256") -> None:
-    """Raise :class:`ChecksumError` (naming the fix) unless ``path`` has digest ``expected``."""
-    actual = file_digest(path, algorithm)
-    if actual != expected.lower():
-        raise ChecksumError(
-            f"{path}: {algorithm} is {actual}, expected {expected}. The file is corrupted or not the "
-            "official one: delete it and download it again."
-        )
 
 
 def safe_member_name(name: str, archive: str | os.PathLike = "archive") -> str:
@@ -177,35 +165,6 @@ def iter_files(path: str | os.PathLike, keep: Callable[[str], bool] = _keep_all,
 def list_names(path: str | os.PathLike) -> list[str]:
     """Names of the regular files of an archive or folder (checked like :func:`iter_files`, not read)."""
     return [name for name, _ in iter_files(path, keep=lambda name: False)]
-
-
-def safe_extract(archive: str | os.PathLike, target: str | os.PathLike) -> Path:
-    """Extract ``archive`` into folder ``target``; all or nothing.
-
-    Members go to a temporary folder beside ``target`` first; only when every member was checked
-    and written are they moved into ``target``. On any error nothing new is left behind.
-    Returns ``target``.
-    """
-    archive, target = Path(archive), Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".extract-", dir=target.parent))
-    try:
-        root = staging.resolve()
-        for name, data in iter_files(archive):
-            dest = (staging / name).resolve()
-            if root not in dest.parents:
-                raise UnsafeArchiveError(f"{archive}: member {name!r} would land outside {target}.")
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.write_bytes(data)
-        target.mkdir(parents=True, exist_ok=True)
-        for entry in sorted(staging.iterdir()):
-            destination = target / entry.name
-            if destination.exists():
-                shutil.rmtree(destination) if destination.is_dir() else destination.unlink()
-            os.replace(entry, destination)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
 
 
 def _missing_folders(folder: Path) -> list[Path]:

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import torch
 
-from mtl.data import EpisodeSampler, load_dataset
-from mtl.data import miniimagenet, omniglot
+from mtl.data import EpisodeSampler, dataset_spec, load_dataset
 
 
 def _sync(device: torch.device) -> None:
@@ -23,22 +22,15 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _splits(name: str, splits) -> tuple[str, ...]:
-    return tuple(splits or (("all",) if name == "omniglot" else tuple(miniimagenet.SPLITS)))
-
-
 def time_cold_build(name: str, *, root=None, splits=None, progress: bool = False) -> dict:
-    """Seconds to build a dataset's cache (mini-ImageNet: ``splits``) into a fresh temporary folder."""
+    """Seconds to build a dataset's cache (``splits``, for a dataset cached split by split; default
+    all) into a fresh temporary folder (its spec's ``prepare``)."""
     with tempfile.TemporaryDirectory(prefix="mtl-bench-") as tmp:
         start = time.perf_counter()
-        if name == "omniglot":
-            omniglot.prepare(root=root, cache_dir=tmp, download=False, progress=progress)
-        else:
-            for split in _splits(name, splits):
-                miniimagenet.prepare(split, root=root, cache_dir=tmp, progress=progress)
+        dataset_spec(name).prepare(splits, root=root, cache_dir=tmp, download=False, progress=progress)
         seconds = time.perf_counter() - start
         size = sum(p.stat().st_size for p in Path(tmp).glob("*.pt"))
-    return {"what": f"cold build {name} ({'+'.join(_splits(name, splits))})", "seconds": round(seconds, 2),
+    return {"what": f"cold build {name} ({'+'.join(splits or ('all',))})", "seconds": round(seconds, 2),
             "cache_mb": round(size / 2**20, 1)}
 
 
@@ -98,10 +90,10 @@ def bench_data(*, root=None, cache_dir=None, cold: bool = False, mini_imagenet: 
     """
     results = []
     names = ["omniglot"] + (["mini-imagenet"] if mini_imagenet else [])
+    splits = {"mini-imagenet": tuple(mini_splits)}  # the splits each dataset is timed on (default: all)
     if cold:
-        results += [time_cold_build(name, root=root, splits=mini_splits if name != "omniglot" else None)
-                    for name in names]
-    results += [time_warm_load(name, root=root, cache_dir=cache_dir, splits=mini_splits if name != "omniglot" else None)
+        results += [time_cold_build(name, root=root, splits=splits.get(name)) for name in names]
+    results += [time_warm_load(name, root=root, cache_dir=cache_dir, splits=splits.get(name))
                 for name in names]
     train = load_dataset("omniglot", "train", root=root, cache_dir=cache_dir, download=False, rotations=True)
     for device in devices:

@@ -12,27 +12,53 @@ from typing import Iterator, NamedTuple
 import torch
 
 from mtl.data.dataset import FewShotDataset
+from mtl.data.spec import SPECS
 from mtl.errors import EpisodeError
 
 
-class TaskBatch(NamedTuple):
-    """A batch of ``B`` tasks.
+class _Tensors(NamedTuple):
+    support_x: torch.Tensor
+    support_y: torch.Tensor
+    query_x: torch.Tensor
+    query_y: torch.Tensor
+
+
+class TaskBatch(_Tensors):
+    """A batch of ``B`` tasks: a 4-tuple ``(support_x, support_y, query_x, query_y)``.
 
     Classification (``N`` ways, ``K`` shots, ``Q`` queries per class):
         support_x: float32 ``[B, N*K, C, H, W]`` in [0, 1];  support_y: int64 ``[B, N*K]``, labels
         ``0..N-1`` class-major (``[0]*K + [1]*K + ...``);  query_x ``[B, N*Q, C, H, W]``;  query_y ``[B, N*Q]``.
 
     Regression (sinusoid): x and y are float32 ``[B, K, 1]``.
+
+    ``classes``: int64 ``[B, N]`` (CPU), the dataset class id of each task's label ``0..N-1``, set
+    by ``EpisodeSampler``; None for tasks without dataset classes. It is an attribute, not a fifth
+    element: ``sx, sy, qx, qy = batch`` unpacks a batch as before.
     """
 
-    support_x: torch.Tensor
-    support_y: torch.Tensor
-    query_x: torch.Tensor
-    query_y: torch.Tensor
+    classes: torch.Tensor | None = None
+
+    def __new__(cls, support_x, support_y, query_x, query_y, classes: torch.Tensor | None = None):
+        self = super().__new__(cls, support_x, support_y, query_x, query_y)
+        self.classes = classes
+        return self
+
+    def __getnewargs__(self):
+        return (*self, self.classes)
+
+    def map(self, fn) -> "TaskBatch":
+        """The batch with ``fn`` applied to each of its four tensors (``classes`` kept)."""
+        return TaskBatch(*(fn(t) for t in self), classes=self.classes)
+
+    def tasks(self, start: int, stop: int) -> "TaskBatch":
+        """Tasks ``start:stop`` of the batch (``classes`` too)."""
+        classes = None if self.classes is None else self.classes[start:stop]
+        return TaskBatch(*(t[start:stop] for t in self), classes=classes)
 
     def to(self, device: str | torch.device) -> "TaskBatch":
-        """The batch with every tensor on ``device``."""
-        return TaskBatch(*(t.to(device) for t in self))
+        """The batch with every tensor on ``device`` (``classes`` stays on the CPU)."""
+        return self.map(lambda t: t.to(device))
 
 
 class EpisodeSampler:
@@ -65,7 +91,8 @@ class EpisodeSampler:
         """A :class:`TaskBatch` of ``batch_size`` tasks, drawn with the sampler's generator.
 
         ``classes`` (int64 ``[B, N]``, dataset class ids) fixes each task's classes, in label order;
-        only the images are then drawn. ``return_classes=True`` returns ``(batch, classes)``.
+        only the images are then drawn. The batch carries its class ids (``batch.classes``);
+        ``return_classes=True`` also returns them, ``(batch, classes)``.
         """
         return self._sample(batch_size, self.generator, classes, return_classes)
 
@@ -97,7 +124,7 @@ class EpisodeSampler:
         support_x = self._gather(support_rows, batch_size, self.ways * self.shots)
         query_x = self._gather(query_rows, batch_size, self.ways * self.queries)
         batch = TaskBatch(support_x, self._support_y.repeat(batch_size, 1),  # own memory: safe to edit
-                          query_x, self._query_y.repeat(batch_size, 1))
+                          query_x, self._query_y.repeat(batch_size, 1), classes=classes)
         return (batch, classes) if return_classes else batch
 
     def _gather(self, rows: torch.Tensor, batch_size: int, per_task: int) -> torch.Tensor:
@@ -159,14 +186,19 @@ def _check_episode(dataset: FewShotDataset, ways: int, shots: int, queries: int)
         raise EpisodeError(
             f"{ways}-way tasks need {ways} classes but {where} has {dataset.num_classes}: use ways <= "
             f"{dataset.num_classes}"
-            + (" (or rotations=True, which adds the rotated characters as classes)."
-               if dataset.name == "omniglot" and dataset.split == "train" else ".")
+            + (" (or rotations=True, which adds the rotated images as classes)."
+               if dataset.split == "train" and _has_rotations(dataset.name) else ".")
         )
     if shots + queries > dataset.per_class:
         raise EpisodeError(
             f"shots + queries = {shots} + {queries} = {shots + queries} images per class, but {where} has "
             f"{dataset.per_class} per class: lower shots or queries so that shots + queries <= {dataset.per_class}."
         )
+
+
+def _has_rotations(name: str) -> bool:
+    spec = SPECS.get(name)
+    return spec is not None and spec.rotations
 
 
 def _check_classes(classes, batch_size: int, ways: int, num_classes: int) -> torch.Tensor:

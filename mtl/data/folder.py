@@ -1,11 +1,19 @@
-"""Your own images: one sub-folder per class (torchvision's ``ImageFolder`` layout).
+"""Your own images: a folder of class folders, at any depth (torchvision's ``ImageFolder`` layout,
+or Omniglot's own ``alphabet/character/*.png``).
 
     ds = load_dataset("folder:photos", "train", image_size=84)    # or load_dataset("folder", root=...)
     python -m mtl train --dataset folder:photos --ways 5 --shots 1 ...
 
-- **Layout**: ``ROOT/<class>/<image>``; hidden files (``.DS_Store``) are ignored; any other file
-  must be an image Pillow can read (a file that is not is named in the error). Symbolic links
-  must stay inside ``ROOT``.
+- **Layout**: a class is a *leaf folder*, one that holds images and no sub-folders; its name is
+  its path under ``ROOT`` (``ROOT/<class>/<image>`` gives ``<class>``, Omniglot's
+  ``images_background/<alphabet>/<character>/<image>`` gives ``<alphabet>/<character>``). A folder
+  that holds both images and sub-folders is refused (say which images belong to which class by
+  moving them into a folder of their own). Hidden files and folders (``.DS_Store``) are ignored;
+  any other file must be an image Pillow can read (a file that is not is named in the error).
+  Symbolic links must stay inside ``ROOT``.
+- **Scan**: a folder is listed once per process (`scan` keeps it); it is listed again when a
+  folder of it changed (an image or class added, removed or renamed). An image edited in place
+  is seen by the next process.
 - **Images**: converted to ``"RGB"`` (3 channels) or ``"L"`` (1), resized to ``image_size`` square
   (area filter, aspect ratio not kept); images of other sizes or modes are converted and counted.
 - **Splits** (of classes, disjoint): ``classes={"train": [...], "val": [...], "test": [...]}``, or
@@ -28,6 +36,7 @@ from PIL import Image
 
 from mtl.data import _decode, cache
 from mtl.data.dataset import FewShotDataset
+from mtl.data.spec import DatasetSpec
 from mtl.errors import DataError
 
 NAME = "folder"
@@ -36,33 +45,79 @@ SPLITS = ("train", "val", "test", "all")
 DEFAULT_RATIOS = (0.6, 0.2, 0.2)
 
 
+#: resolved root -> (modification time of every folder listed, the scan, its fingerprint or None)
+_SCANS: dict[Path, tuple[dict[Path, int], dict[str, list[Path]], list]] = {}
+
+
 def scan(root: str | os.PathLike) -> dict[str, list[Path]]:
-    """``{class name: [image paths]}`` of ``root`` (sorted), checked for layout and safety."""
+    """``{class name: [image paths]}`` of ``root`` (classes and images sorted), checked for layout and
+    safety. Listed once per process and kept, listed again when one of its folders changed."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DataError(f"{root} is not a folder: give a folder holding one sub-folder per class")
+    kept = _SCANS.get(root.resolve())
+    if kept is not None and _unchanged(kept[0]):
+        return kept[1]
+    folders: dict[Path, int] = {}
+    classes = _walk(root, folders)
+    _SCANS[root.resolve()] = (folders, classes, [])
+    return classes
+
+
+def _unchanged(folders: dict[Path, int]) -> bool:
+    try:
+        return all(path.stat().st_mtime_ns == mtime for path, mtime in folders.items())
+    except OSError:
+        return False
+
+
+def _walk(root: Path, folders: dict[Path, int]) -> dict[str, list[Path]]:
+    """The leaf folders of ``root`` and their images; ``folders`` gets every folder's mtime."""
     real_root = root.resolve()
     classes: dict[str, list[Path]] = {}
-    for entry in sorted(root.iterdir()):
-        if entry.name.startswith("."):
-            continue
-        _inside(entry, real_root)
-        if not entry.is_dir():
-            raise DataError(f"{entry} is a file at the top of {root}; put every image in a sub-folder "
-                            "named after its class (ROOT/<class>/<image>)")
-        files = []
-        for path in sorted(entry.rglob("*")):
-            if path.name.startswith(".") or any(p.startswith(".") for p in path.relative_to(entry).parts):
-                continue
-            _inside(path, real_root)
-            if path.is_file():
-                files.append(path)
-        if not files:
-            raise DataError(f"class folder {entry} holds no images: add some or remove the folder")
-        classes[entry.name] = files
+    seen: set[Path] = set()
+
+    def visit(folder: Path, name: str) -> None:
+        real = folder.resolve()
+        if real in seen:  # a link to a folder already listed
+            return
+        seen.add(real)
+        folders[folder] = folder.stat().st_mtime_ns
+        files, subfolders = [], []
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                path = Path(entry.path)
+                if entry.is_symlink():
+                    _inside(path, real_root)
+                if entry.is_dir():
+                    subfolders.append(path)
+                elif entry.is_file():
+                    files.append(path)
+        if files and subfolders:
+            if folder == root:
+                raise DataError(f"{sorted(files)[0]} is a file at the top of {root}; put every image "
+                                "in a sub-folder named after its class (ROOT/<class>/<image>)")
+            raise DataError(f"{folder} holds both images ({sorted(files)[0].name}, ...) and folders "
+                            f"({sorted(subfolders)[0].name}, ...); a class is a folder of images "
+                            "only: move these images into a folder of their own, or the folders out")
+        if subfolders:
+            for sub in sorted(subfolders):
+                visit(sub, f"{name}/{sub.name}" if name else sub.name)
+        elif folder == root:
+            raise DataError(f"{root} holds no class folders: put every image in a sub-folder named "
+                            "after its class (ROOT/<class>/<image>)" if files else
+                            f"{root} is empty: give a folder holding one sub-folder per class")
+        elif not files:
+            raise DataError(f"class folder {folder} holds no images: add some or remove the folder")
+        else:
+            classes[name] = sorted(files)
+
+    visit(root, "")
     if len(classes) < 2:
         raise DataError(f"{root} holds {len(classes)} class folder(s); a few-shot task needs at least "
-                        "2 classes, one sub-folder each")
+                        "2 classes, one folder each")
     return classes
 
 
@@ -73,13 +128,20 @@ def _inside(path: Path, real_root: Path) -> None:
 
 
 def fingerprint(classes: dict[str, list[Path]], root: Path) -> str:
-    """A hash of the listing: relative path, size and modification time of every image."""
+    """A hash of the listing: relative path, size and modification time of every image (computed
+    once per `scan`)."""
+    kept = _SCANS.get(Path(root).resolve())
+    if kept is not None and kept[1] is classes and kept[2]:
+        return kept[2][0]
     digest = hashlib.sha256()
     for files in classes.values():
         for path in files:
             stat = path.stat()
             digest.update(f"{path.relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()[:16]
+    key = digest.hexdigest()[:16]
+    if kept is not None and kept[1] is classes:
+        kept[2].append(key)
+    return key
 
 
 def build(root: str | os.PathLike, *, size: int, mode: str, invert: bool = False,
@@ -197,8 +259,9 @@ def split_classes(names: list[str], split: str, *, classes: dict[str, list[str]]
 
 def load(split: str, *, root, cache_dir=None, image_size: int | None = None, channels: int = 3,
          classes: dict[str, list[str]] | None = None, ratios=DEFAULT_RATIOS, seed: int = 0,
-         invert: bool = False, progress: bool = True) -> FewShotDataset:
-    """One split of the folder ``root`` as a :class:`FewShotDataset` (with ``counts``)."""
+         invert: bool = False, progress: bool = True, download: bool = True) -> FewShotDataset:
+    """One split of the folder ``root`` as a :class:`FewShotDataset` (with ``counts``);
+    ``download`` is accepted as by every dataset's loader (a folder has nothing to download)."""
     content = prepare(root, cache_dir=cache_dir, image_size=image_size, channels=channels,
                       invert=invert, progress=progress)
     names = list(content["class_names"])
@@ -221,14 +284,14 @@ def describe(root, *, cache_dir=None) -> dict:
             "per_class_min": min(sizes), "per_class_max": max(sizes)}
 
 
-def parse_name(name: str) -> tuple[str, str | None]:
-    """``"folder:PATH"`` -> ``("folder", PATH)``; any other name -> ``(name, None)``."""
-    if name.startswith("folder:"):
-        path = name[len("folder:"):]
-        if not path:
-            raise DataError("--dataset folder:PATH needs the folder's path after 'folder:'")
-        return NAME, path
-    return name, None
+def split_lists(root) -> dict[str, list[str]]:
+    """``{"train", "val", "test": [class names]}``: the default seeded cut of the folder as it is now."""
+    names = list(scan(root))
+    return {split: [names[i] for i in split_classes(names, split)] for split in ("train", "val", "test")}
 
 
-__all__ = ["load", "prepare", "scan", "split_classes", "describe", "parse_name"]
+SPEC = DatasetSpec(name=NAME, load=load, splits=dict.fromkeys(SPLITS), channels=(3, 1),
+                   image_size=DEFAULT_SIZE, hidden=32, path=True, split_classes=split_lists,
+                   options=("channels", "classes", "ratios", "seed", "invert"))
+
+__all__ = ["load", "prepare", "scan", "split_classes", "split_lists", "describe", "SPEC"]

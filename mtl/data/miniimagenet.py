@@ -22,6 +22,7 @@ from mtl.data._sources import find_source
 from mtl.data.archives import iter_files
 from mtl.data.cache import CACHE_VERSION, atomic_save, cache_dir as _cache_dir, data_root, load_cache
 from mtl.data.dataset import FewShotDataset
+from mtl.data.spec import DatasetSpec
 from mtl.errors import DataError
 
 NAME = "mini-imagenet"
@@ -182,3 +183,20 @@ def describe(*, root=None, cache_dir=None) -> dict:
             splits[split] = {"error": str(exc)}
     return {"source": ", ".join(sources), "splits": splits}
 
+
+
+def _prepare_lines(splits, *, root=None, cache_dir=None, image_size=None, progress=True, force=False,
+                   download=True) -> list[str]:
+    """Build the cache of each split (default: all); the lines ``python -m mtl data prepare`` prints."""
+    lines = []
+    for split in splits or list(SPLITS):
+        content = prepare(split, root=root, cache_dir=cache_dir, image_size=image_size,
+                          progress=progress, force=force)
+        classes, per_class = content["images"].shape[:2]
+        lines.append(f"{NAME} {split}: {classes} classes x {per_class} images -> "
+                     f"{cache_path(split, cache_dir, image_size or DEFAULT_SIZE)}")
+    return lines
+
+
+SPEC = DatasetSpec(name=NAME, load=load, splits=dict(SPLITS), per_class=PER_CLASS, channels=(3,),
+                   image_size=DEFAULT_SIZE, hidden=32, describe=describe, prepare=_prepare_lines)

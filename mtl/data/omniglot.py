@@ -26,6 +26,7 @@ from mtl.data.archives import iter_files, list_names
 from mtl.data._sources import find_source
 from mtl.data.cache import CACHE_VERSION, atomic_save, cache_dir as _cache_dir, data_root, load_cache
 from mtl.data.dataset import FewShotDataset
+from mtl.data.spec import DatasetSpec
 from mtl.errors import ConfigError, DataError
 
 NAME = "omniglot"
@@ -220,3 +221,20 @@ def describe(*, root=None, cache_dir=None) -> dict:
     splits = {s: {"classes": len(split_indices(names, s, background)), "per_class": per_class,
                   "images": len(split_indices(names, s, background)) * per_class} for s in SPLITS}
     return {"source": source, "splits": splits}
+
+
+def _prepare_lines(splits, *, root=None, cache_dir=None, image_size=None, progress=True, force=False,
+                   download=True) -> list[str]:
+    """Build the cache (every split is cut from one file); the line ``python -m mtl data prepare`` prints."""
+    content = prepare(root=root, cache_dir=cache_dir, image_size=image_size, download=download,
+                      progress=progress, force=force)
+    classes, per_class = content["images"].shape[:2]
+    return [f"{NAME}: {classes} characters x {per_class} drawers -> "
+            f"{cache_path(cache_dir, image_size or DEFAULT_SIZE)}"]
+
+
+SPEC = DatasetSpec(name=NAME, load=load, splits={**MAML_SPLIT, "background": PARTS["images_background"],
+                                                 "evaluation": PARTS["images_evaluation"],
+                                                 "all": sum(PARTS.values())},
+                   per_class=DRAWERS, channels=(1,), image_size=DEFAULT_SIZE, hidden=64, inverted=True,
+                   options=("rotations",), rotations=True, describe=describe, prepare=_prepare_lines)

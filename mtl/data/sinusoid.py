@@ -2,6 +2,8 @@
 
 A task is ``y = amplitude * sin(x - phase)`` with amplitude ~ U[0.1, 5.0], phase ~ U[0, pi] and
 inputs x ~ U[-5, 5]; a learner sees K (x, y) points (support) and is scored on others (query).
+One family of tasks serves every split; the fixed episode sets of ``val`` and ``train`` are drawn
+from seeds offset by `SPLIT_SEEDS`, so that validation and test episodes differ.
 """
 from __future__ import annotations
 
@@ -11,7 +13,11 @@ from typing import Iterator
 import torch
 
 from mtl.data.episodes import TaskBatch
+from mtl.data.spec import DatasetSpec
 from mtl.errors import EpisodeError
+
+#: seed offset of each split's fixed episode sets (`SinusoidTasks.episodes`)
+SPLIT_SEEDS = {"val": 1_000_003, "train": 2_000_003}
 
 
 class SinusoidTasks:
@@ -23,16 +29,18 @@ class SinusoidTasks:
         amplitude, phase, x_range: ``(low, high)`` of the uniform distributions (MAML's defaults).
         device: where batches are returned.
         seed: seed of the CPU generator (each ``sample`` call advances it).
+        split: the split whose fixed episode sets ``episodes`` draws (offsets its seed; None: none).
     """
 
     def __init__(self, *, shots: int = 10, queries: int = 10, amplitude=(0.1, 5.0), phase=(0.0, math.pi),
-                 x_range=(-5.0, 5.0), device: str | torch.device | None = None, seed: int = 0):
+                 x_range=(-5.0, 5.0), device: str | torch.device | None = None, seed: int = 0,
+                 split: str | None = None):
         if shots < 1 or queries < 0:
             raise EpisodeError(f"Need shots >= 1 and queries >= 0; got {shots}, {queries}.")
         self.shots, self.queries = shots, queries
         self.amplitude, self.phase, self.x_range = tuple(amplitude), tuple(phase), tuple(x_range)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
-        self.seed = seed
+        self.seed, self.split = seed, split
         self.generator = torch.Generator().manual_seed(seed)
 
     @staticmethod
@@ -49,8 +57,9 @@ class SinusoidTasks:
         return self._sample(batch_size, self.generator, return_params)
 
     def episodes(self, n: int, batch_size: int, seed: int = 0) -> Iterator[TaskBatch]:
-        """A fixed evaluation set of ``n`` tasks in batches (independent of earlier calls)."""
-        generator = torch.Generator().manual_seed(seed)
+        """A fixed evaluation set of ``n`` tasks in batches (independent of earlier calls; the
+        seed is offset by the split's `SPLIT_SEEDS` entry)."""
+        generator = torch.Generator().manual_seed(seed + SPLIT_SEEDS.get(self.split, 0))
         for start in range(0, n, batch_size):
             yield self._sample(min(batch_size, n - start), generator, False)
 
@@ -74,3 +83,13 @@ class SinusoidTasks:
 
     def __repr__(self) -> str:
         return f"SinusoidTasks(shots={self.shots}, queries={self.queries}, device={self.device}, seed={self.seed})"
+
+
+def tasks(split: str, *, shots: int, queries: int, device=None, seed: int = 0) -> SinusoidTasks:
+    """The task source of ``split`` (every split is the same family; see `SPLIT_SEEDS`)."""
+    return SinusoidTasks(shots=shots, queries=queries, device=device, seed=seed, split=split)
+
+
+SPEC = DatasetSpec(name="sinusoid", task="regression", tasks=tasks,
+                   splits={"train": None, "val": None, "test": None}, channels=(), image_size=None,
+                   models=("mlp",), hidden=40)

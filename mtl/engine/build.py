@@ -10,6 +10,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -20,7 +21,19 @@ from mtl.engine.checkpoint import checkpoint_path, load_checkpoint, load_learner
 from mtl.engine.config import TrainConfig
 from mtl.errors import ConfigError
 
-__all__ = ["build_model", "build_learner", "load_learner", "Loaded", "resolve_device"]
+__all__ = ["build_model", "build_learner", "load_learner", "Loaded", "resolve_device", "task_source"]
+
+
+def task_source(config: TrainConfig, split: str, *, ways: int, shots: int, queries: int,
+                device: torch.device | str, seed: int, progress: bool = True, training: bool = False) -> Any:
+    """The tasks of ``split`` of the config's dataset (``mtl.data.task_source``): ``ways``-way
+    episodes of its images at ``config.image_size``, or its own task family. ``training``: the
+    meta-training tasks (with the rotation classes, where the config asks for them)."""
+    from mtl.data import task_source as source
+
+    return source(config.dataset, split, ways=ways, shots=shots, queries=queries, device=device,
+                  seed=seed, image_size=config.image_size, progress=progress,
+                  **config.dataset_options(training))
 
 
 def build_model(config: TrainConfig) -> nn.Module:
@@ -31,7 +44,7 @@ def build_model(config: TrainConfig) -> nn.Module:
         return load_pretrained(config.extra["pretrained"])
     if config.model == "mlp":
         return models.MLP(hidden=config.hidden)
-    channels = config.channels or (1 if config.dataset == "omniglot" else 3)
+    channels = config.channels or config.spec.defaults()["channels"]
     if config.model == "conv4":
         return models.Conv4(channels, config.ways, hidden=config.hidden, image_size=config.image_size)
     if config.model == "resnet12":

@@ -43,17 +43,17 @@ class FewShotClassifier:
     def __init__(self, learner: nn.Module, config, *, steps: int | None = None,
                  device: str | torch.device = "cpu") -> None:
         config = config.resolved()
-        if config.dataset == "sinusoid":
+        if config.regression:
             raise MTLError("FewShotClassifier classifies images; this checkpoint was trained on "
-                           "sinusoid regression")
+                           f"{config.dataset} regression")
         if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 0):
             raise MTLError(f"steps must be a whole number >= 0, got {steps!r}")
         self.learner, self.config = learner.to(device).eval(), config
         self.device = torch.device(device)
         self.steps = config.test_inner_steps if steps is None else steps
         self.size = int(config.image_size)
-        self.channels = int(config.channels or (1 if config.dataset == "omniglot" else 3))
-        self.invert = config.dataset == "omniglot"
+        self.channels = int(config.channels)
+        self.invert = config.spec.inverted  # the training images' polarity
         self.classes_: list = []
         self._support: tuple[Tensor, Tensor] | None = None
 

@@ -7,8 +7,10 @@ algorithm's constructor), so it round-trips through ``config.json`` and a checkp
     config = preset("cpu-maml-omniglot-5w1s", seed=1)          # a preset, with overrides
     config = TrainConfig(algorithm="maml", dataset="sinusoid")   # or by hand
 
-Presets follow ``../shared/REFERENCE.md`` (MAML, Finn et al. 2017, App. A.1; Reptile, Nichol et
-al. 2018; ProtoNets, Snell et al. 2017). Deviations from a paper are written beside the preset.
+Presets follow the papers' protocols (MAML, Finn et al. 2017, App. A.1; Reptile, Nichol et al.
+2018; ProtoNets, Snell et al. 2017). Deviations from a paper are written beside the preset.
+What a dataset implies (its splits, channels, image size, default model, regression or not) is read
+from its spec in ``mtl.data.registry``, never from its name.
 The ``cpu-*`` presets are small profiles sized for 2 CPU cores; ``RESULTS.md`` records what they reach.
 """
 from __future__ import annotations
@@ -21,30 +23,32 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mtl.core.checks import STRATEGIES
-from mtl.errors import ConfigError
+from mtl.data.registry import DatasetSpec, parse_name
+from mtl.errors import ConfigError, DataError
 
-DATASETS = ("sinusoid", "omniglot", "mini-imagenet")
 MODELS = ("conv4", "resnet12", "mlp")
 
-__all__ = ["TrainConfig", "ConfigError", "PRESETS", "preset", "DATASETS", "MODELS"]
+__all__ = ["TrainConfig", "PRESETS", "preset", "MODELS"]
 
 
 @dataclass
 class TrainConfig:
-    """Everything that defines a run. ``None`` means "the dataset's default" (see `resolved`)."""
+    """Everything that defines a run. ``None`` means "the default": the algorithm's (its
+    ``DEFAULTS``, e.g. ProtoNet's one wide task per step), else `GENERIC_DEFAULTS`, and the
+    dataset's for the model and image fields (see `resolved`)."""
 
     algorithm: str = "maml"
     dataset: str = "omniglot"
-    ways: int = 5                      # N classes per task (ignored for sinusoid)
+    ways: int | None = None            # N classes per task (None: 5 or the algorithm's; ignored for regression)
     shots: int = 1                     # K support examples per class (sinusoid: K points)
     queries: int = 15                  # Q query examples per class (sinusoid: Q points)
-    meta_batch: int = 32               # tasks per meta-step
-    inner_steps: int = 1               # inner-loop steps during meta-training
-    inner_lr: float = 0.4              # inner-loop step size alpha
+    meta_batch: int | None = None      # tasks per meta-step (None: 32 or the algorithm's)
+    inner_steps: int | None = None     # inner-loop steps during meta-training (None: 1 or the algorithm's)
+    inner_lr: float | None = None      # inner-loop step size alpha (None: 0.4 or the algorithm's)
     meta_lr: float = 1e-3              # outer step size beta
     iterations: int = 60_000           # meta-steps
     test_inner_steps: int | None = None  # inner steps at validation/test (None: inner_steps)
-    test_ways: int | None = None       # ways at validation/test (None: ways; ProtoNet trains wider)
+    test_ways: int | None = None       # ways at validation/test (None: ways if given, else 5)
     test_queries: int | None = None    # queries per class at validation/test (None: queries)
     test_shots: int | None = None      # shots at validation/test (None: shots; Reptile trains with more)
     first_order: bool = False
@@ -76,16 +80,15 @@ class TrainConfig:
         _check(self)
 
     def resolved(self) -> "TrainConfig":
-        """A copy with every ``None`` default filled in from the dataset, checked for sense (a
-        ``folder:`` dataset's folder was scanned when the config was made, not again)."""
+        """A copy with every ``None`` default filled in from the algorithm and the dataset, checked
+        for sense (a ``folder:`` dataset's folder was scanned when the config was made, not again)."""
         token = _SCAN_FOLDERS.set(False)
         try:
             _check(self)
-            out = dataclasses.replace(self, extra=dict(self.extra))
+            out = dataclasses.replace(self, extra=dict(self.extra), **_unset_defaults(self))
         finally:
             _SCAN_FOLDERS.reset(token)
-        defaults = _DATASET_DEFAULTS[dataset_kind(self.dataset)]
-        for name, value in defaults.items():
+        for name, value in self.spec.defaults().items():
             if getattr(out, name) is None:
                 setattr(out, name, value)
         if out.test_inner_steps is None:
@@ -100,12 +103,26 @@ class TrainConfig:
             out.checkpoint_every = out.val_every
         return out
 
-    def dataset_options(self) -> dict[str, Any]:
-        """What ``mtl.data.load_dataset`` needs beyond the name (a folder dataset's channels)."""
-        if dataset_kind(self.dataset) != "folder":
-            return {}
-        options: dict[str, Any] = {"channels": self.channels}
-        if self.folder_classes is not None:
+    @property
+    def spec(self) -> DatasetSpec:
+        """The dataset's spec (``mtl.data.registry``): splits, channels, regression or not, ..."""
+        return _spec(self.dataset)
+
+    @property
+    def regression(self) -> bool:
+        """Whether the dataset's tasks are regression (scored by mean squared error)."""
+        return self.spec.regression
+
+    def dataset_options(self, training: bool = False) -> dict[str, Any]:
+        """What ``mtl.data.load_dataset`` needs beyond the name and image size: the rotation
+        classes (for meta-training only), a folder's channels and recorded classes."""
+        spec = self.spec
+        options: dict[str, Any] = {}
+        if spec.rotations:
+            options["rotations"] = bool(self.rotations) and training
+        if "channels" in spec.options:
+            options["channels"] = self.channels
+        if "classes" in spec.options and self.folder_classes is not None:
             options["classes"] = self.folder_classes
         return options
 
@@ -113,14 +130,10 @@ class TrainConfig:
         """For a ``folder:`` dataset, a copy that records the class list of each split (the seeded
         cut of the folder as it is now), so that a checkpoint is evaluated on the classes it was
         split into even after the folder gains or loses classes; other configs unchanged."""
-        if dataset_kind(self.dataset) != "folder" or self.folder_classes is not None:
+        spec, path = parse_name(self.dataset)
+        if spec.split_classes is None or self.folder_classes is not None:
             return self
-        from mtl.data import folder
-
-        names = list(folder.scan(self.dataset[len("folder:"):]))
-        splits = {split: [names[i] for i in folder.split_classes(names, split)]
-                  for split in ("train", "val", "test")}
-        return dataclasses.replace(self, folder_classes=splits)
+        return dataclasses.replace(self, folder_classes=spec.split_classes(path))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -156,17 +169,36 @@ class TrainConfig:
             _SCAN_FOLDERS.reset(token)
 
 
-_DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
-    "sinusoid": {"model": "mlp", "hidden": 40, "image_size": None, "channels": None},
-    "omniglot": {"model": "conv4", "hidden": 64, "image_size": 28, "channels": 1},
-    "mini-imagenet": {"model": "conv4", "hidden": 32, "image_size": 84, "channels": 3},
-    "folder": {"model": "conv4", "hidden": 32, "image_size": 84, "channels": 3},
-}
+#: the values of these fields when neither the run nor its algorithm's ``DEFAULTS`` sets them
+GENERIC_DEFAULTS: dict[str, Any] = {"ways": 5, "meta_batch": 32, "inner_steps": 1, "inner_lr": 0.4}
 
 
-def dataset_kind(dataset: str) -> str:
-    """``"folder"`` for ``"folder:PATH"``, else the dataset name itself."""
-    return "folder" if isinstance(dataset, str) and dataset.startswith("folder:") else dataset
+def algorithm_defaults(algorithm: str) -> dict[str, Any]:
+    """The fields of `GENERIC_DEFAULTS` that ``algorithm`` sets otherwise (its class's ``DEFAULTS``)."""
+    from mtl.algorithms import algorithm_class
+
+    return dict(getattr(algorithm_class(algorithm), "DEFAULTS", {}))
+
+
+def _unset_defaults(config: TrainConfig) -> dict[str, Any]:
+    """``{field: value}`` for the fields of `GENERIC_DEFAULTS` left unset (None), from the
+    algorithm's defaults, else the generic ones; evaluation is 5-way when ``ways`` was not given
+    (an algorithm may train wider than it tests)."""
+    unset = [name for name in GENERIC_DEFAULTS if getattr(config, name) is None]
+    if not unset:
+        return {}
+    defaults = {**GENERIC_DEFAULTS, **algorithm_defaults(config.algorithm)}
+    values = {name: defaults[name] for name in unset}
+    if config.ways is None and config.test_ways is None:
+        values["test_ways"] = GENERIC_DEFAULTS["ways"]
+    return values
+
+
+def _spec(dataset: Any) -> DatasetSpec:
+    try:
+        return parse_name(dataset)[0]
+    except DataError as error:
+        raise ConfigError(f"--dataset: {error}") from None
 
 
 #: False while a config stored in a checkpoint is read (`TrainConfig.from_saved`)
@@ -192,13 +224,17 @@ def _check(config: TrainConfig) -> None:
         flag = flag or "--" + name.replace("_", "-")
         raise ConfigError(f"{name} {rule}, got {getattr(config, name)!r} (set it with {flag})")
 
-    kind = dataset_kind(config.dataset)
-    if kind not in DATASETS + ("folder",):
-        raise ConfigError(f"unknown dataset {config.dataset!r}; choose one of {', '.join(DATASETS)}, "
-                          "or folder:PATH for your own images (one sub-folder per class)")
-    if kind == "folder" and _SCAN_FOLDERS.get():
-        _check_folder(config)
-    _check_algorithm(config.algorithm, config.extra, config.dataset)
+    if not isinstance(config.algorithm, str):
+        fail("algorithm", "must be the name of an algorithm")
+    unset = _unset_defaults(config)
+    if unset:  # checked with the values the run will use
+        dataclasses.replace(config, **unset)
+        return
+
+    spec = _spec(config.dataset)
+    if spec.path and _SCAN_FOLDERS.get():
+        _check_folder(config, spec)
+    _check_algorithm(config.algorithm, config.extra, config.dataset, spec)
     integers = ("ways", "shots", "queries", "meta_batch", "inner_steps", "iterations", "lr_step",
                 "val_every", "val_episodes", "log_every", "eval_batch", "eval_seed", "test_episodes",
                 "seed", "test_inner_steps", "test_ways", "test_queries", "test_shots", "hidden", "channels",
@@ -224,12 +260,13 @@ def _check(config: TrainConfig) -> None:
         if isinstance(value, (int, float)) and value > ceiling:
             fail(name, f"must be at most {ceiling:,g} (a larger value is taken as a typo: it would "
                        "exhaust memory or time, or overflow)", "--time-budget" if name == "time_budget_s" else None)
-    if config.image_size is not None and config.dataset != "sinusoid" and config.image_size < MIN_IMAGE_SIZE:
+    images = not spec.regression
+    if config.image_size is not None and images and config.image_size < MIN_IMAGE_SIZE:
         fail("image_size", f"must be at least {MIN_IMAGE_SIZE} (the convolutional models halve it four times)")
     _check_step_size(config)
     for name in ("ways", "test_ways"):
         value = getattr(config, name)
-        if value is not None and config.dataset != "sinusoid" and value < 2:
+        if value is not None and images and value < 2:
             fail(name, "must be >= 2 (a classification task needs two classes)")
     for name in ("inner_lr", "meta_lr"):
         value = getattr(config, name)
@@ -244,7 +281,7 @@ def _check(config: TrainConfig) -> None:
             and math.isfinite(config.time_budget_s)):
         fail("time_budget_s", "must be a positive number of seconds", "--time-budget")
     if config.folder_classes is not None and not (
-            kind == "folder" and isinstance(config.folder_classes, dict)
+            spec.split_classes is not None and isinstance(config.folder_classes, dict)
             and set(config.folder_classes) <= {"train", "val", "test"}
             and all(isinstance(v, list) and all(isinstance(c, str) for c in v)
                     for v in config.folder_classes.values())):
@@ -262,25 +299,23 @@ def _check(config: TrainConfig) -> None:
         fail("model", f"must be one of {', '.join(MODELS)}")
     if config.channels is not None and config.channels not in (1, 3):
         fail("channels", "must be 1 (grayscale) or 3 (RGB)")
-    if config.channels is not None and kind in ("omniglot", "mini-imagenet") and \
-            config.channels != _DATASET_DEFAULTS[kind]["channels"]:
-        fail("channels", f"must be {_DATASET_DEFAULTS[kind]['channels']} for {kind}")
-    images = config.dataset != "sinusoid"
-    if config.model == "mlp" and images or config.model in ("conv4", "resnet12") and not images:
+    if config.channels is not None and config.channels not in spec.channels:
+        fail("channels", f"must be {' or '.join(map(str, spec.channels))} for {spec.name}"
+             if spec.channels else f"is for images, and {spec.name} has none: drop it")
+    if config.model is not None and config.model not in spec.models:
         raise ConfigError(f"model {config.model!r} does not fit dataset {config.dataset!r}: use "
-                          + ("conv4 or resnet12 for images" if images else "mlp for sinusoid"))
-    _check_episodes(config)
+                          f"{' or '.join(spec.models)}")
+    _check_episodes(config, spec)
     if not isinstance(config.device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", config.device):
         fail("device", "must be auto, cpu, cuda or cuda:N")
 
 
 def _check_step_size(config: TrainConfig) -> None:
     """One meta-step's tasks fit in `MAX_STEP_ELEMENTS` floats (checked before any allocation)."""
-    kind = dataset_kind(config.dataset)
-    defaults = _DATASET_DEFAULTS.get(kind, {})
-    side = config.image_size or defaults.get("image_size") or 1
-    channels = config.channels or defaults.get("channels") or 1
-    ways = 1 if kind == "sinusoid" else config.ways
+    defaults = config.spec.defaults()
+    side = config.image_size or defaults["image_size"] or 1
+    channels = config.channels or defaults["channels"] or 1
+    ways = 1 if config.spec.regression else config.ways
     elements = config.meta_batch * ways * (config.shots + config.queries) * channels * side * side
     if elements > MAX_STEP_ELEMENTS:
         raise ConfigError(
@@ -290,28 +325,22 @@ def _check_step_size(config: TrainConfig) -> None:
             "--image-size")
 
 
-def _check_folder(config: TrainConfig) -> None:
-    """A folder dataset's folder exists and is laid out as one sub-folder per class."""
-    from mtl.data import folder
-    from mtl.errors import DataError
-
+def _check_folder(config: TrainConfig, spec: DatasetSpec) -> None:
+    """A ``NAME:PATH`` dataset names its folder, and the folder is laid out as class folders."""
+    path = parse_name(config.dataset)[1]
+    if path is None:
+        raise ConfigError(f"--dataset {spec.name} needs its folder: --dataset {spec.name}:PATH")
     try:
-        folder.scan(config.dataset[len("folder:"):])
+        spec.split_classes(path)
     except DataError as error:
         raise ConfigError(f"--dataset {config.dataset}: {error}") from None
 
 
-def _check_episodes(config: TrainConfig) -> None:
-    """Each split the run samples from has enough classes and images for its episodes."""
-    if config.dataset == "sinusoid" or dataset_kind(config.dataset) == "folder":
-        return  # a folder's splits are checked when it is loaded
-    from mtl.data import miniimagenet, omniglot
-
-    classes, per_class = ((dict(omniglot.MAML_SPLIT), 20) if config.dataset == "omniglot"
-                          else (dict(miniimagenet.SPLITS), 600))
-    rotations = config.dataset == "omniglot" and config.rotations
-    if rotations:
-        classes["train"] *= 4
+def _check_episodes(config: TrainConfig, spec: DatasetSpec) -> None:
+    """Each split the run samples from has enough classes and images for its episodes (datasets
+    whose sizes are known only once loaded are checked then, by the episode sampler)."""
+    if spec.regression:
+        return
     test = lambda v, d: d if v is None else v  # noqa: E731 - the resolved value
     phases = [("train", "ways", config.ways, "shots", config.shots, "queries", config.queries)]
     evaluation = ("test-ways", test(config.test_ways, config.ways), "test-shots",
@@ -322,28 +351,29 @@ def _check_episodes(config: TrainConfig) -> None:
         phases.append(("test", *evaluation))
     for split, ways_flag, ways, shots_flag, shots, queries_flag, queries in phases:
         where = f"{config.dataset} {split!r}"
-        if ways > classes[split]:
+        classes = spec.train_classes(config.rotations) if split == "train" else spec.splits.get(split)
+        if classes is not None and ways > classes:
             hint = ("; or keep the 90-degree rotations as classes (drop --no-rotations)"
-                    if split == "train" and config.dataset == "omniglot" and not rotations else "")
-            raise ConfigError(f"{ways}-way tasks need {ways} classes but {where} has {classes[split]}: "
-                              f"use --{ways_flag} {classes[split]} or fewer{hint}")
-        if shots + queries > per_class:
+                    if split == "train" and spec.rotations and not config.rotations else "")
+            raise ConfigError(f"{ways}-way tasks need {ways} classes but {where} has {classes}: "
+                              f"use --{ways_flag} {classes} or fewer{hint}")
+        if spec.per_class is not None and shots + queries > spec.per_class:
             raise ConfigError(f"--{shots_flag} {shots} + --{queries_flag} {queries} = {shots + queries} "
-                              f"images per class, but {where} has {per_class} per class: lower them "
-                              f"so that they add up to at most {per_class}")
+                              f"images per class, but {where} has {spec.per_class} per class: lower "
+                              f"them so that they add up to at most {spec.per_class}")
 
 
-def _check_algorithm(name: str, extra: dict[str, Any], dataset: str) -> None:
+def _check_algorithm(name: str, extra: dict[str, Any], dataset: str, spec: DatasetSpec) -> None:
     from mtl.algorithms import ALGORITHMS, algorithm_class  # the registry (imported when a config is made)
 
     if not isinstance(extra, dict):
         raise ConfigError(f"extra must be a dict of algorithm settings, got {type(extra).__name__}")
     cls = algorithm_class(name)
-    if dataset == "sinusoid" and not getattr(cls, "REGRESSION", True):
+    if spec.regression and not getattr(cls, "REGRESSION", True):
         regressors = sorted(n for n, c in ALGORITHMS.items() if getattr(c, "REGRESSION", True)
                             and not getattr(c, "CONFIG_SETTINGS", ()) and n != "pretrain")
-        raise ConfigError(f"--algorithm {name} only classifies, and sinusoid is regression: use one of "
-                          f"{', '.join(regressors)} for --dataset sinusoid, or an image dataset for {name}")
+        raise ConfigError(f"--algorithm {name} only classifies, and {dataset} is regression: use one of "
+                          f"{', '.join(regressors)} for --dataset {dataset}, or an image dataset for {name}")
     allowed = _constructor_settings(cls)
     if allowed is None:
         return  # the class takes any keyword

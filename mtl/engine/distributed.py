@@ -1,4 +1,4 @@
-"""torch.distributed glue: task-parallel meta-training and data-parallel pre-training under torchrun.
+"""torch.distributed glue: task-parallel training and sharded evaluation under torchrun.
 
     torchrun --nproc_per_node=8 -m mtl train --preset maml-omniglot-5w1s      # docs/distributed.md
 
@@ -14,9 +14,6 @@ Why not DDP: its hooks fire on the wrapped module's backward, but the functional
 the model through ``torch.func.functional_call`` with adapted weights (second-order graphs through
 several forward passes) and Reptile's pseudo-gradient comes from no backward at all. One explicit
 all-reduce after ``meta_gradient`` is correct for every algorithm and costs the same bytes.
-
-Pre-training (data parallel): `epoch_batches` gives each rank its share of every global batch of a
-shared permutation and the weight to pass to `all_reduce_gradients` (exact for uneven last batches).
 
 Evaluation: `sharded_scores` runs each rank on its share of a fixed episode set and gathers the
 per-episode scores in episode order on every rank (``mtl.engine.evaluate.confidence_interval``: one CI).
@@ -38,13 +35,14 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from mtl.data.episodes import TaskBatch
 from mtl.errors import DistributedError, MTLError
 
 __all__ = [
     "DistributedError", "DistInfo", "setup", "teardown", "info", "is_distributed", "get_rank",
     "get_world_size", "is_main_process", "barrier", "shard_range", "step_seed", "TaskStream",
-    "all_reduce_gradients", "all_reduce_metrics", "any_rank", "meta_gradient", "broadcast_parameters",
-    "epoch_batches", "gather_shards", "sharded_scores",
+    "all_reduce_gradients", "all_reduce_metrics", "any_rank", "meta_gradient",
+    "gather_shards", "sharded_scores",
 ]
 
 DEFAULT_TIMEOUT_S = 300.0
@@ -185,8 +183,7 @@ class TaskStream:
 
     A sampler with ``.sample_step(t, B)`` (e.g. pre-training's ``EpochBatches``: epochs over a
     shuffled order) draws step ``t``'s batch itself, from the step alone. A sampler without
-    ``.generator`` (e.g. the hard-task recorder of meta-transfer learning, which must see whole
-    meta-batches) is used as is, ``sampler.sample(B)``, in a single process only.
+    ``.generator`` is used as is, ``sampler.sample(B)``, in a single process only.
     """
 
     def __init__(self, sampler: Any, *, seed: int = 0, dtype: torch.dtype | None = None) -> None:
@@ -220,13 +217,21 @@ class TaskStream:
             self.sampler.generator.manual_seed(step_seed(self.seed, step))
             batch = self.sampler.sample(batch_size)
         if len(tasks) < batch_size:
-            batch = type(batch)(*(t[tasks.start:tasks.stop] for t in batch))
+            batch = _tasks(batch, tasks.start, tasks.stop)
         return self._cast(batch)
 
     def _cast(self, batch):
         if self.dtype is None:
             return batch
-        return type(batch)(*(t.to(self.dtype) if t.is_floating_point() else t for t in batch))
+        cast = lambda t: t.to(self.dtype) if t.is_floating_point() else t  # noqa: E731
+        return batch.map(cast) if isinstance(batch, TaskBatch) else type(batch)(*map(cast, batch))
+
+
+def _tasks(batch, start: int, stop: int):
+    """Tasks ``start:stop`` of a batch (a ``TaskBatch`` keeps its class ids)."""
+    if isinstance(batch, TaskBatch):
+        return batch.tasks(start, stop)
+    return type(batch)(*(t[start:stop] for t in batch))
 
 
 # ----------------------------------------------------------------------------- gradients
@@ -312,36 +317,6 @@ def meta_gradient(algorithm: nn.Module, stream: TaskStream, step: int, batch_siz
     metrics = algorithm.meta_gradient(batch)
     all_reduce_gradients(algorithm, weight=weight)
     return all_reduce_metrics(metrics, weight=weight)
-
-
-def broadcast_parameters(module: nn.Module, *, src: int = 0) -> None:
-    """Copy rank ``src``'s parameters and buffers to every rank (identical start; no-op alone)."""
-    if not is_distributed():
-        return
-    with _collective("broadcast of parameters"), torch.no_grad():
-        for tensor in [*module.parameters(), *module.buffers()]:
-            dist.broadcast(tensor.data, src=src)
-
-
-# ----------------------------------------------------------------------------- pre-training
-
-def epoch_batches(num_examples: int, batch_size: int, *, epoch: int, seed: int = 0,
-                  drop_last: bool = False) -> Iterator[tuple[Tensor, float]]:
-    """Data-parallel batches of one epoch: ``(indices of this rank [n_rank], weight)``.
-
-    Every rank builds the same permutation of ``range(num_examples)`` from ``(seed, epoch)``,
-    cuts it into global batches of ``batch_size`` and takes its `shard_range` of each; pass
-    ``weight = n_rank / n_batch`` to `all_reduce_gradients` after ``loss.backward()`` (the loss
-    being the mean over the rank's examples). Batch norm then sees the rank's examples only.
-    """
-    generator = torch.Generator().manual_seed(step_seed(seed, epoch))
-    order = torch.randperm(num_examples, generator=generator)
-    for start in range(0, num_examples, batch_size):
-        global_batch = order[start:start + batch_size]
-        if drop_last and len(global_batch) < batch_size:
-            return
-        share = shard_range(len(global_batch))
-        yield global_batch[share.start:share.stop], len(share) / len(global_batch)
 
 
 # ----------------------------------------------------------------------------- evaluation

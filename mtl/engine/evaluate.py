@@ -28,11 +28,11 @@ from typing import Any, Iterable, Iterator
 import torch
 from torch import nn
 
+from mtl.algorithms.base import Learner
 from mtl.engine.config import TrainConfig
 from mtl.errors import ConfigError, MTLError
 
 DRAW_BATCH = 50  # episodes drawn per sampler call; part of the definition of a seeded episode set
-_SINUSOID_SPLIT_OFFSET = {"val": 1_000_003, "train": 2_000_003}
 TRANSDUCTIVE_BN = "transductive batch norm (each task's own batch statistics, as in MAML)"
 RUNNING_BN = "batch norm with running statistics from training (not transductive)"
 NO_BN = "no batch norm"
@@ -51,6 +51,14 @@ class Evaluation:
     seed: int = 0
     inner_steps: int | None = None
     protocol: dict[str, Any] = field(default_factory=dict)
+    adapts: bool = True         # False: the learner has no inner loop (it sets no weight per task)
+
+    @property
+    def adaptation(self) -> str:
+        """How each task was adapted to, in words: ``"3 inner steps"``, or ``"no inner loop"``."""
+        if not self.adapts:
+            return "no inner loop"
+        return f"{self.inner_steps} inner step{'' if self.inner_steps == 1 else 's'}"
 
     def __str__(self) -> str:
         if self.metric == "accuracy":
@@ -60,7 +68,7 @@ class Evaluation:
         details = ", ".join(f"{k} {v}" for k, v in self.protocol.items() if k != "batch_norm")
         norm = self.protocol.get("batch_norm")
         return (f"{value} (95% CI, {self.n} episodes, split {self.split}, seed {self.seed}, "
-                f"{self.inner_steps} inner steps{', ' + details if details else ''}"
+                f"{self.adaptation}{', ' + details if details else ''}"
                 f"{'; ' + norm if norm else ''})")
 
     def to_dict(self) -> dict[str, Any]:
@@ -88,42 +96,34 @@ class EpisodeSet:
 
     def __init__(self, config: TrainConfig, split: str, *, n: int, seed: int,
                  device: torch.device | str, progress: bool = True):
-        from mtl import data
-
         self.config, self.split, self.n, self.seed, self.device = config, split, n, seed, device
-        if config.dataset == "sinusoid":
-            self.dataset = None
-        else:
-            self.dataset = data.load_dataset(config.dataset, split, image_size=config.image_size,
-                                             **config.dataset_options(),
-                                             progress=progress).to(device)
+        self.progress = progress
+        self._source = None
+
+    def source(self) -> Any:
+        """The split's task source (loaded once); `EpisodeError` naming the fix if this split
+        cannot form its episodes."""
+        if self._source is None:
+            from mtl.engine.build import task_source
+
+            c = self.config
+            self._source = task_source(c, self.split, ways=c.test_ways, shots=c.test_shots,
+                                       queries=c.test_queries, device=self.device, seed=self.seed,
+                                       progress=self.progress)
+        return self._source
 
     def check(self) -> None:
         """Raise `EpisodeError` naming the fix now if this split cannot form its episodes."""
-        if self.dataset is not None:
-            c = self.config
-            from mtl import data
-
-            data.EpisodeSampler(self.dataset, ways=c.test_ways, shots=c.test_shots, queries=c.test_queries,
-                                device=self.device, seed=self.seed)
+        self.source()
 
     def __len__(self) -> int:
         return sum(math.ceil(min(DRAW_BATCH, self.n - start) / self.config.eval_batch)
                    for start in range(0, self.n, DRAW_BATCH))
 
     def __iter__(self) -> Iterator[Any]:
-        from mtl import data
-
         c = self.config
-        seed = self.seed
-        if self.dataset is None:  # one task family for every split: keep validation tasks apart
-            seed = self.seed + _SINUSOID_SPLIT_OFFSET.get(self.split, 0)
-            source = data.SinusoidTasks(shots=c.test_shots, queries=c.test_queries, device=self.device, seed=seed)
-        else:
-            source = data.EpisodeSampler(self.dataset, ways=c.test_ways, shots=c.test_shots, queries=c.test_queries,
-                                         device=self.device, seed=self.seed)
         # Drawn DRAW_BATCH at a time (so the set depends on the seed only), computed eval_batch at a time.
-        for drawn in source.episodes(self.n, DRAW_BATCH, seed):
+        for drawn in self.source().episodes(self.n, DRAW_BATCH, self.seed):
             for start in range(0, drawn.support_x.shape[0], c.eval_batch):
                 yield type(drawn)(*(t[start:start + c.eval_batch] for t in drawn))
 
@@ -134,7 +134,9 @@ def evaluate(learner: nn.Module, config: TrainConfig, *, split: str = "test", ep
     """Score ``learner`` (an algorithm module with ``predict``) on a fixed episode set.
 
     ``config`` (resolved) fixes the dataset and the episode shape; ``inner_steps`` defaults to
-    ``config.test_inner_steps``; ``episode_set`` reuses already loaded episodes (validation).
+    ``config.test_inner_steps``; ``episode_set`` reuses already loaded episodes (validation). A
+    `Learner` that sets no weight per task (``per_task_parameters`` 0: ProtoNet, in-context) has no
+    inner loop, and its result says so (``adapts=False``) whatever ``inner_steps`` is.
     """
     from mtl.engine.build import resolve_device
     from mtl.io import progress_enabled
@@ -146,11 +148,13 @@ def evaluate(learner: nn.Module, config: TrainConfig, *, split: str = "test", ep
     show = progress_enabled(progress)
     if episode_set is None:
         episode_set = EpisodeSet(config, split, n=episodes, seed=seed, device=device, progress=show)
-    scores = _scores(learner, episode_set, steps, config.dataset == "sinusoid", show)
+    scores = _scores(learner, episode_set, steps, config.regression, show)
     mean, ci95 = confidence_interval(scores)
-    return Evaluation(metric="mse" if config.dataset == "sinusoid" else "accuracy", mean=mean,
+    adapts = not (isinstance(learner, Learner) and learner.per_task_parameters(config.test_ways) == 0)
+    return Evaluation(metric="mse" if config.regression else "accuracy", mean=mean,
                       ci95=ci95, n=len(scores), scores=scores, split=episode_set.split,
-                      seed=episode_set.seed, inner_steps=steps, protocol=_protocol(config, learner))
+                      seed=episode_set.seed, inner_steps=steps, protocol=_protocol(config, learner),
+                      adapts=adapts)
 
 
 def evaluate_checkpoint(path: str | Path, *, split: str = "test", episodes: int = 600, seed: int = 0,
@@ -205,7 +209,7 @@ def _scores(learner: nn.Module, episodes: EpisodeSet, steps: int, regression: bo
 
 def _protocol(config: TrainConfig, learner: nn.Module) -> dict[str, Any]:
     info: dict[str, Any] = {"algorithm": config.algorithm, "dataset": config.dataset}
-    if config.dataset == "sinusoid":
+    if config.regression:
         info.update(points=config.test_shots, query_points=config.test_queries)
     else:
         info.update(ways=config.test_ways, shots=config.test_shots, queries=config.test_queries,

@@ -59,7 +59,7 @@ from mtl.engine.build import build_learner, resolve_device
 from mtl.engine.rundir import RunFolderError, finish, prepare_run_dir, release, undo_start  # noqa: F401
 from mtl.engine.checkpoint import (BEST, LAST, load_checkpoint, load_learner_state, payload, restore_rng,
                                    write_checkpoint)
-from mtl.engine.config import ConfigError, TrainConfig, dataset_kind, preset
+from mtl.engine.config import ConfigError, TrainConfig, preset
 from mtl.errors import InnerLoopError, MTLError, TrainingDiverged
 from mtl.io import atomic_write_text, progress_enabled
 
@@ -92,17 +92,10 @@ class RunSummary:
 # --- the training source and the learning rate -----------------------------------------------
 def train_sampler(config: TrainConfig, learner: nn.Module, device: torch.device) -> Any:
     """The training task source: episodes of the train split (or the algorithm's own sampler)."""
-    from mtl import data
+    from mtl.engine.build import task_source
 
-    if config.dataset == "sinusoid":
-        sampler = data.SinusoidTasks(shots=config.shots, queries=config.queries, device=device,
-                                     seed=config.seed)
-    else:
-        dataset = data.load_dataset(config.dataset, "train", image_size=config.image_size,
-                                    rotations=config.rotations and config.dataset == "omniglot",
-                                    **config.dataset_options())
-        sampler = data.EpisodeSampler(dataset.to(device), ways=config.ways, shots=config.shots,
-                                      queries=config.queries, device=device, seed=config.seed)
+    sampler = task_source(config, "train", ways=config.ways, shots=config.shots, queries=config.queries,
+                          device=device, seed=config.seed, training=True)
     return learner.attach_sampler(sampler)
 
 
@@ -174,9 +167,9 @@ def _train(config: TrainConfig, info, run_dir: Path | None, resume: bool,
                          progress=show)
     val_set.check()
     test_set = None
-    if config.test_episodes > 0 and dataset_kind(config.dataset) == "folder":
-        # a folder's test split is checked now, not after training (the built-in datasets' splits
-        # are checked with the config)
+    if config.test_episodes > 0 and not config.spec.sizes_known:
+        # a test split whose size the config could not check (a folder's) is checked now, not
+        # after training
         test_set = EpisodeSet(config, "test", n=config.test_episodes, seed=config.eval_seed,
                               device=device, progress=show)
         test_set.check()
@@ -293,7 +286,7 @@ class _Loop:
             what = f"meta-loss {loss}" if not math.isfinite(loss) else "a NaN/Inf meta-gradient"
             raise TrainingDiverged(self._diverged_message(what))
         chance = math.log(max(c.ways, 2))  # cross-entropy of a uniform guess
-        if c.dataset != "sinusoid" and loss > 100 * chance:
+        if not c.regression and loss > 100 * chance:
             raise TrainingDiverged(self._diverged_message(
                 f"the meta-loss is {loss:.3g}, over 100 times a uniform guess's {chance:.2f}"))
         if s.first_loss is None:

@@ -22,7 +22,7 @@ from torch.func import functional_call
 
 from mtl.algorithms.base import Learner
 from mtl.algorithms.transfer.meta_transfer import _ways_of, encoder_of, freeze_to_buffers, pretrained_from_config
-from mtl.errors import InnerLoopError, MTLError
+from mtl.errors import ConfigError, InnerLoopError, MTLError
 from mtl.core.heads import adapt_linear_head, linear_logits, prototype_logits
 from mtl.core.inner import adapt
 
@@ -31,8 +31,7 @@ class _PretrainedBaseline(Learner):
     """A frozen copy of ``model``'s encoder (buffers, eval mode) and the common interface."""
 
     def __init__(self, model: nn.Module, *, inner_steps: int = 100, inner_lr: float = 0.01,
-                 first_order: bool = False, strategy: str = "auto", ways: int | None = None,
-                 **_ignored):
+                 ways: int | None = None):
         super().__init__()
         self.encoder = freeze_to_buffers(encoder_of(model))
         self.ways = ways if ways is not None else _ways_of(model)
@@ -42,7 +41,11 @@ class _PretrainedBaseline(Learner):
 
     @classmethod
     def from_config(cls, config, build_model):
-        """The network of ``--set pretrained=PATH`` (nothing is trained: iterations 0)."""
+        """The network of ``--set pretrained=PATH`` (nothing is trained: iterations 0); a run
+        setting ``--first-order`` or ``--strategy``, which a baseline does not use, is refused."""
+        if config.first_order or config.strategy != "auto":
+            raise ConfigError(f"--algorithm {config.algorithm} fine-tunes with plain first-order steps, one "
+                              "task at a time: drop --first-order and --strategy")
         backbone, extra = pretrained_from_config(config, build_model)
         return cls(backbone, inner_steps=config.inner_steps, inner_lr=config.inner_lr, ways=config.test_ways,
                    **extra)

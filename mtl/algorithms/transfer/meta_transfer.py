@@ -21,8 +21,9 @@ Hard-task meta-batch (``hard_tasks``): after a meta-batch, the class with the lo
 of each task (ties broken at random) is a "hard class"; ``hard_tasks`` new tasks are sampled from
 those classes (all of them when there are at most N of them, filled with random other classes;
 else N of them at random) with fresh images, and their meta-loss is learned from in the same
-meta-step (every task weighted equally). This needs the dataset's class ids of each task: draw
-batches through ``algorithm.attach_sampler(sampler)`` (which remembers them), or pass ``classes``.
+meta-step (every task weighted equally). The class ids of each task come with the batch
+(``TaskBatch.classes``, set by ``EpisodeSampler``) or as ``classes``; the hard tasks are drawn
+from the sampler given as ``sampler=`` or to ``attach_sampler``.
 
 The inner loop over the linear head is batched over tasks without ``vmap``: the tasks' losses are
 summed, so the gradient with respect to task b's head is task b's own gradient.
@@ -37,7 +38,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from mtl.algorithms.base import Learner, fixed_ways_error
-from mtl.errors import HardTaskError, MTLError, ScalingShiftingError
+from mtl.errors import ConfigError, HardTaskError, MTLError, ScalingShiftingError
 from mtl.core.heads import adapt_linear_head, linear_logits
 
 
@@ -127,22 +128,6 @@ def hard_task_classes(hard: Tensor, *, num_tasks: int, ways: int, num_classes: i
     return torch.stack(tasks)
 
 
-class _ClassRecorder:
-    """Wraps an ``EpisodeSampler``: ``sample`` also remembers the class ids of the batch it returned."""
-
-    def __init__(self, sampler):
-        self.sampler = sampler
-        self.last: tuple | None = None
-
-    def sample(self, batch_size: int, *, classes=None, return_classes: bool = False):
-        batch, drawn = self.sampler.sample(batch_size, classes=classes, return_classes=True)
-        self.last = (batch, drawn)
-        return (batch, drawn) if return_classes else batch
-
-    def __getattr__(self, name):
-        return getattr(self.sampler, name)
-
-
 class MetaTransfer(Learner):
     """Scaling & Shifting on a frozen pre-trained network, linear head adapted in the inner loop.
 
@@ -151,7 +136,6 @@ class MetaTransfer(Learner):
             module of conv layers). It is copied and frozen; the original is left untouched.
         inner_steps, inner_lr: gradient steps / step size on the linear head per task.
         first_order: do not back-propagate through the head's inner steps.
-        strategy: accepted for the common interface (the head's inner loop is always batched).
         ways: N of the tasks (default: ``model.head``/``model.classifier`` outputs).
         hard_tasks: extra hard tasks per meta-batch (``True``: as many as the meta-batch; 0: off).
         sampler: the episode sampler the hard tasks are drawn from (or call ``attach_sampler``).
@@ -171,7 +155,7 @@ class MetaTransfer(Learner):
     """
 
     def __init__(self, model: nn.Module, *, inner_steps: int = 20, inner_lr: float = 0.01,
-                 first_order: bool = False, strategy: str = "auto", ways: int | None = None,
+                 first_order: bool = False, ways: int | None = None,
                  hard_tasks: int | bool = 0, sampler=None, seed: int = 0,
                  learn_head_init: bool = False, scaling: str = "kernel"):
         super().__init__()
@@ -189,7 +173,7 @@ class MetaTransfer(Learner):
         if ways is None:
             raise MTLError("MetaTransfer needs the number of ways: pass ways=N")
         self.ways, self.inner_steps, self.inner_lr = int(ways), int(inner_steps), float(inner_lr)
-        self.first_order, self.strategy = first_order, strategy
+        self.first_order = first_order
         self.hard_tasks = hard_tasks
         self.scale, self.shift = nn.ParameterDict(), nn.ParameterDict()
         for name in self.conv_names:
@@ -205,7 +189,7 @@ class MetaTransfer(Learner):
         else:
             self.register_buffer("head_weight", torch.zeros(self.ways, dim))
             self.register_buffer("head_bias", torch.zeros(self.ways))
-        self._sampler = _ClassRecorder(sampler) if sampler is not None else None
+        self._sampler = sampler
         self._generator = torch.Generator().manual_seed(seed)
         self.last_hard_classes: Tensor | None = None
         if self._num_hard(1) and self._sampler is not None:
@@ -215,11 +199,15 @@ class MetaTransfer(Learner):
 
     @classmethod
     def from_config(cls, config, build_model) -> "MetaTransfer":
-        """The network of ``--set pretrained=PATH``; ``--hard-tasks`` sets ``hard_tasks``."""
+        """The network of ``--set pretrained=PATH``; ``--hard-tasks`` sets ``hard_tasks``. The
+        head's inner loop is batched over tasks by itself: a ``--strategy`` is refused."""
+        if config.strategy != "auto":
+            raise ConfigError(f"--algorithm {config.algorithm} batches its linear head's inner loop over "
+                              f"the tasks itself, with no --strategy: drop --strategy {config.strategy}")
         backbone, extra = pretrained_from_config(config, build_model)
         extra.setdefault("seed", config.seed)
         return cls(backbone, inner_steps=config.inner_steps, inner_lr=config.inner_lr,
-                   first_order=config.first_order, strategy=config.strategy, ways=config.ways, **extra)
+                   first_order=config.first_order, ways=config.ways, **extra)
 
     # --- the network -------------------------------------------------------------------------
     def train(self, mode: bool = True) -> "MetaTransfer":
@@ -281,11 +269,11 @@ class MetaTransfer(Learner):
         self.ways = ways
 
     def attach_sampler(self, sampler):
-        """Draw meta-training batches through the returned sampler so hard tasks know their classes."""
-        self._sampler = sampler if isinstance(sampler, _ClassRecorder) else _ClassRecorder(sampler)
+        """Keep ``sampler`` to draw the hard tasks from; meta-training batches come from it unchanged."""
+        self._sampler = sampler
         if self._num_hard(1):
             self._check_enough_classes()
-        return self._sampler
+        return sampler
 
     def _meta_loss(self, batch) -> tuple[Tensor, Tensor]:
         logits = self._adapted_logits(batch, steps=self.inner_steps, create_graph=not self.first_order)
@@ -296,7 +284,7 @@ class MetaTransfer(Learner):
         """Accumulate the meta-gradient of ``batch`` (and its hard tasks) into ``.grad``.
 
         ``classes``: dataset class ids ``[B, N]`` of the batch's tasks (needed for hard tasks;
-        taken from the attached sampler when it drew this batch).
+        default: ``batch.classes``, set by the ``EpisodeSampler`` that drew it).
         """
         loss, logits = self._meta_loss(batch)
         accuracy = (logits.argmax(-1) == batch.query_y).float().mean()
@@ -309,7 +297,7 @@ class MetaTransfer(Learner):
         hard = hardest_classes(logits.detach(), batch.query_y, classes, self._generator)
         hard_classes = hard_task_classes(hard, num_tasks=num_hard, ways=self.ways,
                                          num_classes=self._num_classes(), generator=self._generator)
-        hard_batch = self._sampler.sampler.sample(num_hard, classes=hard_classes)
+        hard_batch = self._sampler.sample(num_hard, classes=hard_classes)
         hard_loss, hard_logits = self._meta_loss(hard_batch)
         b = batch.query_y.shape[0]
         ((loss * b + hard_loss * num_hard) / (b + num_hard)).backward()
@@ -339,7 +327,7 @@ class MetaTransfer(Learner):
         return int(self.hard_tasks or 0)
 
     def _num_classes(self) -> int:
-        images = getattr(self._sampler.sampler, "images", None)
+        images = getattr(self._sampler, "images", None)
         if images is None:
             raise HardTaskError("hard tasks need an EpisodeSampler (with .images) to re-sample from")
         return images.shape[0]
@@ -353,13 +341,11 @@ class MetaTransfer(Learner):
         if self._sampler is None:
             raise HardTaskError("hard tasks re-sample episodes: give MetaTransfer the sampler "
                                 "(sampler=..., or algorithm.attach_sampler(sampler))")
-        if classes is None and self._sampler.last is not None:
-            drawn_batch, drawn = self._sampler.last
-            if drawn_batch is batch or drawn_batch.support_x.data_ptr() == batch.support_x.data_ptr():
-                classes = drawn
         if classes is None:
-            raise HardTaskError("hard tasks need each task's class ids: draw batches with the sampler "
-                                "returned by algorithm.attach_sampler(sampler), or pass classes=")
+            classes = getattr(batch, "classes", None)
+        if classes is None:
+            raise HardTaskError("hard tasks need each task's class ids: draw batches with an "
+                                "EpisodeSampler (its TaskBatch carries them), or pass classes=")
         return classes
 
 

@@ -197,8 +197,7 @@ class Pretrain(Learner):
         channels = extra.pop("channels", None)
         hidden = extra.pop("hidden", None)
         dataset = load_dataset(config.dataset, "train", image_size=config.image_size,
-                               rotations=config.rotations and config.dataset == "omniglot",
-                               progress=False, **config.dataset_options())
+                               progress=False, **config.dataset_options(training=True))
         num_classes, _, in_channels = dataset.images.shape[:3]
         classes = extra.get("classes")
         if isinstance(classes, int) and not isinstance(classes, bool) and 2 <= classes:
