@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mtl.algorithms.transfer.finetune import BASELINES  # noqa: E402
 from mtl.algorithms.transfer.meta_transfer import MetaTransfer  # noqa: E402
 from mtl.data import EpisodeSampler, FewShotDataset  # noqa: E402
-from mtl.algorithms.transfer.pretrain import Pretrain  # noqa: E402
+from mtl.algorithms.transfer.pretrain import EpochBatches, Pretrain  # noqa: E402
 from mtl.models.resnet import ResNet12  # noqa: E402
 
 
@@ -52,16 +52,13 @@ def _timed(fn, device, *, warmup: int, repeat: int) -> float:
 def pretrain_throughput(images, channels, device, *, batch_size, bf16, channels_last, warmup, repeat):
     model = ResNet12(images.shape[2], images.shape[0], channels).to(device)
     learner = Pretrain(model, bf16=bf16, channels_last=channels_last)
-
-    class _Sampler:
-        pass
-    _Sampler.images = images
-    batches = learner.attach_sampler(_Sampler())
+    batches = EpochBatches(images, pad=images.shape[-2] // 8, flip=images.shape[2] == 3)
     optimizer = torch.optim.SGD(learner.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    steps = iter(range(10**9))
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        learner.meta_gradient(batches.sample(batch_size))
+        learner.meta_gradient(batches.sample_step(next(steps), batch_size))
         optimizer.step()
     return batch_size / _timed(step, device, warmup=warmup, repeat=repeat)
 

@@ -6,11 +6,8 @@
 - ``atomic_write`` (and ``atomic_save`` / ``atomic_write_text`` over it): the one atomic write of
   mtl: the target is checked as above, the bytes go to a temporary file in the same folder,
   flushed, then ``os.replace``-d over the target: a reader (or a killed writer) sees the old file
-  or the new one, never half of one. Caches, checkpoints, downloads, run files and result JSON all
-  go through it.
-- ``save_checkpoint`` / ``load_checkpoint``: the one checkpoint format (a ``torch.save`` dict of
-  plain values and tensors, tagged ``"format": "mtl-checkpoint"``), read with
-  ``weights_only=True`` so no pickled code runs; training runs and pre-training both write it.
+  or the new one, never half of one. Caches, checkpoints (``mtl.engine.checkpoint``), downloads,
+  run files and result JSON all go through it.
 - ``progress_enabled``: ``progress=False``, or env var ``MTL_PROGRESS`` set to 0/false/no/off.
   Every bar of mtl (data decoding, training, pre-training, evaluation, lessons) asks it, so one
   setting silences them all.
@@ -24,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, TypeVar
 
-from mtl.errors import CheckpointError, OutputError
+from mtl.errors import OutputError
 
 from tqdm.auto import tqdm
 
@@ -63,7 +60,7 @@ def remove_stale_temporaries(folder: str | os.PathLike, name: str, *, older_than
             pass  # gone already, or not ours to remove
 
 
-def _kind(mode: int) -> str:
+def file_kind(mode: int) -> str:
     """A file type in words (what ``stat`` reports)."""
     for test, name in ((stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
                        (stat.S_ISFIFO, "FIFO (named pipe)"), (stat.S_ISSOCK, "socket"),
@@ -106,7 +103,7 @@ def check_output_file(path: str | os.PathLike, what: str = "the file") -> Path:
     if mode is not None and stat.S_ISDIR(mode):
         raise OutputError(f"{path} is a folder: pass a file path for {what}, e.g. {path / 'result.json'}")
     if mode is not None and not stat.S_ISREG(mode):
-        raise OutputError(f"{path} is a {_kind(mode)}, not a regular file: mtl never writes to one; "
+        raise OutputError(f"{path} is a {file_kind(mode)}, not a regular file: mtl never writes to one; "
                           f"pass a file path for {what}")
     _writable_location(path, what)
     return path
@@ -120,7 +117,7 @@ def check_output_folder(path: str | os.PathLike, what: str = "the output folder"
     """
     path = Path(path).expanduser()
     if path.exists() and not path.is_dir():
-        kind = "a regular file" if path.is_file() else f"a {_kind(os.stat(path).st_mode)}"
+        kind = "a regular file" if path.is_file() else f"a {file_kind(os.stat(path).st_mode)}"
         raise OutputError(f"{path} exists and is {kind}, not a folder: choose another path for {what}")
     if path.is_dir():
         if not os.access(path, os.W_OK | os.X_OK):
@@ -172,84 +169,3 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` with :func:`atomic_write`."""
     return atomic_write(path, lambda f: f.write(text.encode()))
-
-
-# ----------------------------------------------------------------------------- checkpoints
-FORMAT = "mtl-checkpoint"
-VERSION = 1
-
-
-def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
-    """Atomically write ``payload`` (plus the format tag) to ``path`` (temp file + ``os.replace``)."""
-    atomic_save({"format": FORMAT, "version": VERSION, **payload}, path)
-
-
-def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", *,
-                    required: tuple[str, ...] = ("config", "step", "learner")) -> dict[str, Any]:
-    """Read and validate a checkpoint (``weights_only=True``); `CheckpointError` names the fix.
-
-    ``required``: the keys it must hold (a training run's by default).
-    """
-    import pickle
-    import zipfile
-
-    import torch
-
-    path = Path(path).expanduser()
-    if path.is_dir():
-        raise CheckpointError(f"{path} is a folder: pass a checkpoint file such as {path / 'last.pt'}")
-    if not path.exists():
-        raise CheckpointError(
-            f"no checkpoint at {path}: check the path, or train one with `python -m mtl train ... --out DIR`"
-        )
-    if not path.is_file():  # a FIFO or device would block the read, or never end
-        raise CheckpointError(f"{path} is a {_kind(os.stat(path).st_mode)}, not a checkpoint file: "
-                              "pass the path of a .pt file written by `python -m mtl train`")
-    try:
-        data = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError,
-            OSError, AttributeError, TypeError, KeyError) as exc:
-        text = str(exc)
-        lower = text.lower()
-        if isinstance(exc, pickle.UnpicklingError) and "global" in lower and any(
-                word in lower for word in ("unsupported", "blocked", "not allowed", "reduce")):
-            # torch's own text suggests weights_only=False, which would run the file's code: never shown
-            raise CheckpointError(
-                f"{path} holds pickled Python objects beyond tensors and plain values, and mtl "
-                "never runs code from a checkpoint (torch.load with weights_only=True): it was not "
-                "written by mtl, or was altered. Use a checkpoint written by `python -m mtl train`."
-            ) from None
-        detail = "" if "weights_only" in text else f": {_first_line(exc)}"
-        raise CheckpointError(
-            f"{path} is corrupt or not a torch checkpoint ({type(exc).__name__}{detail}). "
-            "Delete it and train again, or point to an intact checkpoint (e.g. best.pt beside it)."
-        ) from exc
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise CheckpointError(
-            f"{path} is a torch file but not an mtl checkpoint: train with `python -m mtl train` "
-            "to make one, or load foreign weights into a model yourself with load_state_dict."
-        )
-    if data.get("version") != VERSION:
-        raise CheckpointError(
-            f"{path} has checkpoint version {data.get('version')}, this mtl reads version {VERSION}: "
-            "use the mtl version that wrote it, or retrain."
-        )
-    missing = [k for k in required if k not in data]
-    if missing:
-        raise CheckpointError(f"{path} lacks {missing}: it is damaged; retrain or use another checkpoint")
-    return data
-
-
-def checkpoint_path(path: str | os.PathLike) -> Path:
-    """A checkpoint file, or for a run folder its ``best.pt`` (else ``last.pt``)."""
-    path = Path(path)
-    if path.is_dir():
-        for name in ("best.pt", "last.pt"):
-            if (path / name).exists():
-                return path / name
-    return path
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else ""

@@ -134,9 +134,70 @@ def test_python_state_survives_pickle_free_encoding():
 
 
 def test_a_checkpoint_that_does_not_fit_names_the_tensors(tmp_path):
-    from mtl.engine.build import load_learner_state
+    from mtl.engine.checkpoint import load_learner_state
     from mtl.models import Conv4
 
     small, big = Conv4(1, 5, hidden=4, image_size=16), Conv4(1, 5, hidden=8, image_size=16)
     with pytest.raises(CheckpointError, match=r"shape of features\.0\.0\.weight \(4, 1, 3, 3\) in the file"):
         load_learner_state(big, small.state_dict(), tmp_path / "x.pt")
+
+
+def test_rotation_keeps_the_last_checkpoints_and_always_a_whole_last_pt(tmp_path):
+    from mtl.engine.checkpoint import BEST, LAST, is_checkpoint_name, write_checkpoint
+
+    for step in range(1, 6):
+        write_checkpoint(tmp_path, LAST, {"format": "mtl-checkpoint", "version": 1, "config": {},
+                                          "step": step, "learner": {}}, keep=3)
+        assert load_checkpoint(tmp_path / LAST)["step"] == step
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last-1.pt", "last-2.pt", LAST]
+    assert [load_checkpoint(tmp_path / f"last-{i}.pt")["step"] for i in (1, 2)] == [4, 3]
+    write_checkpoint(tmp_path, BEST, _payload(step=9), keep=3)  # best.pt is never rotated
+    assert sorted(p.name for p in tmp_path.iterdir()) == [BEST, "last-1.pt", "last-2.pt", LAST]
+    assert all(is_checkpoint_name(n) for n in (LAST, BEST, "last-2.pt")) and not is_checkpoint_name("last-0.pt")
+    with pytest.raises(CheckpointError, match="keep must be"):
+        write_checkpoint(tmp_path, LAST, _payload(), keep=0)
+    with pytest.raises(CheckpointError, match="not a checkpoint name"):
+        write_checkpoint(tmp_path, "weights.pt", _payload())
+
+
+def test_a_run_folder_with_rotated_checkpoints_is_mtl_s_own(tmp_path):
+    from mtl.engine.rundir import written_by_mtl
+
+    for name in ("last-1.pt", "last-12.pt", "notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    assert written_by_mtl(tmp_path / "last-12.pt") and not written_by_mtl(tmp_path / "notes.txt")
+
+
+def test_checkpoints_and_downloads_share_the_one_atomic_write(tmp_path, monkeypatch):
+    """Checkpoints, the Omniglot download and the benchmark's JSON are written by mtl.io.atomic_write."""
+    import hashlib
+    import importlib.util
+    from pathlib import Path
+
+    from mtl import io
+    from mtl.data import archives
+
+    written = []
+    real = io.atomic_write
+
+    def spy(path, write):
+        written.append(Path(path).name)
+        return real(path, write)
+
+    monkeypatch.setattr(io, "atomic_write", spy)
+    monkeypatch.setattr(archives, "atomic_write", spy)
+    save_checkpoint(tmp_path / "last.pt", _payload())
+
+    body = b"archive bytes"
+    source = tmp_path / "source.zip"
+    source.write_bytes(body)
+    archives.download(source.as_uri(), tmp_path / "images.zip", md5=hashlib.md5(body).hexdigest(),
+                      progress=False)
+    assert (tmp_path / "images.zip").read_bytes() == body
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("bench_core", root / "benchmarks" / "core.py")
+    core = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(core)
+    core._write(tmp_path / "core.json", {"rows": []})
+    assert written == ["last.pt", "images.zip", "core.json"]

@@ -1,5 +1,6 @@
 """Baselines on a pre-trained backbone: they beat chance on an easy problem and leave it unchanged."""
 import copy
+import math
 
 import pytest
 import torch
@@ -9,7 +10,8 @@ from mtl.algorithms.transfer.finetune import FineTuneAll, FineTuneHead, LinearPr
 from mtl.data import EpisodeSampler, FewShotDataset
 from mtl.errors import InnerLoopError, MTLError
 from mtl.models import MLP
-from mtl.algorithms.transfer.pretrain import pretrain
+from mtl.algorithms.transfer.pretrain import Pretrain, recalibrate_batch_norm
+from mtl.models.resnet import ResNet12
 
 BASELINES = {name: ALGORITHMS[name] for name in ("finetune-head", "finetune-all", "linear-probe", "nearest-centroid")}
 
@@ -34,14 +36,24 @@ def _easy_episodes(seed=0, ways=5, shots=1, queries=4, tasks=6):
 
 @pytest.fixture(scope="module")
 def pretrained():
-    """A tiny ResNet-12 pre-trained on 30 other grating classes (a few seconds on one core)."""
+    """A tiny ResNet-12 pre-trained on 30 other grating classes (6 epochs, a few seconds on one
+    core): the pre-training learner's own steps over its epoch-ordered batches, cosine rate."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    model = pretrain(_gratings(100, classes=30, per_class=16), channels=(4, 8, 16, 32), epochs=6,
-                     batch_size=32, lr=0.1, bn_batches=5, progress=False).model
+    learner = Pretrain(ResNet12(1, 30, channels=(4, 8, 16, 32)))
+    batches = learner.attach_sampler(EpisodeSampler(_gratings(100, classes=30, per_class=16), ways=5, shots=1,
+                                                    queries=1))
+    optimizer = torch.optim.SGD(learner.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    steps = 6 * batches.steps_per_epoch(32)
+    for step in range(steps):
+        optimizer.param_groups[0]["lr"] = 0.1 * 0.5 * (1 + math.cos(math.pi * step / steps))
+        optimizer.zero_grad()
+        learner.meta_gradient(batches.sample_step(step, 32))
+        optimizer.step()
+    recalibrate_batch_norm(learner.model, batches.flat, batches=5, batch_size=32)
     torch.set_num_threads(threads)
-    return model
+    return learner.model.eval()
 
 
 def _backbone(pretrained):
@@ -83,7 +95,9 @@ def test_baselines_are_not_meta_trained_and_diverging_fine_tuning_is_reported(pr
     with pytest.raises(MTLError, match="evaluate"):
         NearestCentroid(_backbone(pretrained), ways=5).meta_gradient(_easy_episodes(tasks=1))
     with pytest.raises(InnerLoopError, match="inner_lr"):
-        FineTuneAll(_backbone(pretrained), inner_steps=30, inner_lr=50.0, ways=5).predict(_easy_episodes(tasks=1))
+        torch.manual_seed(0)  # a network whose gradients are far from zero: a step of 1e30 overflows
+        FineTuneAll(ResNet12(1, 30, channels=(4, 8, 16, 32)), inner_steps=30, inner_lr=1e30,
+                    ways=5).predict(_easy_episodes(tasks=1))
     with pytest.raises(MTLError, match="encoder"):
         FineTuneHead(torch.nn.Linear(2, 2), ways=5)
     assert NearestCentroid(MLP(), ways=5)  # no conv needed for a frozen feature extractor

@@ -181,19 +181,24 @@ def test_scaling_shifting_needs_conv_layers():
         MetaTransfer(nn.Linear(3, 4), ways=5, inner_steps=1, inner_lr=0.1)
 
 
-def test_pretrained_checkpoint_must_match_the_architecture(tmp_path):
-    from mtl.algorithms.transfer.pretrain import LEGACY_FORMAT as FORMAT
+def test_the_engine_starts_meta_transfer_from_the_pretraining_run(tmp_path):
+    from mtl.engine.build import build_learner
+    from mtl.engine.checkpoint import save_checkpoint
+    from mtl.engine.config import TrainConfig
 
     narrow = ResNet12(1, 10, hidden=2)
     path = tmp_path / "pre.pt"
-    torch.save({"format": FORMAT, "config": narrow.config, "state_dict": narrow.state_dict()}, path)
-    algo = MetaTransfer(ResNet12(1, 5, hidden=2), ways=5, inner_steps=1, inner_lr=0.1, pretrained=str(path))
+    save_checkpoint(path, {"config": {"algorithm": "pretrain"}, "step": 1,
+                           "learner": {f"model.{k}": v for k, v in narrow.state_dict().items()}})
+    config = TrainConfig(algorithm="mtl", dataset="omniglot", extra={"pretrained": str(path)}).resolved()
+    algo = build_learner(config, torch.device("cpu"))
     torch.testing.assert_close(algo.encoder.state_dict()["0.conv1.weight"], narrow.encoder[0].conv1.weight)
-    with pytest.raises(CheckpointError, match="channels"):
-        MetaTransfer(ResNet12(1, 5, hidden=4), ways=5, inner_steps=1, inner_lr=0.1, pretrained=str(path))
+    assert algo.ways == 5
     with pytest.raises(CheckpointError, match="pre-train"):
-        MetaTransfer(ResNet12(1, 5, hidden=2), ways=5, inner_steps=1, inner_lr=0.1,
-                     pretrained=str(tmp_path / "missing.pt"))
+        build_learner(TrainConfig(algorithm="mtl", dataset="omniglot",
+                                  extra={"pretrained": str(tmp_path / "missing.pt")}).resolved(), torch.device("cpu"))
+    with pytest.raises(MTLError, match="needs a pre-trained network"):
+        build_learner(TrainConfig(algorithm="mtl", dataset="omniglot").resolved(), torch.device("cpu"))
     assert issubclass(CheckpointError, MTLError)
 
 
@@ -224,17 +229,12 @@ def test_scaling_is_one_scalar_per_kernel_slice_as_in_the_paper():
     assert frozen[1, 1].abs().sum() > 0
 
 
-def test_per_channel_variant_and_old_per_channel_checkpoints_load():
+def test_per_channel_variant():
     model = _backbone()
     channel = MetaTransfer(model, ways=5, inner_steps=1, inner_lr=0.1, scaling="channel")
     assert all(s.shape[1:] == (1, 1, 1) for s in channel.scale.values())
     with pytest.raises(ScalingShiftingError, match="scaling=kernel"):
         MetaTransfer(model, ways=5, inner_steps=1, inner_lr=0.1, scaling="filter")
-    # a checkpoint of the older per-channel form ([C_out] scales) loads into the paper's form
-    old_state = {k: (v.view(-1) * 0 + torch.arange(v.shape[0]) if k.startswith("scale.") else v)
-                 for k, v in channel.state_dict().items()}
     kernel = MetaTransfer(model, ways=5, inner_steps=1, inner_lr=0.1)
-    kernel.load_state_dict(old_state)
-    x = torch.rand(1, 3, 1, 8, 8)
-    channel.load_state_dict(old_state)
-    torch.testing.assert_close(kernel.features(x), channel.features(x))
+    with pytest.raises(RuntimeError, match="size mismatch"):  # no reader of another scale shape
+        kernel.load_state_dict(channel.state_dict())

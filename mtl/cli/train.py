@@ -13,7 +13,7 @@ from pathlib import Path
 from mtl.algorithms import ALGORITHMS, ALIASES
 from mtl.core.checks import STRATEGIES
 from mtl.engine import distributed
-from mtl.engine.checkpoint import load_checkpoint
+from mtl.engine.checkpoint import LAST, load_checkpoint
 from mtl.engine.config import PRESETS, TrainConfig, preset
 from mtl.engine.train import RunSummary, train
 from mtl.cli import set_threads
@@ -36,7 +36,7 @@ _OPTIONS: tuple[tuple[str, type, str], ...] = (
     ("test-shots", int, "shots at validation/test (default: shots)"),
     ("strategy", str, f"{' | '.join(STRATEGIES)}: how tasks are batched (auto: vmap on CUDA, the loop elsewhere)"),
     ("optimizer", str, "adam or sgd"),
-    ("lr-schedule", str, "constant, linear or step"),
+    ("lr-schedule", str, "constant, linear, cosine or step"),
     ("lr-step", int, "with --lr-schedule step: halve the meta-lr every this many meta-steps"),
     ("model", str, "conv4, resnet12 or mlp"),
     ("hidden", int, "conv filters / MLP width"),
@@ -137,8 +137,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out).expanduser()
     try:
         base = None
-        if args.resume and (out / "last.pt").exists():
-            base = TrainConfig.from_dict(load_checkpoint(out / "last.pt")["config"])
+        if args.resume and (out / LAST).exists():
+            base = TrainConfig.from_dict(load_checkpoint(out / LAST)["config"])
             if args.preset:
                 base = config_from_args(args)  # a preset given again must match the run
         config = config_from_args(args, base)

@@ -1,11 +1,14 @@
 """What a run is built from, shared by training, evaluation and adaptation: the network and
-learner a config describes, the device, the learner state of a checkpoint.
+learner a config describes, the learner a checkpoint holds (``load_learner``; the files
+themselves are ``mtl.engine.checkpoint``'s), and the device.
 
 ``mtl.engine.train`` and ``mtl.engine.evaluate`` both import this module (and not each other's building blocks).
 """
 from __future__ import annotations
 
+import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +17,11 @@ from torch import nn
 
 from mtl.algorithms import Learner, algorithm_class
 from mtl import models
+from mtl.engine.checkpoint import checkpoint_path, load_checkpoint, load_learner_state, load_pretrained
 from mtl.engine.config import TrainConfig
-from mtl.errors import CheckpointError, ConfigError
+from mtl.errors import ConfigError
 
-__all__ = ["build_model", "build_learner", "load_learner_state", "resolve_device", "task_source"]
+__all__ = ["build_model", "build_learner", "load_learner", "Loaded", "resolve_device", "task_source"]
 
 
 def task_source(config: TrainConfig, split: str, *, ways: int, shots: int, queries: int,
@@ -33,7 +37,11 @@ def task_source(config: TrainConfig, split: str, *, ways: int, shots: int, queri
 
 
 def build_model(config: TrainConfig) -> nn.Module:
-    """The network named by ``config.model`` (resolved config), sized for the dataset."""
+    """The network named by ``config.model`` (resolved config), sized for the dataset; with a
+    ``pretrained`` setting (``--set pretrained=RUN``: transfer and meta-transfer learning), the
+    network of that pre-training run (``mtl.engine.checkpoint.load_pretrained``)."""
+    if config.extra.get("pretrained") is not None:
+        return load_pretrained(config.extra["pretrained"])
     if config.model == "mlp":
         return models.MLP(hidden=config.hidden)
     channels = config.channels or config.spec.defaults()["channels"]
@@ -51,25 +59,31 @@ def build_learner(config: TrainConfig, device: torch.device) -> Learner:
     return learner.to(device)
 
 
-def load_learner_state(learner: nn.Module, state: dict[str, Any], path: Path | str) -> None:
-    """Load a checkpoint's learner state; a mismatch names the tensors that do not fit."""
-    own = learner.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [f"{k} {tuple(state[k].shape)} in the file, {tuple(own[k].shape)} in the model"
-              for k in own if k in state and hasattr(state[k], "shape")
-              and tuple(state[k].shape) != tuple(own[k].shape)]
-    problems = ([f"shape of {s}" for s in shapes[:3]] + [f"missing {k}" for k in missing[:3]]
-                + [f"unexpected {k}" for k in unexpected[:3]])
-    try:
-        learner.load_state_dict(state)
-    except (RuntimeError, KeyError, ValueError) as exc:
-        detail = "; ".join(problems) or str(exc).splitlines()[0][:200]
-        raise CheckpointError(
-            f"{path} does not fit the model its config describes ({detail}). The config and the "
-            "weights disagree: the file was edited, or written by an mtl whose models differ; "
-            "retrain, or evaluate it with the mtl version that wrote it."
-        ) from exc
+@dataclass
+class Loaded:
+    """What `load_learner` returns: the ``learner`` (eval mode) on ``device``, its resolved
+    ``config``, the ``step`` it was saved at and the ``path`` of the file read."""
+
+    learner: nn.Module
+    config: TrainConfig
+    step: int
+    path: Path
+    device: torch.device
+
+
+def load_learner(path: str | os.PathLike, device: str | torch.device | None = "cpu") -> Loaded:
+    """The learner of a checkpoint (a file, or a run folder: its best.pt, else last.pt), built
+    from the config it records and loaded with its weights, on ``device`` (``auto``, ``cpu``,
+    ``cuda[:N]``, checked before the file is read; None: the run's own ``device`` setting)."""
+    if device is not None:
+        device = resolve_device(device)
+    path = checkpoint_path(path)
+    data = load_checkpoint(path)
+    config = TrainConfig.from_saved(data["config"], path)
+    device = device if device is not None else resolve_device(config.device)
+    learner = build_learner(config, device)
+    load_learner_state(learner, data["learner"], path)
+    return Loaded(learner.eval(), config.resolved(), int(data["step"]), path, device)
 
 
 def resolve_device(name: str | torch.device) -> torch.device:

@@ -61,17 +61,10 @@ class FewShotClassifier:
     def from_checkpoint(cls, path: str | Path, *, steps: int | None = None,
                         device: str | None = None) -> "FewShotClassifier":
         """Load a checkpoint of ``python -m mtl train`` (a file, or a run folder: best.pt, else last.pt)."""
-        from mtl.engine.build import build_learner, load_learner_state, resolve_device
-        from mtl.engine.config import TrainConfig
-        from mtl.io import checkpoint_path, load_checkpoint
+        from mtl.engine.build import load_learner
 
-        path = checkpoint_path(path)
-        data = load_checkpoint(path)
-        config = TrainConfig.from_saved(data["config"], path)
-        target = resolve_device(device or "cpu")
-        learner = build_learner(config, target)
-        load_learner_state(learner, data["learner"], path)
-        return cls(learner, config, steps=steps, device=target)
+        loaded = load_learner(path, device or "cpu")
+        return cls(loaded.learner, loaded.config, steps=steps, device=loaded.device)
 
     # ------------------------------------------------------------------------------- images
     def prepare(self, images: Any) -> Tensor:

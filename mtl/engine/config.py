@@ -54,7 +54,7 @@ class TrainConfig:
     first_order: bool = False
     strategy: str = "auto"             # "auto" (vmap on CUDA, the loop elsewhere) | "vmap" | "loop"
     optimizer: str = "adam"            # "adam" | "sgd" (Reptile: SGD on its pseudo-gradient)
-    lr_schedule: str = "constant"      # "constant" | "linear" (to 0) | "step" (halve every lr_step)
+    lr_schedule: str = "constant"      # "constant" | "linear" (to 0) | "cosine" (to 0) | "step" (halve every lr_step)
     lr_step: int = 2000                # for lr_schedule="step"
     model: str | None = None           # "conv4" | "resnet12" | "mlp" (None: from the dataset)
     hidden: int | None = None          # conv filters / MLP width (None: 64 Omniglot, 32 mini-ImageNet, 40 MLP)
@@ -296,8 +296,8 @@ def _check(config: TrainConfig) -> None:
         fail("strategy", f"must be one of {', '.join(STRATEGIES)}")
     if config.optimizer not in ("adam", "sgd"):
         fail("optimizer", "must be 'adam' or 'sgd'")
-    if config.lr_schedule not in ("constant", "linear", "step"):
-        fail("lr_schedule", "must be constant, linear or step")
+    if config.lr_schedule not in ("constant", "linear", "cosine", "step"):
+        fail("lr_schedule", "must be constant, linear, cosine or step")
     if config.model is not None and config.model not in MODELS:
         fail("model", f"must be one of {', '.join(MODELS)}")
     if config.channels is not None and config.channels not in (1, 3):

@@ -181,7 +181,9 @@ class TaskStream:
     its share; the float images of the other shares are the memory this costs.
     ``dtype`` (e.g. ``torch.float64``) converts the floating tensors of each batch.
 
-    A sampler without ``.generator`` is used as is, ``sampler.sample(B)``, in a single process only.
+    A sampler with ``.sample_step(t, B)`` (e.g. pre-training's ``EpochBatches``: epochs over a
+    shuffled order) draws step ``t``'s batch itself, from the step alone. A sampler without
+    ``.generator`` is used as is, ``sampler.sample(B)``, in a single process only.
     """
 
     def __init__(self, sampler: Any, *, seed: int = 0, dtype: torch.dtype | None = None) -> None:
@@ -209,8 +211,11 @@ class TaskStream:
             raise DistributedError(f"meta-batch {batch_size} leaves a rank without a task: use a "
                                    f"meta-batch of at least {world_size} (the world size) or fewer "
                                    "processes")
-        self.sampler.generator.manual_seed(step_seed(self.seed, step))
-        batch = self.sampler.sample(batch_size)
+        if hasattr(self.sampler, "sample_step"):
+            batch = self.sampler.sample_step(step, batch_size)
+        else:
+            self.sampler.generator.manual_seed(step_seed(self.seed, step))
+            batch = self.sampler.sample(batch_size)
         if len(tasks) < batch_size:
             batch = _tasks(batch, tasks.start, tasks.stop)
         return self._cast(batch)

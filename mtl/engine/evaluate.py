@@ -176,23 +176,16 @@ def adapts(learner: nn.Module, ways: int) -> bool:
 def evaluate_checkpoint(path: str | Path, *, split: str = "test", episodes: int = 600, seed: int = 0,
                         inner_steps: int | None = None, device: str | None = None,
                         progress: bool | None = None) -> Evaluation:
-    """Load a checkpoint (a file, or a run folder: its best.pt, else last.pt) and `evaluate` it."""
-    from mtl.io import checkpoint_path, load_checkpoint
-    from mtl.engine.build import build_learner, load_learner_state, resolve_device
+    """Load a checkpoint (a file, or a run folder: its best.pt, else last.pt) and `evaluate` it
+    (``device`` None: the run's own device setting)."""
+    from mtl.engine.build import load_learner
 
     _check_request(episodes, inner_steps)
-    if device is not None:
-        resolve_device(device)
-    path = checkpoint_path(path)
-    data = load_checkpoint(path)
-    config = TrainConfig.from_saved(data["config"], path)
-    device = resolve_device(device or config.device)
-    learner = build_learner(config, device)
-    load_learner_state(learner, data["learner"], path)
-    result = evaluate(learner, config, split=split, episodes=episodes, seed=seed,
-                      inner_steps=inner_steps, device=device, progress=progress)
-    result.protocol["checkpoint"] = str(path)
-    result.protocol["checkpoint_step"] = int(data["step"])
+    loaded = load_learner(path, device)
+    result = evaluate(loaded.learner, loaded.config, split=split, episodes=episodes, seed=seed,
+                      inner_steps=inner_steps, device=loaded.device, progress=progress)
+    result.protocol["checkpoint"] = str(loaded.path)
+    result.protocol["checkpoint_step"] = loaded.step
     return result
 
 

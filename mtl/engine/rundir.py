@@ -23,11 +23,13 @@ import stat
 import sys
 from pathlib import Path
 
+from mtl.engine.checkpoint import BEST, LAST, is_checkpoint_name
 from mtl.errors import MTLError, RunFolderError
 from mtl.io import check_output_folder
 
-#: files a run writes into its folder (``--overwrite`` moves exactly these, and ``eval-*.json``)
-RUN_FILES = ("config.json", "last.pt", "best.pt", "metrics.jsonl", "metrics.csv", "summary.json")
+#: files a run writes into its folder (``--overwrite`` moves exactly these, the rotated
+#: checkpoints ``last-N.pt`` and ``eval-*.json``)
+RUN_FILES = ("config.json", LAST, BEST, "metrics.jsonl", "metrics.csv", "summary.json")
 #: where --overwrite keeps the old run until the new one has finished
 REPLACED = ".replaced-run"
 #: the lock file of the process that owns the folder (its pid and host)
@@ -43,7 +45,7 @@ def written_by_mtl(path: Path) -> bool:
     except OSError:
         return False
     name = path.name
-    if name in RUN_FILES or (name.startswith("eval-") and name.endswith(".json")):
+    if name in RUN_FILES or is_checkpoint_name(name) or (name.startswith("eval-") and name.endswith(".json")):
         return True
     return name.startswith(".") and name.endswith(".tmp") and any(
         name.startswith(f".{run_file}.") for run_file in RUN_FILES)
@@ -96,7 +98,7 @@ def _check_contents(run_dir: Path, *, resume: bool, overwrite: bool) -> Path | N
     replaced_note = (f" ({aside} holds the run that an unfinished --overwrite replaced: move it "
                      "elsewhere to keep it)") if kept else ""
     if resume:
-        if not (run_dir / "last.pt").is_file():
+        if not (run_dir / LAST).is_file():
             raise RunFolderError(
                 f"nothing to resume in {run_dir} (no last.pt): drop --resume to start a new run there"
                 + (", with --overwrite to replace what it holds" if entries else "") + replaced_note
@@ -118,7 +120,7 @@ def _check_contents(run_dir: Path, *, resume: bool, overwrite: bool) -> Path | N
             f"{', ...' if len(foreign) > 5 else ''}); --overwrite only replaces what a run wrote: "
             "move them out, or choose another --out"
         )
-    if kept and (run_dir / "last.pt").exists():
+    if kept and (run_dir / LAST).exists():
         raise RunFolderError(
             f"{aside} holds the run that an earlier --overwrite replaced, and that replacement (the "
             f"run now in {run_dir}) did not finish. Nothing was changed. Keep the old run by moving "
@@ -164,7 +166,7 @@ def undo_start(run_dir: Path, aside: Path | None, created: bool) -> str | None:
 
     Returns a sentence for the user when an old run is kept aside (the new run had checkpoints).
     """
-    if (run_dir / "last.pt").exists():
+    if (run_dir / LAST).exists():
         if aside is not None and aside.exists():
             return (f"The run that --overwrite replaced is kept in {aside}: to get it back, delete the "
                     f"new run's files and move its contents to {run_dir}.")

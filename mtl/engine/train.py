@@ -14,10 +14,14 @@ processes, and under torchrun each rank keeps its share), ``learner.meta_gradien
 ``.grad``; averaged over ranks), a check for NaN/Inf and exploding losses, ``optimizer.step()``. Every
 ``val_every`` steps the learner is scored on a fixed, seeded validation episode set; every
 ``checkpoint_every`` steps ``last.pt`` is written atomically (``best.pt`` on a new best validation
-score). ``metrics.jsonl`` and ``metrics.csv`` grow as the run goes; ``config.json`` holds the
-resolved config. ``--resume`` restores model, optimizer, step, metric counters and every RNG state (torch,
+score; both by ``mtl.engine.checkpoint``, which owns the files and their format).
+``metrics.jsonl`` and ``metrics.csv`` grow as the run goes; ``config.json`` holds the resolved
+config. ``--resume`` restores model, optimizer, step, metric counters and every RNG state (torch,
 CUDA, Python, NumPy, the episode sampler's generator), so a run killed at any moment ends with the
-same metrics as an uninterrupted one (given the same device and thread count).
+same metrics as an uninterrupted one (given the same device and thread count). Pre-training
+(``--algorithm pretrain``) runs through this same loop: its task source is a batch of
+``meta_batch`` labelled images per step, in epochs over a shuffled order
+(``mtl.algorithms.transfer.pretrain.EpochBatches``).
 
 Plugging in an algorithm (the engine never knows which one runs)
 -----------------------------------------------------------------
@@ -51,9 +55,10 @@ import torch
 from torch import nn
 
 from mtl.engine import distributed
-from mtl.engine.build import build_learner, load_learner_state, resolve_device
+from mtl.engine.build import build_learner, resolve_device
 from mtl.engine.rundir import RunFolderError, finish, prepare_run_dir, release, undo_start  # noqa: F401
-from mtl.engine.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from mtl.engine.checkpoint import (BEST, LAST, load_checkpoint, load_learner_state, payload, restore_rng,
+                                   write_checkpoint)
 from mtl.engine.config import ConfigError, TrainConfig, preset
 from mtl.errors import InnerLoopError, MTLError, TrainingDiverged
 from mtl.io import atomic_write_text, progress_enabled
@@ -84,7 +89,7 @@ class RunSummary:
                 "last_val": self.last_val, "best_val": self.best_val, "test": self.test}
 
 
-# --- building blocks: mtl.engine.build (shared with mtl.engine.evaluate) -----------------------------------------
+# --- the training source and the learning rate -----------------------------------------------
 def train_sampler(config: TrainConfig, learner: nn.Module, device: torch.device) -> Any:
     """The training task source: episodes of the train split (or the algorithm's own sampler)."""
     from mtl.engine.build import task_source
@@ -100,6 +105,8 @@ def learning_rate(config: TrainConfig, step: int) -> float:
         return config.meta_lr * (1 - step / config.iterations)
     if config.lr_schedule == "step":
         return config.meta_lr * 0.5 ** (step // config.lr_step)
+    if config.lr_schedule == "cosine":
+        return config.meta_lr * 0.5 * (1 + math.cos(math.pi * step / config.iterations))
     return config.meta_lr
 
 
@@ -142,7 +149,7 @@ def _train(config: TrainConfig, info, run_dir: Path | None, resume: bool,
     distributed.barrier()  # [distributed]
     checkpoint = None
     if resume:
-        checkpoint = load_checkpoint(run_dir / "last.pt")
+        checkpoint = load_checkpoint(run_dir / LAST)
         config = _resume_config(TrainConfig.from_dict(checkpoint["config"]), config)
     config = config.resolved()
     if checkpoint is None:
@@ -171,7 +178,7 @@ def _train(config: TrainConfig, info, run_dir: Path | None, resume: bool,
         start = load_checkpoint(config.init)
         load_learner_state(learner, start["learner"], config.init)
     if checkpoint is not None:
-        load_learner_state(learner, checkpoint["learner"], run_dir / "last.pt")
+        load_learner_state(learner, checkpoint["learner"], run_dir / LAST)
         optimizer.load_state_dict(checkpoint["optimizer"])
         restore_rng(checkpoint["rng"], sampler, learner)
         state = _State(**checkpoint["state"])
@@ -253,12 +260,12 @@ class _Loop:
                     bar.set_postfix(val=_fmt(s.last_val.get("accuracy", s.last_val.get("loss"))), refresh=False)
                 s.elapsed_s = time.perf_counter() - started
                 if s.step % c.checkpoint_every == 0 or s.step == c.iterations:
-                    self._save("last.pt")
+                    self._save(LAST)
             if stopped == "time budget" and self.last_good != s.step:
                 if s.last_val is None or s.last_val["step"] != s.step:
                     self._validate()
                 s.elapsed_s = time.perf_counter() - started
-                self._save("last.pt")
+                self._save(LAST)
         finally:
             bar.close()
         return stopped
@@ -337,16 +344,14 @@ class _Loop:
         score = result.mean if key == "accuracy" else -result.mean
         if s.best_score is None or score > s.best_score:
             s.best_score, s.best_val = score, row
-            self._save("best.pt")
+            self._save(BEST)
 
     def _save(self, name: str) -> None:
         if self.run_dir is None:
             return
-        payload = {"config": self.config.to_dict(), "step": self.state.step,
-                   "learner": self.learner.state_dict(), "optimizer": self.optimizer.state_dict(),
-                   "rng": capture_rng(self.sampler, self.learner), "state": self.state.__dict__.copy()}
-        save_checkpoint(self.run_dir / name, payload)
-        if name == "last.pt":
+        write_checkpoint(self.run_dir, name, payload(self.config, self.state.step, self.learner,
+                                                     self.optimizer, self.sampler, self.state.__dict__))
+        if name == LAST:
             self.last_good = self.state.step
 
 

@@ -21,8 +21,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from mtl.algorithms.base import Learner
-from mtl.algorithms.transfer.meta_transfer import (_load_into, _ways_of, encoder_of, freeze_to_buffers,
-                                          pretrained_from_config)
+from mtl.algorithms.transfer.meta_transfer import _ways_of, encoder_of, freeze_to_buffers, pretrained_from_config
 from mtl.errors import ConfigError, InnerLoopError, MTLError
 from mtl.core.heads import adapt_linear_head, linear_logits, prototype_logits
 from mtl.core.inner import adapt
@@ -32,10 +31,8 @@ class _PretrainedBaseline(Learner):
     """A frozen copy of ``model``'s encoder (buffers, eval mode) and the common interface."""
 
     def __init__(self, model: nn.Module, *, inner_steps: int = 100, inner_lr: float = 0.01,
-                 ways: int | None = None, pretrained: str | None = None):
+                 ways: int | None = None):
         super().__init__()
-        if pretrained is not None:
-            model = _load_into(model, pretrained)
         self.encoder = freeze_to_buffers(encoder_of(model))
         self.ways = ways if ways is not None else _ways_of(model)
         self.inner_steps, self.inner_lr = int(inner_steps), float(inner_lr)
@@ -49,7 +46,7 @@ class _PretrainedBaseline(Learner):
         if config.first_order or config.strategy != "auto":
             raise ConfigError(f"--algorithm {config.algorithm} fine-tunes with plain first-order steps, one "
                               "task at a time: drop --first-order and --strategy")
-        backbone, extra = pretrained_from_config(config)
+        backbone, extra = pretrained_from_config(config, build_model)
         return cls(backbone, inner_steps=config.inner_steps, inner_lr=config.inner_lr, ways=config.test_ways,
                    **extra)
 

@@ -137,8 +137,6 @@ class MetaTransfer(Learner):
         inner_steps, inner_lr: gradient steps / step size on the linear head per task.
         first_order: do not back-propagate through the head's inner steps.
         ways: N of the tasks (default: ``model.head``/``model.classifier`` outputs).
-        pretrained: path of a ``mtl.algorithms.transfer.pretrain`` checkpoint whose network replaces ``model``'s
-            weights (its widths and in_channels must match ``model``'s if ``model`` is a ResNet12).
         hard_tasks: extra hard tasks per meta-batch (``True``: as many as the meta-batch; 0: off).
         sampler: the episode sampler the hard tasks are drawn from (or call ``attach_sampler``).
         seed: seed of the hard-class tie-breaking and of the hard tasks' class choice.
@@ -158,15 +156,13 @@ class MetaTransfer(Learner):
 
     def __init__(self, model: nn.Module, *, inner_steps: int = 20, inner_lr: float = 0.01,
                  first_order: bool = False, ways: int | None = None,
-                 pretrained: str | None = None, hard_tasks: int | bool = 0, sampler=None, seed: int = 0,
+                 hard_tasks: int | bool = 0, sampler=None, seed: int = 0,
                  learn_head_init: bool = False, scaling: str = "kernel"):
         super().__init__()
         if scaling not in SCALINGS:
             raise ScalingShiftingError(f"scaling must be one of {', '.join(SCALINGS)}, got {scaling!r} "
                                        "(set it with --set scaling=kernel)")
         self.scaling = scaling
-        if pretrained is not None:
-            model = _load_into(model, pretrained)
         self.encoder = freeze_to_buffers(encoder_of(model))
         self.conv_names = [name for name, m in self.encoder.named_modules() if isinstance(m, nn.Conv2d)]
         if not self.conv_names:
@@ -208,7 +204,7 @@ class MetaTransfer(Learner):
         if config.strategy != "auto":
             raise ConfigError(f"--algorithm {config.algorithm} batches its linear head's inner loop over "
                               f"the tasks itself, with no --strategy: drop --strategy {config.strategy}")
-        backbone, extra = pretrained_from_config(config)
+        backbone, extra = pretrained_from_config(config, build_model)
         extra.setdefault("seed", config.seed)
         return cls(backbone, inner_steps=config.inner_steps, inner_lr=config.inner_lr,
                    first_order=config.first_order, ways=config.ways, **extra)
@@ -246,16 +242,6 @@ class MetaTransfer(Learner):
         weight, bias = adapt_linear_head(support, batch.support_y, weight, bias, steps=steps,
                                          lr=self.inner_lr, create_graph=create_graph)
         return linear_logits(query, weight, bias)
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # Checkpoints of older mtl versions hold per-channel scales [C_out]: the same function as
-        # a per-channel scale [C_out, 1, 1, 1], or as one broadcast over every kernel slice.
-        for key, scale in self.scale.items():
-            name = f"{prefix}scale.{key}"
-            old = state_dict.get(name)
-            if old is not None and old.dim() == 1 and old.shape[0] == scale.shape[0]:
-                state_dict[name] = old.view(-1, 1, 1, 1).expand_as(scale).clone()
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def meta_parameter_count(self) -> dict[str, int]:
         """How many numbers meta-learning owns: ``{"scale", "shift", "head_init", "total"}``."""
@@ -363,28 +349,11 @@ class MetaTransfer(Learner):
         return classes
 
 
-def pretrained_from_config(config) -> tuple[nn.Module, dict]:
-    """``(pre-trained ResNet-12, the other extra settings)`` from an engine config's ``extra``."""
-    from mtl.algorithms.transfer.pretrain import load_pretrained
-
+def pretrained_from_config(config, build_model) -> tuple[nn.Module, dict]:
+    """``(the network of --set pretrained=RUN, the other extra settings)`` of an engine config;
+    ``build_model`` is the engine's, which loads that pre-training run."""
     extra = dict(config.extra)
-    path = extra.pop("pretrained", None)
-    if path is None:
-        raise MTLError(f"--algorithm {config.algorithm} needs a pre-trained network: add --set pretrained=PATH "
-                       "(the run folder of `python -m mtl train --algorithm pretrain`, or a checkpoint of pretrain())")
-    return load_pretrained(path), extra
-
-
-def _load_into(model: nn.Module, path: str) -> nn.Module:
-    """The pre-trained ResNet-12 of checkpoint ``path``, checked against ``model``'s architecture."""
-    from mtl.algorithms.transfer.pretrain import check_config, load_pretrained
-    from mtl.models.resnet import ResNet12
-
-    if not isinstance(model, ResNet12):
-        raise ScalingShiftingError(f"pretrained= holds a ResNet-12 but the model is {type(model).__name__}; "
-                                   "build the run with model resnet12")
-    pretrained = load_pretrained(path)
-    check_config(pretrained.config, source=str(path), channels=model.config["channels"],
-                 in_channels=model.config["in_channels"])
-    pretrained.head = model.classifier  # keep the run's N-way head size for `ways`
-    return pretrained
+    if extra.pop("pretrained", None) is None:
+        raise MTLError(f"--algorithm {config.algorithm} needs a pre-trained network: add --set pretrained=RUN "
+                       "(the run folder of `python -m mtl train --algorithm pretrain`)")
+    return build_model(), extra
