@@ -168,3 +168,20 @@ def test_paired_words_the_difference_from_the_first_method():
     from mtl.engine.evaluate import confidence_interval
     (_, ci_a), (_, ci_b) = confidence_interval(a), confidence_interval(b)
     assert ahead.mean < ci_a + ci_b and ahead.verdict == "ahead"
+
+
+def test_markdown_table_of_recorded_rows_names_each_command(tmp_path, capsys):
+    row = {"method": "Reptile", "dataset": "omniglot", "accuracy": 0.807, "ci95": 0.008, "episodes": 600,
+           "train_s": 1877.2, "memory_bytes": None, "meta_learned": 10, "per_task": 10}
+    provenance = {"command": "python -m mtl train --preset x\n    --algorithm reptile", "hardware": "Xeon, 1 thread",
+                  "date": "2026-12-01", "steps": 1500}
+    (tmp_path / "cpu-reptile.json").write_text(json.dumps({"row": row, "provenance": provenance}))
+    table = compare.markdown_table(compare.load_results(tmp_path))
+    expected = ("| Reptile | omniglot | 80.7 ± 0.8 % | 600 | 1,500 steps, 1,877 s | Xeon, 1 thread | 2026-12-01 | "
+                "`python -m mtl train --preset x --algorithm reptile` |")
+    assert table.splitlines()[2] == expected
+    from mtl.cli import main
+    assert main(["compare", "table", str(tmp_path), "--pattern", "cpu-*.json"]) == 0
+    assert capsys.readouterr().out.strip() == table
+    assert main(["compare", "table", str(tmp_path), "--pattern", "gpu-*.json"]) != 0
+    assert "record one with" in capsys.readouterr().err

@@ -1,10 +1,12 @@
 """`python -m mtl compare record RUN --method NAME --command "..."`: a finished run's test result,
-parameter counts and provenance as ``results/<run>.json``, a row of the capstone's table."""
+parameter counts and provenance as ``results/<run>.json``, a row of the capstone's table.
+`python -m mtl compare table [FOLDER]`: the recorded rows as the Markdown table of ``RESULTS.md``."""
 from __future__ import annotations
 
 import argparse
 
-from mtl.course.compare import record
+from mtl.errors import ResultsError
+from mtl.course.compare import RESULTS, load_results, markdown_table, record
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,8 +18,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     rec.add_argument("--out", default=None, help="results file (default results/<run name>.json)")
     rec.add_argument("--force", action="store_true",
                      help="replace a results file that already exists (default: refuse)")
+    table = sub.add_parser("table", help="the recorded rows of a results folder as a Markdown table")
+    table.add_argument("folder", nargs="?", default=str(RESULTS),
+                       help="results folder (default: the repository's results/)")
+    table.add_argument("--pattern", default="*.json", help="which files, e.g. 'cpu-*.json' (default: all)")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.action == "table":
+        rows = load_results(args.folder, args.pattern)
+        if not rows:
+            raise ResultsError(f"no results file matches {args.pattern!r} in {args.folder}: record one with "
+                               "`python -m mtl compare record RUN --method NAME --command ...`")
+        print(markdown_table(rows))
+        return 0
     print(f"wrote {record(args.run, method=args.method, command=args.command, out=args.out, force=args.force)}")
     return 0

@@ -40,7 +40,7 @@ from mtl.errors import MTLError, ResultsError
 from mtl.io import atomic_write_text, check_output_file
 
 __all__ = ["Row", "backward_memory", "per_task_parameters", "meta_parameters", "paired_difference", "Paired",
-           "paired", "verdict", "hardware", "format_table", "load_results", "PlannedRun"]
+           "paired", "verdict", "hardware", "format_table", "markdown_table", "load_results", "PlannedRun"]
 
 #: the repository's results folder (the package is installed editable, next to it)
 RESULTS = Path(__file__).resolve().parents[2] / "results"
@@ -313,6 +313,21 @@ def format_table(rows: list[Row], planned: list[PlannedRun] = ()) -> str:
                      f"{_size(r.memory_bytes):>10} {_count(r.meta_learned):>12} {_count(r.per_task):>9}  {r.source}")
     for p in planned:
         lines.append(f"{p.method:<22} {p.dataset:<14} {'not yet measured':>18}  ->  {p.command}")
+    return "\n".join(lines)
+
+
+def markdown_table(rows: list[Row]) -> str:
+    """Recorded rows as a Markdown table: the score with its interval, the episodes, the training
+    steps and time, the machine, the date and the command each file names (what ``RESULTS.md`` shows)."""
+    lines = ["| method | dataset | test score (95% CI) | episodes | training | machine | date | command |",
+             "|---|---|---|---:|---|---|---|---|"]
+    for r in rows:
+        p = r.provenance
+        score = (f"MSE {r.accuracy:.3g} ± {r.ci95:.2g}" if r.metric == "mse"
+                 else f"{100 * r.accuracy:.1f} ± {100 * r.ci95:.1f} %")
+        steps = f"{p['steps']:,} steps, " if p.get("steps") else ""
+        lines.append(f"| {r.method} | {r.dataset} | {score} | {r.episodes} | {steps}{r.train_s:,.0f} s | "
+                     f"{p['hardware']} | {p['date']} | `{' '.join(p['command'].split())}` |")
     return "\n".join(lines)
 
 
