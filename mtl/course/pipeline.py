@@ -74,7 +74,7 @@ def _check_settings(settings: dict, budget_s: float | None) -> None:
         raise ConfigError(f"the budget must be a positive number of seconds, got {budget_s} (--budget)")
     resolve_device(settings["device"])
     TrainConfig.from_dict(dict(settings["pretrain"], algorithm="pretrain"))  # checks every field
-    TrainConfig.from_dict(dict(settings["meta"], algorithm="mtl"))
+    TrainConfig.from_dict(dict(settings["meta"], algorithm="meta-transfer"))
 
 
 def _stage_done(folder: Path) -> bool:
@@ -139,7 +139,7 @@ def run_pipeline(profile: str = "cpu", *, out: str | Path = "runs/mtl-pipeline",
 
     learners = {}
     for name in meta_runs:
-        meta = dict(settings["meta"], algorithm="mtl", device=device)
+        meta = dict(settings["meta"], algorithm="meta-transfer", device=device)
         meta["extra"] = dict(meta.get("extra", {}), pretrained=str((out / "pretrain").resolve()),
                              hard_tasks=name == "mtl+ht")
         if budget_s is not None:
@@ -164,7 +164,7 @@ def _evaluate_all(settings, learners, out, results, save, progress) -> None:
     from mtl.engine.evaluate import EpisodeSet, evaluate, evaluate_checkpoint
     from mtl.engine.build import build_learner, resolve_device
 
-    meta = dict(settings["meta"], algorithm="mtl", device=settings["device"])
+    meta = dict(settings["meta"], algorithm="meta-transfer", device=settings["device"])
     meta["extra"] = dict(meta.get("extra", {}), pretrained=str((out / "pretrain").resolve()))
     config = TrainConfig.from_dict(meta).resolved()
     device = resolve_device(config.device)
