@@ -283,7 +283,7 @@ def paired_differences(pairs: Sequence, *, ax=None, scale: float = 100.0,
     crosses the line is "no difference detected". Close accuracies stay apart on this scale, where
     bars from 0 to 100% would look the same."""
     pairs = list(pairs)
-    fig, ax = _axes(ax, figsize=(7, 1.2 + 0.45 * len(pairs)))
+    fig, ax = _axes(ax, figsize=(9, 1.2 + 0.45 * len(pairs)))
     rows = np.arange(len(pairs))
     ax.errorbar([scale * p.mean for p in pairs], rows, xerr=[scale * p.ci95 for p in pairs], fmt="o", capsize=3)
     ax.axvline(0, color="grey", lw=0.8)
