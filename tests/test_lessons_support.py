@@ -350,6 +350,18 @@ def test_quadratic_figures(tasks):
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_paired_differences_draws_each_pair_with_its_interval():
+    from mtl.course.compare import paired
+
+    pairs = [paired("a", [1.0, 0.8, 0.9], "b", [0.6, 0.6, 0.7]), paired("c", [0.5, 0.7, 0.6], "b", [0.6, 0.6, 0.7])]
+    fig = viz.paired_differences(pairs, title="t")
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["a - b", "c - b"]
+    points = next(line for line in ax.lines if line.get_marker() == "o")  # the means, in points, first pair on top
+    x, y = points.get_data()
+    assert list(y) == [0, 1] and x[0] == pytest.approx(100 * pairs[0].mean) and ax.get_ylim()[0] > ax.get_ylim()[1]
+
+
 def _tiny_dataset(classes=6, per_class=4):
     images = torch.randint(0, 256, (classes, per_class, 1, 8, 8), dtype=torch.uint8,
                            generator=torch.Generator().manual_seed(0))

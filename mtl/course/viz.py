@@ -10,6 +10,7 @@ returns the figure; no function calls ``plt.show()``, so a lesson cell ends with
 - ``regression_fits``: sinusoid fits after 0..k inner steps (MAML paper, Figure 2)
 - ``mean_with_band``: curves with a shaded 95% interval
 - ``learning_curves``: validation score of each training run against meta-steps and wall time
+- ``paired_differences``: paired differences between methods, each with its 95% interval, against 0
 - ``figure_png``: a figure as PNG bytes (what the widgets display)
 - ``show_source``: the code of a function or class of mtl, headed by the file it lives in
 - ``maml_graph``: the computation graph of one MAML step (inner steps, query loss, second order)
@@ -32,7 +33,7 @@ from mtl.course import quadratic
 
 __all__ = ["quadratic_family", "meta_landscape", "gradient_arrows", "reptile_geometry", "fixed_point_paths",
            "episode_grid", "regression_fits", "mean_with_band", "learning_curves", "figure_png",
-           "show_source", "maml_graph", "label_points", "METHOD_STYLE"]
+           "show_source", "maml_graph", "label_points", "paired_differences", "METHOD_STYLE"]
 
 #: one colour and marker per method, the same in every lesson
 METHOD_STYLE = {
@@ -271,6 +272,23 @@ def learning_curves(histories: Mapping[str, Sequence[Mapping]], *, axes=None, ti
         if reference is not None:
             ax.axhline(reference, color="grey", lw=0.8, ls=":")
     axes[0].legend(fontsize=8)
+    return fig
+
+
+def paired_differences(pairs: Sequence, *, ax=None, scale: float = 100.0,
+                       xlabel: str = "difference in test accuracy, same episodes (points)",
+                       title: str = "") -> Figure:
+    """One row per comparison ``a - b`` (``mtl.course.compare.Paired``: ``a``, ``b``, ``mean``,
+    ``ci95``), its mean times ``scale`` with the 95% interval, and a line at 0: a row whose interval
+    crosses the line is "no difference detected". Close accuracies stay apart on this scale, where
+    bars from 0 to 100% would look the same."""
+    pairs = list(pairs)
+    fig, ax = _axes(ax, figsize=(9, 1.2 + 0.45 * len(pairs)))
+    rows = np.arange(len(pairs))
+    ax.errorbar([scale * p.mean for p in pairs], rows, xerr=[scale * p.ci95 for p in pairs], fmt="o", capsize=3)
+    ax.axvline(0, color="grey", lw=0.8)
+    ax.set(yticks=rows, yticklabels=[f"{p.a} - {p.b}" for p in pairs], xlabel=xlabel, title=title)
+    ax.set_ylim(len(pairs) - 0.5, -0.5)  # the first pair on top
     return fig
 
 
