@@ -6,8 +6,9 @@
 # method keeps its own inner loop: MAML/FOMAML/ANIL/Meta-SGD one step of 0.4 (3 at test), ProtoNet
 # none, Reptile its paper's (3 Adam steps with beta1 = 0 on 15 training shots, 5 at test; outer SGD
 # of 1.0 annealed linearly), the in-context learner none, with lesson 06's meta-learning rate (1e-3,
-# where the others keep the preset's 3e-3). One seed (0). Writes runs/cpu-compare/<method>/ and
-# results/cpu-*.json.
+# where the others keep the preset's 3e-3). One seed (0). Writes runs/cpu-compare/<method>/,
+# results/cpu-*.json and the tested models, weights only, as results/checkpoints/cpu-*.pt (replacing
+# the files of an earlier run).
 #
 #   bash benchmarks/cpu_comparison.sh            # all seven, one after another: the first six took
 #                                                # about 1 h 35 min (2026-12-01, one core each: MAML
@@ -39,5 +40,7 @@ for m in "${methods[@]}"; do
   cmd="python -m mtl train ${COMMON[*]} ${EXTRA[$m]} --out $OUT/$m"
   echo "== $m: $cmd"
   $PY -m mtl train "${COMMON[@]}" ${EXTRA[$m]} --out "$OUT/$m" --overwrite
-  $PY -m mtl compare record "$OUT/$m" --method "${NAME[$m]}" --command "$cmd" --out "results/cpu-$m.json"
+  mkdir -p results/checkpoints
+  $PY -m mtl compare record "$OUT/$m" --method "${NAME[$m]}" --command "$cmd" --out "results/cpu-$m.json" \
+      --weights "results/checkpoints/cpu-$m.pt" --force
 done

@@ -127,7 +127,7 @@ def test_record_keeps_provenance_scores_and_the_validation_curve(tmp_path):
                   progress=False)
         torch.set_num_threads(3)
         code = main(["compare", "record", str(run), "--method", "MAML", "--command", "python -m mtl train ...",
-                     "--out", str(tmp_path / "results" / "cpu-maml.json")])
+                     "--out", str(tmp_path / "results" / "cpu-maml.json"), "--weights", str(tmp_path / "maml.pt")])
     finally:
         torch.set_num_threads(threads)
     assert code == 0
@@ -138,6 +138,13 @@ def test_record_keeps_provenance_scores_and_the_validation_curve(tmp_path):
     assert row.method == "MAML" and row.episodes == 6 and len(row.scores) == 6
     assert [r["step"] for r in row.curve] == [2, 4] and all("elapsed_s" in r for r in row.curve)
     assert row.provenance["command"] == "python -m mtl train ..." and row.provenance["date"]
+    from mtl.engine.build import load_learner
+
+    assert load_learner(tmp_path / "maml.pt").step == 4  # the tested model, weights only
+    before = (tmp_path / "maml.pt").read_bytes()
+    with pytest.raises(compare.ResultsError, match="already exists"):  # checked before the results file is read
+        compare.record(run, method="MAML", command="...", out=tmp_path / "new.json", weights=tmp_path / "maml.pt")
+    assert not (tmp_path / "new.json").exists() and (tmp_path / "maml.pt").read_bytes() == before
 
 
 def test_verdict_reads_the_paired_interval():

@@ -89,3 +89,30 @@ def test_the_course_pipeline_loads_through_load_learner(calls, tmp_path):
                            meta_batch=1),
                  ablation=False)
     assert calls == ["best.pt"]  # the meta-trained stage, scored from its run folder
+
+
+def test_exported_weights_load_as_the_run_but_do_not_resume(run, tmp_path, monkeypatch, omniglot_cache):
+    from mtl.engine.checkpoint import export_weights
+
+    monkeypatch.setenv("MTL_CACHE", str(omniglot_cache))
+    monkeypatch.setenv("MTL_PROGRESS", "0")
+    small = export_weights(run / "last.pt", tmp_path / "maml.pt")
+    data = torch.load(small, weights_only=True)
+    assert set(data) == {"format", "version", "config", "step", "learner"}
+    assert small.stat().st_size < (run / "last.pt").stat().st_size
+    loaded, original = build.load_learner(small), build.load_learner(run / "last.pt")
+    assert loaded.step == original.step == 2
+    for name, tensor in original.learner.state_dict().items():
+        assert torch.equal(loaded.learner.state_dict()[name], tensor), name
+    with pytest.raises(CheckpointError, match="already exists"):  # nothing the user had is replaced unasked
+        export_weights(run, small)
+    assert export_weights(run, small, force=True) == small  # a run folder: its best.pt
+    folder = tmp_path / "resume"
+    folder.mkdir()
+    (folder / "last.pt").write_bytes(small.read_bytes())
+    config = TrainConfig(algorithm="maml", dataset="omniglot", iterations=3, meta_batch=2, val_every=1,
+                         val_episodes=2, eval_batch=2, hidden=4, device="cpu")
+    with pytest.raises(CheckpointError, match="weights only"):
+        train(config, out=folder, resume=True)
+    with pytest.raises(CheckpointError, match="being exported"):
+        export_weights(small, small, force=True)

@@ -18,6 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     rec.add_argument("--out", default=None, help="results file (default results/<run name>.json)")
     rec.add_argument("--force", action="store_true",
                      help="replace a results file that already exists (default: refuse)")
+    rec.add_argument("--weights", default=None, metavar="FILE",
+                     help="also export the tested model there, weights only (e.g. results/checkpoints/NAME.pt)")
     table = sub.add_parser("table", help="the recorded rows of a results folder as a Markdown table")
     table.add_argument("folder", nargs="?", default=str(RESULTS),
                        help="results folder (default: the repository's results/)")
@@ -32,5 +34,7 @@ def run(args: argparse.Namespace) -> int:
                                "`python -m mtl compare record RUN --method NAME --command ...`")
         print(markdown_table(rows))
         return 0
-    print(f"wrote {record(args.run, method=args.method, command=args.command, out=args.out, force=args.force)}")
+    target = record(args.run, method=args.method, command=args.command, out=args.out, force=args.force,
+                    weights=args.weights)
+    print(f"wrote {target}" + (f" and {args.weights}" if args.weights else ""))
     return 0

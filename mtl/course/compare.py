@@ -332,13 +332,14 @@ def markdown_table(rows: list[Row]) -> str:
 
 
 def record(run_dir: str | Path, *, method: str, command: str, out: str | Path | None = None,
-           force: bool = False) -> Path:
+           force: bool = False, weights: str | Path | None = None) -> Path:
     """Write ``results/<run name>.json`` from a finished run folder (``summary.json`` with a test result).
 
     ``command`` is the command line that produced the run (provenance); the hardware and date are
     this machine's and today's, so record on the machine that trained, right after training.
-    An existing results file is replaced only with ``force=True`` (`ResultsError` otherwise),
-    and the target is checked before anything is read.
+    ``weights``: also export the model the test scored (the run's ``last.pt``) there, weights only
+    (``mtl.engine.checkpoint.export_weights``). Existing files are replaced only with ``force=True``
+    (`ResultsError` otherwise), and the targets are checked before anything is read.
     """
     from datetime import datetime, timezone
 
@@ -350,6 +351,10 @@ def record(run_dir: str | Path, *, method: str, command: str, out: str | Path | 
     if target.exists() and not force:
         raise ResultsError(f"{target} already exists (a recorded result): pass --force to replace it, "
                            "or --out FILE to record elsewhere")
+    if weights is not None:
+        weights = check_output_file(weights, "the exported weights")
+        if weights.exists() and not force:
+            raise ResultsError(f"{weights} already exists: pass --force to replace it, or choose another path")
     try:
         summary = json.loads((run_dir / "summary.json").read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -371,5 +376,9 @@ def record(run_dir: str | Path, *, method: str, command: str, out: str | Path | 
     payload = {"row": {k: v for k, v in row.to_dict().items() if k not in ("source", "provenance", "scores", "curve")},
                "provenance": provenance, "scores": [round(float(v), 6) for v in test.get("scores", [])],
                "curve": _validation_curve(run_dir)}
+    if weights is not None:
+        from mtl.engine.checkpoint import LAST, export_weights
+
+        export_weights(run_dir / LAST, weights, force=True)
     atomic_write_text(target, json.dumps(payload, indent=2) + "\n")
     return target

@@ -24,6 +24,7 @@ and whole while they rotate.
   and ``mtl.engine.build.load_learner``, which builds the learner a checkpoint's config describes:
   what evaluation, ``FewShotClassifier``, ``python -m mtl adapt`` and the course load).
 - ``load_pretrained(path)``: the network of a pre-training run (``--algorithm pretrain``).
+- ``export_weights(path, out)``: a small copy for sharing (config, step and weights; not resumable).
 - ``capture_rng`` / ``restore_rng``: every random state, so a run resumes bit-for-bit.
 """
 from __future__ import annotations
@@ -41,12 +42,14 @@ import torch
 from torch import nn
 
 from mtl.errors import CheckpointError
-from mtl.io import atomic_save, file_kind
+from mtl.io import atomic_save, check_output_file, file_kind
 
 FORMAT = "mtl-checkpoint"
 VERSION = 1
 #: the checkpoint ``--resume`` continues, and the one of the best validation score
 LAST, BEST = "last.pt", "best.pt"
+#: what a run needs to continue; a file from `export_weights` holds only the first three
+RESUMABLE = ("config", "step", "learner", "optimizer", "rng", "state")
 _ROTATED = re.compile(r"last-[1-9][0-9]*\.pt")
 
 
@@ -165,9 +168,29 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", *,
             "use the mtl version that wrote it, or retrain."
         )
     missing = [k for k in required if k not in data]
+    if missing and "learner" in data and set(missing) <= set(RESUMABLE[3:]):
+        raise CheckpointError(f"{path} holds weights only (an exported checkpoint): evaluate or adapt with it, "
+                              "or start a new run from it with --init; a run resumes only from its own last.pt")
     if missing:
         raise CheckpointError(f"{path} lacks {missing}: it is damaged; retrain or use another checkpoint")
     return data
+
+
+def export_weights(path: str | os.PathLike, out: str | os.PathLike, *, force: bool = False) -> Path:
+    """Write a small copy of a checkpoint (a file, or a run folder: its best.pt, else last.pt) to
+    ``out``: its config, step and learner weights, without the optimizer state, the random states
+    and the engine's counters. Evaluation, ``load_learner``, ``FewShotClassifier``, ``adapt`` and
+    ``--init`` read it; a run cannot resume from it. ``out`` is checked before anything is read, and
+    an existing file is replaced only with ``force=True``."""
+    source = checkpoint_path(path)
+    target = check_output_file(out, "the exported checkpoint")
+    if target.exists() and not force:
+        raise CheckpointError(f"{target} already exists: pass force=True (--force) to replace it, or choose "
+                              "another path")
+    if target.exists() and source.exists() and target.resolve() == source.resolve():
+        raise CheckpointError(f"{target} is the checkpoint being exported: choose another path")
+    data = load_checkpoint(source)
+    return save_checkpoint(target, {k: data[k] for k in RESUMABLE[:3]})
 
 
 def load_learner_state(learner: nn.Module, state: dict[str, Any], path: Path | str) -> None:

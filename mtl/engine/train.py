@@ -57,7 +57,7 @@ from torch import nn
 from mtl.engine import distributed
 from mtl.engine.build import build_learner, resolve_device
 from mtl.engine.rundir import RunFolderError, finish, prepare_run_dir, release, undo_start  # noqa: F401
-from mtl.engine.checkpoint import (BEST, LAST, load_checkpoint, load_learner_state, payload, restore_rng,
+from mtl.engine.checkpoint import (BEST, LAST, RESUMABLE, load_checkpoint, load_learner_state, payload, restore_rng,
                                    write_checkpoint)
 from mtl.engine.config import ConfigError, TrainConfig, preset
 from mtl.errors import InnerLoopError, MTLError, TrainingDiverged
@@ -149,7 +149,7 @@ def _train(config: TrainConfig, info, run_dir: Path | None, resume: bool,
     distributed.barrier()  # [distributed]
     checkpoint = None
     if resume:
-        checkpoint = load_checkpoint(run_dir / LAST)
+        checkpoint = load_checkpoint(run_dir / LAST, required=RESUMABLE)
         config = _resume_config(TrainConfig.from_dict(checkpoint["config"]), config)
     config = config.resolved()
     if checkpoint is None:
