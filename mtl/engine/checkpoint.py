@@ -48,8 +48,9 @@ FORMAT = "mtl-checkpoint"
 VERSION = 1
 #: the checkpoint ``--resume`` continues, and the one of the best validation score
 LAST, BEST = "last.pt", "best.pt"
-#: what a run needs to continue; a file from `export_weights` holds only the first three
-RESUMABLE = ("config", "step", "learner", "optimizer", "rng", "state")
+#: what evaluation and `load_learner` read (all that `export_weights` keeps), and what a resume needs
+WEIGHTS = ("config", "step", "learner")
+RESUMABLE = (*WEIGHTS, "optimizer", "rng", "state")
 _ROTATED = re.compile(r"last-[1-9][0-9]*\.pt")
 
 
@@ -123,7 +124,7 @@ def checkpoint_path(path: str | os.PathLike) -> Path:
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", *,
-                    required: tuple[str, ...] = ("config", "step", "learner")) -> dict[str, Any]:
+                    required: tuple[str, ...] = WEIGHTS) -> dict[str, Any]:
     """Read and check a checkpoint file (``weights_only=True``); `CheckpointError` names the fix.
 
     ``required``: the keys it must hold (a training run's by default).
@@ -168,7 +169,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", *,
             "use the mtl version that wrote it, or retrain."
         )
     missing = [k for k in required if k not in data]
-    if missing and "learner" in data and set(missing) <= set(RESUMABLE[3:]):
+    if missing and all(k in data for k in WEIGHTS):
         raise CheckpointError(f"{path} holds weights only (an exported checkpoint): evaluate or adapt with it, "
                               "or start a new run from it with --init; a run resumes only from its own last.pt")
     if missing:
@@ -190,7 +191,7 @@ def export_weights(path: str | os.PathLike, out: str | os.PathLike, *, force: bo
     if target.exists() and source.exists() and target.resolve() == source.resolve():
         raise CheckpointError(f"{target} is the checkpoint being exported: choose another path")
     data = load_checkpoint(source)
-    return save_checkpoint(target, {k: data[k] for k in RESUMABLE[:3]})
+    return save_checkpoint(target, {k: data[k] for k in WEIGHTS})
 
 
 def load_learner_state(learner: nn.Module, state: dict[str, Any], path: Path | str) -> None:
