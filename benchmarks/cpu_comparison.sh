@@ -10,11 +10,8 @@
 # results/cpu-*.json and the tested models, weights only, as results/checkpoints/cpu-*.pt (replacing
 # the files of an earlier run).
 #
-#   bash benchmarks/cpu_comparison.sh            # all seven, one after another: the first six took
-#                                                # about 1 h 35 min (2026-12-01, one core each: MAML
-#                                                # 16 min, FOMAML 11, ANIL 10, Meta-SGD 16, ProtoNet 9,
-#                                                # Reptile 31)
-#   bash benchmarks/cpu_comparison.sh maml anil  # some of them
+#   bash benchmarks/cpu_comparison.sh            # all seven, one after another
+#   bash benchmarks/cpu_comparison.sh maml anil  # some of them (results/README.md has the wall times)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
@@ -36,10 +33,11 @@ declare -A NAME=([maml]=MAML [fomaml]="first-order MAML" [anil]=ANIL [metasgd]=M
 methods=("$@")
 [ ${#methods[@]} -eq 0 ] && methods=(maml fomaml anil metasgd protonet reptile in-context)
 for m in "${methods[@]}"; do
-  # shellcheck disable=SC2086
-  cmd="python -m mtl train ${COMMON[*]} ${EXTRA[$m]} --out $OUT/$m"
+  # shellcheck disable=SC2206
+  extra=(${EXTRA[$m]})
+  cmd="python -m mtl train ${COMMON[*]} ${extra[*]} --out $OUT/$m"
   echo "== $m: $cmd"
-  $PY -m mtl train "${COMMON[@]}" ${EXTRA[$m]} --out "$OUT/$m" --overwrite
+  $PY -m mtl train "${COMMON[@]}" "${extra[@]}" --out "$OUT/$m" --overwrite
   mkdir -p results/checkpoints
   $PY -m mtl compare record "$OUT/$m" --method "${NAME[$m]}" --command "$cmd" --out "results/cpu-$m.json" \
       --weights "results/checkpoints/cpu-$m.pt" --force
