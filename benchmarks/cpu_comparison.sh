@@ -6,18 +6,26 @@
 # method keeps its own inner loop: MAML/FOMAML/ANIL/Meta-SGD one step of 0.4 (3 at test), ProtoNet
 # none, Reptile its paper's (3 Adam steps with beta1 = 0 on 15 training shots, 5 at test; outer SGD
 # of 1.0 annealed linearly), the in-context learner none, with lesson 06's meta-learning rate (1e-3,
-# where the others keep the preset's 3e-3). One seed (0). Writes runs/cpu-compare/<method>/,
+# where the others keep the preset's 3e-3). Training seed 0 (SEED=N: another). Writes runs/cpu-compare/<method>/,
 # results/cpu-*.json and the tested models, weights only, as results/checkpoints/cpu-*.pt (replacing
 # the files of an earlier run).
 #
 #   bash benchmarks/cpu_comparison.sh            # all seven, one after another
 #   bash benchmarks/cpu_comparison.sh maml anil  # some of them (results/README.md has the wall times)
+#   SEED=1 bash benchmarks/cpu_comparison.sh maml protonet  # another training seed: the same validation
+#                                                # and test episodes; results/seeds/cpu-<method>-seed1.json
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
 OUT=${OUT:-runs/cpu-compare}
 COMMON=(--preset cpu-maml-omniglot-5w1s --time-budget 1000000 --test-episodes 600 --threads "${THREADS:-1}"
         --no-progress)
+SEED=${SEED:-0}
+SUFFIX="" RESULTS=results KEEP_WEIGHTS=1
+if [ "$SEED" != 0 ]; then
+  COMMON+=(--seed "$SEED")
+  SUFFIX="-seed$SEED" RESULTS=results/seeds KEEP_WEIGHTS=0
+fi
 declare -A EXTRA=(
   [maml]="--algorithm maml"
   [fomaml]="--algorithm fomaml"
@@ -35,10 +43,16 @@ methods=("$@")
 for m in "${methods[@]}"; do
   # shellcheck disable=SC2206
   extra=(${EXTRA[$m]})
-  cmd="python -m mtl train ${COMMON[*]} ${extra[*]} --out $OUT/$m"
+  run="$OUT/$m$SUFFIX"
+  cmd="python -m mtl train ${COMMON[*]} ${extra[*]} --out $run"
   echo "== $m: $cmd"
-  $PY -m mtl train "${COMMON[@]}" "${extra[@]}" --out "$OUT/$m" --overwrite
-  mkdir -p results/checkpoints
-  $PY -m mtl compare record "$OUT/$m" --method "${NAME[$m]}" --command "$cmd" --out "results/cpu-$m.json" \
-      --weights "results/checkpoints/cpu-$m.pt" --force
+  $PY -m mtl train "${COMMON[@]}" "${extra[@]}" --out "$run" --overwrite
+  weights=()
+  if [ "$KEEP_WEIGHTS" = 1 ]; then
+    mkdir -p results/checkpoints
+    weights=(--weights "results/checkpoints/cpu-$m.pt")
+  fi
+  mkdir -p "$RESULTS"
+  $PY -m mtl compare record "$run" --method "${NAME[$m]}" --command "$cmd" --out "$RESULTS/cpu-$m$SUFFIX.json" \
+      "${weights[@]}" --force
 done
