@@ -40,9 +40,12 @@ def meta_gradients(model: nn.Module, batch: TaskBatch, *, steps: int, lr: float,
     return found[False], found[True]
 
 
+def _flat(grads: dict[str, Tensor], names: list[str]) -> Tensor:
+    return torch.cat([grads[n].flatten() for n in names])
+
+
 def _cosine(a: dict[str, Tensor], b: dict[str, Tensor], names: list[str]) -> float:
-    x = torch.cat([a[n].flatten() for n in names])
-    y = torch.cat([b[n].flatten() for n in names])
+    x, y = _flat(a, names), _flat(b, names)
     return float(x @ y / (x.norm() * y.norm()))
 
 
@@ -59,11 +62,8 @@ def first_order_agreement(model: nn.Module, batch: TaskBatch, *, steps: int, lr:
     body_names = [n for n in names if n not in head_names]
     if not head_names or not body_names:
         raise MTLError(f"no parameter name starts with {head + '.'!r} or every one does: "
-                         f"pass the prefix of the model's last layer as head= (names: {names})")
-    def norm(grads: dict[str, Tensor]) -> Tensor:
-        return torch.cat([g.flatten() for g in grads.values()]).norm()
-
-    length = norm(first) / norm(exact)
+                       f"pass the prefix of the model's last layer as head= (names: {names})")
+    length = _flat(first, names).norm() / _flat(exact, names).norm()
     return {"all": _cosine(first, exact, names), "body": _cosine(first, exact, body_names),
             "head": _cosine(first, exact, head_names), "length": float(length)}
 
