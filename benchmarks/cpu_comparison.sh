@@ -3,8 +3,8 @@
 #
 # Budget (the same for every method): Omniglot 5-way 1-shot, Conv4-32, 1,500 meta-steps of 16 tasks,
 # validation on 100 fixed episodes every 250 steps, test on the same 600 episodes (seed 0). Each
-# method keeps its own inner loop: MAML/FOMAML/ANIL/Meta-SGD one step of 0.4 (3 at test), ProtoNet
-# none, Reptile its paper's (3 Adam steps with beta1 = 0 on 15 training shots, 5 at test; outer SGD
+# method keeps its own inner loop: MAML/FOMAML/ANIL/Meta-SGD one step of 0.4, ProtoNet
+# none, Reptile its paper's (3 Adam steps with beta1 = 0 on 15 training shots; outer SGD
 # of 1.0 annealed linearly), the in-context learner none, with lesson 06's meta-learning rate (1e-3,
 # where the others keep the preset's 3e-3). Training seed 0 (SEED=N: another). Writes runs/cpu-compare/<method>/,
 # results/cpu-*.json and the tested models, weights only, as results/checkpoints/cpu-*.pt (replacing
@@ -36,6 +36,9 @@ declare -A EXTRA=(
              --optimizer sgd --meta-lr 1.0 --lr-schedule linear --set inner_optimizer=adam --set inner_batch=25"
   [in-context]="--algorithm in-context --meta-lr 0.001 --inner-steps 0 --inner-lr 0 --test-inner-steps 0"
 )
+# Test-time inner steps: each method that adapts is tested with the count among 1, 3, 5, 10 that
+# scores best on the 100 validation episodes (`compare record --choose-steps`).
+CHOOSE=(--choose-steps 1,3,5,10)
 declare -A NAME=([maml]=MAML [fomaml]="first-order MAML" [anil]=ANIL [metasgd]=Meta-SGD [protonet]=ProtoNet
                  [reptile]=Reptile [in-context]=in-context)
 methods=("$@")
@@ -54,5 +57,5 @@ for m in "${methods[@]}"; do
   fi
   mkdir -p "$RESULTS"
   $PY -m mtl compare record "$run" --method "${NAME[$m]}" --command "$cmd" --out "$RESULTS/cpu-$m$SUFFIX.json" \
-      "${weights[@]}" --force
+      "${weights[@]}" --force $([ "$m" = protonet ] || [ "$m" = in-context ] || echo "${CHOOSE[*]}")
 done

@@ -192,3 +192,49 @@ def test_markdown_table_of_recorded_rows_names_each_command(tmp_path, capsys):
     assert capsys.readouterr().out.strip() == table
     assert main(["compare", "table", str(tmp_path), "--pattern", "gpu-*.json"]) != 0
     assert "record one with" in capsys.readouterr().err
+
+
+def test_record_can_choose_the_test_steps_on_validation(tmp_path):
+    """``--choose-steps``: the step count with the best validation score, then the same test episodes."""
+    from mtl.cli import main
+    from mtl.engine.build import load_learner
+    from mtl.engine.evaluate import evaluate
+    from mtl.engine.train import train
+
+    run = tmp_path / "run"
+    train(dict(dataset="sinusoid", algorithm="maml", meta_batch=4, inner_steps=1, inner_lr=0.01, iterations=4,
+               val_every=2, val_episodes=4, test_episodes=6, strategy="loop", device="cpu"), out=run, progress=False)
+    target = tmp_path / "maml.json"
+    command = ["compare", "record", str(run), "--method", "MAML", "--command", "...", "--out", str(target)]
+    with pytest.raises(SystemExit):  # refused before anything is read or written
+        main([*command, "--choose-steps", "a,b"])
+    assert main([*command, "--choose-steps", "1,-3"]) != 0
+    with pytest.raises(compare.ResultsError, match="whole numbers"):
+        compare.record(run, method="MAML", command="...", out=target, choose_steps=())
+    assert not target.exists()
+    assert main([*command, "--choose-steps", "0,2,8", "--select-episodes", "5"]) == 0
+    (row,) = compare.load_results(tmp_path, "maml.json")
+    tested = load_learner(run / "last.pt")
+    on_val = {k: evaluate(tested.learner, tested.config, split="val", episodes=5, inner_steps=k,
+                          progress=False).mean for k in (0, 2, 8)}
+    assert row.test_steps["validation"] == pytest.approx(on_val)
+    assert row.test_steps["chosen"] == min(on_val, key=on_val.get)  # MSE: the lowest
+    assert row.test_steps["trained_default"] == tested.config.test_inner_steps and row.test_steps["episodes"] == 5
+    test = evaluate(tested.learner, tested.config, split="test", episodes=6, inner_steps=row.test_steps["chosen"],
+                    progress=False)
+    assert row.scores == pytest.approx(test.scores, abs=1e-6) and row.accuracy == pytest.approx(test.mean)
+
+
+def test_choosing_steps_takes_the_fewest_on_a_tie():
+    """A learner that adapts nothing scores the same at every step count: the fewest steps win."""
+    from mtl.engine.config import TrainConfig
+    from mtl.engine.evaluate import choose_inner_steps
+
+    config = TrainConfig(dataset="sinusoid", algorithm="maml", inner_steps=1, inner_lr=0.0, device="cpu")
+    from mtl.engine.build import build_learner
+
+    learner = build_learner(config.resolved(), "cpu")  # inner_lr 0: every step leaves the weights alone
+    steps, on_val = choose_inner_steps(learner, config, choices=(5, 2, 9), episodes=4)
+    assert steps == 2 and len(set(on_val.values())) == 1
+    with pytest.raises(Exception, match="whole number"):
+        choose_inner_steps(learner, config, choices=(1, -1), episodes=4)

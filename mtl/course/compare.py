@@ -29,7 +29,7 @@ import platform
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -225,6 +225,9 @@ class Row:
     #: the engine's metrics ``{"step", "accuracy", "elapsed_s", ...}``; None where not recorded
     scores: list[float] | None = field(default=None, repr=False)
     curve: list[dict[str, Any]] | None = field(default=None, repr=False)
+    #: how the test-time inner steps were chosen, where they were: ``{"chosen": k, "validation":
+    #: {steps: mean score}, "episodes": n validation episodes, "trained_default": the config's}``
+    test_steps: dict[str, Any] | None = field(default=None, repr=False)
 
     @classmethod
     def measure(cls, method: str, learner: nn.Module, evaluation, *, train_s: float,
@@ -264,9 +267,12 @@ def load_results(folder: str | Path = RESULTS, pattern: str = "*.json") -> list[
             if missing:
                 raise ResultsError(f"{path} has no {missing} in its provenance: add them (the command "
                                    "that produced it, the machine, the date) or delete the file")
+            test_steps = payload.get("test_steps")
+            if test_steps is not None:
+                test_steps = {**test_steps, "validation": {int(k): v for k, v in test_steps["validation"].items()}}
             row = Row(**{**payload["row"], "source": str(path.name), "provenance": provenance,
-                         "scores": payload.get("scores"), "curve": payload.get("curve")})
-        except (KeyError, TypeError, json.JSONDecodeError) as exc:
+                         "scores": payload.get("scores"), "curve": payload.get("curve"), "test_steps": test_steps})
+        except (KeyError, TypeError, ValueError, AttributeError, json.JSONDecodeError) as exc:
             raise ResultsError(f"{path} is not a results file ({exc}); regenerate it with the command "
                                "written in its provenance, or delete it") from exc
         rows.append(row)
@@ -332,19 +338,23 @@ def markdown_table(rows: list[Row]) -> str:
 
 
 def record(run_dir: str | Path, *, method: str, command: str, out: str | Path | None = None,
-           force: bool = False, weights: str | Path | None = None) -> Path:
+           force: bool = False, weights: str | Path | None = None,
+           choose_steps: Sequence[int] | None = None, select_episodes: int = 100) -> Path:
     """Write ``results/<run name>.json`` from a finished run folder (``summary.json`` with a test result).
 
     ``command`` is the command line that produced the run (provenance); the hardware and date are
     this machine's and today's, so record on the machine that trained, right after training.
     ``weights``: also export the model the test scored (the run's ``last.pt``) there, weights only
-    (``mtl.engine.checkpoint.export_weights``). Existing files are replaced only with ``force=True``
-    (`ResultsError` otherwise), and the targets are checked before anything is read.
+    (``mtl.engine.checkpoint.export_weights``). ``choose_steps``: test the run's model again, with
+    the test-time inner step count among these that scores best on ``select_episodes`` validation
+    episodes (`mtl.engine.evaluate.choose_inner_steps`), on the same test episodes; the file keeps
+    the choice (``"test_steps"``). Existing files are replaced only with ``force=True``
+    (`ResultsError` otherwise), and the targets and settings are checked before anything is read.
     """
     from datetime import datetime, timezone
 
     from mtl.engine.config import TrainConfig
-    from mtl.engine.build import build_learner
+    from mtl.engine.build import build_learner, load_learner
 
     run_dir = Path(run_dir).expanduser()
     target = check_output_file(Path(out) if out else RESULTS / f"{run_dir.name}.json", "the results file")
@@ -355,6 +365,13 @@ def record(run_dir: str | Path, *, method: str, command: str, out: str | Path | 
         weights = check_output_file(weights, "the exported weights")
         if weights.exists() and not force:
             raise ResultsError(f"{weights} already exists: pass --force to replace it, or choose another path")
+    if choose_steps is not None:
+        choose_steps = tuple(choose_steps)
+        if not choose_steps or any(isinstance(k, bool) or not isinstance(k, int) or k < 0 for k in choose_steps):
+            raise ResultsError(f"choose_steps must be whole numbers >= 0, got {choose_steps!r} "
+                               "(e.g. --choose-steps 1,3,5,10)")
+        if isinstance(select_episodes, bool) or not isinstance(select_episodes, int) or select_episodes < 1:
+            raise ResultsError(f"select_episodes must be a whole number >= 1, got {select_episodes!r}")
     try:
         summary = json.loads((run_dir / "summary.json").read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -365,6 +382,22 @@ def record(run_dir: str | Path, *, method: str, command: str, out: str | Path | 
         raise ResultsError(f"{run_dir}/summary.json has no test result: train with --test-episodes 600")
     config = TrainConfig.from_saved(summary["config"], run_dir / "summary.json")
     learner = build_learner(config, torch.device("cpu"))
+    chosen = None
+    if choose_steps is not None:
+        from mtl.engine.checkpoint import LAST
+        from mtl.engine.evaluate import adapts, choose_inner_steps, evaluate
+
+        if not adapts(learner, config.test_ways):
+            raise ResultsError(f"{method} sets no weight per task, so it has no test-time inner steps to "
+                               "choose: record it without --choose-steps")
+        tested = load_learner(run_dir / LAST, "cpu")
+        steps, on_val = choose_inner_steps(tested.learner, tested.config, choices=choose_steps,
+                                           episodes=select_episodes, seed=config.eval_seed, progress=False)
+        result = evaluate(tested.learner, tested.config, split="test", episodes=test["n"], seed=config.eval_seed,
+                          inner_steps=steps, progress=False)
+        test = {**test, "mean": result.mean, "ci95": result.ci95, "n": result.n, "scores": result.scores}
+        chosen = {"chosen": steps, "validation": on_val, "episodes": select_episodes,
+                  "trained_default": config.test_inner_steps}
     metric = test.get("metric", "mse" if config.regression else "accuracy")
     row = Row(method=method, dataset=config.dataset, accuracy=test["mean"], ci95=test["ci95"], episodes=test["n"],
               metric=metric,
@@ -376,6 +409,8 @@ def record(run_dir: str | Path, *, method: str, command: str, out: str | Path | 
     payload = {"row": {k: v for k, v in row.to_dict().items() if k not in ("source", "provenance", "scores", "curve")},
                "provenance": provenance, "scores": [round(float(v), 6) for v in test.get("scores", [])],
                "curve": _validation_curve(run_dir)}
+    if chosen is not None:
+        payload["test_steps"] = chosen
     if weights is not None:
         from mtl.engine.checkpoint import LAST, export_weights
 

@@ -12,6 +12,11 @@ Python::
     result = evaluate_checkpoint("runs/x/best.pt", episodes=600, seed=0)    # or a checkpoint
     result.mean, result.ci95, result.n
 
+Test-time inner steps are chosen on validation episodes, never on the test ones::
+
+    steps, on_val = choose_inner_steps(learner, config, episodes=100)   # e.g. 10, {1: 0.93, 3: 0.95, ...}
+    result = evaluate(learner, config, split="test", inner_steps=steps)
+
 CLI: ``python -m mtl evaluate --checkpoint PATH --episodes 600 --seed 0 [--inner-steps S]``.
 Every result says how batch norm normalised at test time (``Evaluation.protocol["batch_norm"]``):
 Conv4 (``mtl.models``) uses the statistics of the batch it sees, each task's own support or query
@@ -36,6 +41,7 @@ DRAW_BATCH = 50  # episodes drawn per sampler call; part of the definition of a 
 TRANSDUCTIVE_BN = "transductive batch norm (each task's own batch statistics, as in MAML)"
 RUNNING_BN = "batch norm with running statistics from training (not transductive)"
 NO_BN = "no batch norm"
+STEP_CHOICES = (1, 3, 5, 10)  # the test-time inner step counts tried on validation by default
 
 
 @dataclass
@@ -153,6 +159,33 @@ def evaluate(learner: nn.Module, config: TrainConfig, *, split: str = "test", ep
                       ci95=ci95, n=len(scores), scores=scores, split=episode_set.split,
                       seed=episode_set.seed, inner_steps=steps, protocol=_protocol(config, learner),
                       adapts=learner_adapts)
+
+
+def choose_inner_steps(learner: nn.Module, config: TrainConfig, *, choices: Iterable[int] = STEP_CHOICES,
+                       episodes: int = 100, seed: int = 0, episode_set: EpisodeSet | None = None,
+                       progress: bool | None = None) -> tuple[int, dict[int, float]]:
+    """The test-time inner step count among ``choices`` with the best mean score on ``episodes``
+    validation episodes (``seed``; or ``episode_set``), the fewest steps on a tie, and every
+    choice's score: ``(steps, {steps: mean accuracy or MSE})``. Accuracy is maximised, MSE minimised.
+    """
+    from mtl.engine.build import resolve_device
+    from mtl.io import progress_enabled
+
+    choices = tuple(choices)
+    for k in choices:
+        _check_request(None, k)
+    if not choices:
+        raise ConfigError("choose_inner_steps needs at least one step count in choices, e.g. (1, 3, 5, 10)")
+    if episode_set is None:
+        _check_request(episodes, None)
+        weight = next(learner.parameters(), None)
+        device = weight.device if weight is not None else resolve_device(config.device)
+        episode_set = EpisodeSet(config.resolved(), "val", n=episodes, seed=seed, device=device,
+                                 progress=progress_enabled(progress))
+    on_val = {k: evaluate(learner, config, inner_steps=k, episode_set=episode_set, progress=progress).mean
+              for k in choices}
+    sign = 1 if config.resolved().regression else -1  # MSE: lower is better
+    return min(choices, key=lambda k: (sign * on_val[k], k)), on_val
 
 
 def adaptation(steps: int | None, adapts: bool = True) -> str:
