@@ -1,7 +1,7 @@
 """Record the pre-trained backbone of lessons 07-09 (their CPU profile) in results/.
 
 Trains (or reads back, if complete) the run in ``--run`` (default runs/cpu-pretrain), then writes
-results/checkpoints/cpu-pretrain-resnet12.pt (weights only) and results/cpu-pretrain-resnet12.json
+results/checkpoints/cpu-pretrain-resnet12.pt (weights only) and results/pretrained/cpu-resnet12.json
 (command, machine, date, wall time, per-epoch metrics)::
 
     OMP_NUM_THREADS=1 python benchmarks/cpu_pretrain.py
@@ -32,6 +32,7 @@ def main() -> None:
     run = Path(args.run)
     result = train(config, out=run, resume=(run / LAST).is_file(), progress=False)
     recorded.WEIGHTS.parent.mkdir(parents=True, exist_ok=True)
+    recorded.RECORD.parent.mkdir(parents=True, exist_ok=True)
     export_weights(run / LAST, recorded.WEIGHTS, force=True)
     record = {"provenance": {"command": COMMAND, "hardware": compare.hardware(result.threads),
                              "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "steps": result.steps},

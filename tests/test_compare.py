@@ -223,6 +223,7 @@ def test_record_can_choose_the_test_steps_on_validation(tmp_path):
     test = evaluate(tested.learner, tested.config, split="test", episodes=6, inner_steps=row.test_steps["chosen"],
                     progress=False)
     assert row.scores == pytest.approx(test.scores, abs=1e-6) and row.accuracy == pytest.approx(test.mean)
+    assert "test step" in compare.markdown_table([row]) and "chosen on validation" in compare.markdown_table([row])
 
 
 def test_choosing_steps_takes_the_fewest_on_a_tie():

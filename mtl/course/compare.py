@@ -323,14 +323,18 @@ def format_table(rows: list[Row], planned: list[PlannedRun] = ()) -> str:
 
 
 def markdown_table(rows: list[Row]) -> str:
-    """Recorded rows as a Markdown table: the score with its interval, the episodes, the training
-    steps and time, the machine, the date and the command each file names (what ``RESULTS.md`` shows)."""
+    """Recorded rows as a Markdown table: the score with its interval (and the test-time steps where
+    they were chosen on validation), the episodes, the training steps and time, the machine, the
+    date and the command each file names (what ``RESULTS.md`` shows)."""
     lines = ["| method | dataset | test score (95% CI) | episodes | training | machine | date | command |",
              "|---|---|---|---:|---|---|---|---|"]
     for r in rows:
         p = r.provenance
         score = (f"MSE {r.accuracy:.3g} ± {r.ci95:.2g}" if r.metric == "mse"
                  else f"{100 * r.accuracy:.1f} ± {100 * r.ci95:.1f} %")
+        if r.test_steps:
+            k = r.test_steps['chosen']
+            score += f" ({k} test step{'' if k == 1 else 's'}, chosen on validation)"
         steps = f"{p['steps']:,} steps, " if p.get("steps") else ""
         lines.append(f"| {r.method} | {r.dataset} | {score} | {r.episodes} | {steps}{r.train_s:,.0f} s | "
                      f"{p['hardware']} | {p['date']} | `{' '.join(p['command'].split())}` |")

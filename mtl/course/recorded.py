@@ -2,7 +2,7 @@
 
 The three lessons pre-train the same ResNet-12 with the same settings and seed. It takes minutes on
 a CPU, so the repository keeps one copy, ``results/checkpoints/cpu-pretrain-resnet12.pt`` (weights
-only), beside ``results/cpu-pretrain-resnet12.json`` (the command, machine, date, wall time and
+only), beside ``results/pretrained/cpu-resnet12.json`` (the command, machine, date, wall time and
 per-epoch metrics of the run that made it)::
 
     config = pretrain_config("omniglot", classes=150, channels=(16, 32, 64, 128), epochs=4, batch_size=64)
@@ -29,7 +29,7 @@ from mtl.errors import ResultsError
 __all__ = ["Pretrained", "pretrained", "pretrain_config", "WEIGHTS", "RECORD"]
 
 WEIGHTS = RESULTS / "checkpoints" / "cpu-pretrain-resnet12.pt"
-RECORD = RESULTS / "cpu-pretrain-resnet12.json"
+RECORD = RESULTS / "pretrained" / "cpu-resnet12.json"
 
 
 @dataclass
