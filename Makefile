@@ -16,10 +16,10 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
-# The course's main job: execute every lesson in order (CPU profile), write HTML copies, then the
-# website of the executed lessons (course-out/site).
+# The course's main job: execute every lesson (CPU profile), two at a time with one torch thread each
+# (a 2-core machine's two cores), write HTML copies, then the website of the executed lessons (course-out/site).
 course: setup
-	$(PY) -m mtl course run --profile $${MTL_PROFILE:-cpu} --out course-out
+	$(PY) -m mtl course run --profile $${MTL_PROFILE:-cpu} --jobs 2 --out course-out
 	$(PY) -m mtl course site --executed course-out --out course-out/site
 
 # Open the lessons in JupyterLab.

@@ -455,6 +455,24 @@ def test_course_run_reports_a_failing_lesson(tmp_path, capsys):
     assert "00_bad.ipynb failed" in err and "boom" in err and "--lessons 00" in err
 
 
+def test_course_run_executes_lessons_at_once_one_thread_each(tmp_path, monkeypatch):
+    lessons, out = tmp_path / "notebooks", tmp_path / "out"
+    lessons.mkdir()
+    _write_lessons(lessons, {f"0{i}_{c}.ipynb": [new_code_cell("import os\nprint(os.environ.get('OMP_NUM_THREADS'))")]
+                             for i, c in enumerate("abc")})
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert main(["course", "run", "--notebooks", str(lessons), "--out", str(out), "--no-progress", "--no-html",
+                 "--jobs", "2"]) == 0
+    for name in ("00_a", "01_b", "02_c"):
+        assert nbformat.read(out / f"{name}.ipynb", as_version=4).cells[0].outputs[0].text.strip() == "1"
+
+
+def test_course_run_refuses_no_jobs_before_writing(tmp_path, capsys):
+    _write_lessons(tmp_path, {"00_a.ipynb": [new_code_cell("1")]})
+    assert main(["course", "run", "--notebooks", str(tmp_path), "--out", str(tmp_path / "o"), "--jobs", "0"]) != 0
+    assert "--jobs must be 1 or more" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
 def test_learning_curves_draw_every_validation_row_against_steps_and_time():
     import matplotlib
 

@@ -7,9 +7,11 @@ import argparse
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from mtl.course.runner import NOTEBOOKS, _export_html, blank_solutions, execute_lesson, find_lessons
+from mtl.errors import ConfigError
 from mtl.io import atomic_write_text, check_output_folder
 
 
@@ -28,6 +30,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run_parser.add_argument("--no-html", dest="html", action="store_false", help="skip the HTML export")
     run_parser.add_argument("--timeout", type=int, default=1800, help="seconds per cell (default 1800)")
     run_parser.add_argument("--no-progress", dest="progress", action="store_false")
+    run_parser.add_argument("--jobs", type=int, default=1, metavar="N",
+                            help="lessons executed at once, each in its own kernel (default 1); with more than "
+                                 "one, each kernel gets one torch thread unless OMP_NUM_THREADS is set: --jobs 2 "
+                                 "on 2 cores runs the CPU course in about half the time")
     ex_parser = sub.add_parser("exercises", help="write copies of the lessons with solution cells blanked")
     ex_parser.add_argument("--notebooks", type=Path, default=NOTEBOOKS, help=argparse.SUPPRESS)
     ex_parser.add_argument("--out", type=Path, default=None,
@@ -44,25 +50,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _run_lessons(args: argparse.Namespace) -> int:
     import nbformat
 
+    if args.jobs < 1:
+        raise ConfigError(f"--jobs must be 1 or more (lessons executed at once), not {args.jobs}")
     lessons = find_lessons(args.notebooks, args.lessons)
     out = check_output_folder(args.out, "--out")
     os.environ["MTL_PROFILE"] = args.profile  # the kernels inherit it
     os.environ.setdefault("MTL_PROGRESS", "0")  # bars inside lessons would clutter stored outputs
+    if args.jobs > 1:
+        os.environ.setdefault("OMP_NUM_THREADS", "1")  # one thread per kernel: N lessons share N cores
     out.mkdir(parents=True, exist_ok=True)
-    times = {}
-    for path in lessons:
+
+    def run_one(path: Path) -> float:
         start = time.perf_counter()
         nb = execute_lesson(path, timeout=args.timeout, progress=args.progress)
-        times[path.stem] = time.perf_counter() - start
+        seconds = time.perf_counter() - start
         atomic_write_text(out / path.name, nbformat.writes(nb) + "\n")
         if args.html:
             _export_html(nb, out / f"{path.stem}.html")
         if args.inplace:
             atomic_write_text(path, nbformat.writes(nb) + "\n")
+        return seconds
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # each lesson runs in its own kernel process
+        futures = {path.stem: pool.submit(run_one, path) for path in lessons}
+        try:
+            times = {name: future.result() for name, future in futures.items()}
+        except BaseException:
+            for future in futures.values():
+                future.cancel()  # lessons not started yet; running ones finish
+            raise
     width = max(len(k) for k in times)
     for name, seconds in times.items():
         print(f"{name:<{width}}  {seconds:7.1f} s")
-    print(f"{'total':<{width}}  {sum(times.values()):7.1f} s   (profile {args.profile}; copies in {out})")
+    print(f"{'total':<{width}}  {sum(times.values()):7.1f} s of lesson time, {time.perf_counter() - start:.1f} s "
+          f"wall with {args.jobs} at once   (profile {args.profile}; copies in {out})")
     return 0
 
 
