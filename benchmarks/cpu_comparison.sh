@@ -5,8 +5,9 @@
 # validation on 100 fixed episodes every 250 steps, test on the same 600 episodes (seed 0). Each
 # method keeps its own inner loop: MAML/FOMAML/ANIL/Meta-SGD one step of 0.4, Proto-MAML one
 # first-order step of 0.1 from the prototypes (lesson 05's), ProtoNet none, Reptile its paper's
-# (3 Adam steps with beta1 = 0 on 15 training shots; outer SGD of 1.0 annealed linearly), the in-context learner none, with lesson 06's meta-learning rate (1e-3,
-# where the others keep the preset's 3e-3). Training seed 0 (SEED=N: another). Writes runs/cpu-compare/<method>/,
+# (3 Adam steps with beta1 = 0 on 15 training shots; outer SGD of 1.0 annealed linearly), the
+# in-context learner none, with lesson 06's meta-learning rate (1e-3, where the others keep the
+# preset's 3e-3). Training seed 0 (SEED=N: another). Writes runs/cpu-compare/<method>/,
 # results/cpu-*.json and the tested models, weights only, as results/checkpoints/cpu-*.pt (replacing
 # the files of an earlier run).
 #
@@ -40,8 +41,8 @@ declare -A EXTRA=(
 # Test-time inner steps: each method that adapts is tested with the count among 1, 3, 5, 10 that
 # scores best on the 100 validation episodes (`compare record --choose-steps`).
 CHOOSE=(--choose-steps 1,3,5,10)
-declare -A NAME=([maml]=MAML [fomaml]="first-order MAML" [anil]=ANIL [metasgd]=Meta-SGD [protonet]=ProtoNet [protomaml]=Proto-MAML
-                 [reptile]=Reptile [in-context]=in-context)
+declare -A NAME=([maml]=MAML [fomaml]="first-order MAML" [anil]=ANIL [metasgd]=Meta-SGD [protonet]=ProtoNet
+                 [protomaml]=Proto-MAML [reptile]=Reptile [in-context]=in-context)
 methods=("$@")
 [ ${#methods[@]} -eq 0 ] && methods=(maml fomaml anil metasgd protonet protomaml reptile in-context)
 for m in "${methods[@]}"; do

@@ -64,11 +64,12 @@ def _run_lessons(args: argparse.Namespace) -> int:
         start = time.perf_counter()
         nb = execute_lesson(path, timeout=args.timeout, progress=args.progress)
         seconds = time.perf_counter() - start
-        atomic_write_text(out / path.name, nbformat.writes(nb) + "\n")
+        text = nbformat.writes(nb) + "\n"
+        atomic_write_text(out / path.name, text)
         if args.html:
             _export_html(nb, out / f"{path.stem}.html")
         if args.inplace:
-            atomic_write_text(path, nbformat.writes(nb) + "\n")
+            atomic_write_text(path, text)
         return seconds
 
     start = time.perf_counter()
