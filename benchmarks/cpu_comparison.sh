@@ -41,10 +41,14 @@ declare -A EXTRA=(
 # Test-time inner steps: each method that adapts is tested with the count among 1, 3, 5, 10 that
 # scores best on the 100 validation episodes (`compare record --choose-steps`).
 CHOOSE=(--choose-steps 1,3,5,10)
-declare -A NAME=([maml]=MAML [fomaml]="first-order MAML" [anil]=ANIL [metasgd]=Meta-SGD [protonet]=ProtoNet
-                 [protomaml]=Proto-MAML [reptile]=Reptile [in-context]=in-context)
+# the methods' names and their order: mtl.course.recorded.METHODS (name -> file stem)
 methods=("$@")
-[ ${#methods[@]} -eq 0 ] && methods=(maml fomaml anil metasgd protonet protomaml reptile in-context)
+if [ ${#methods[@]} -eq 0 ]; then
+  read -r -a methods <<< "$($PY -c 'from mtl.course.recorded import METHODS; print(*METHODS.values())')"
+fi
+for m in "${methods[@]}"; do
+  [ -n "${EXTRA[$m]:-}" ] || { echo "cpu_comparison.sh: unknown method '$m': use one of ${!EXTRA[*]}" >&2; exit 2; }
+done
 for m in "${methods[@]}"; do
   # shellcheck disable=SC2206
   extra=(${EXTRA[$m]})
@@ -58,6 +62,8 @@ for m in "${methods[@]}"; do
     weights=(--weights "results/checkpoints/cpu-$m.pt")
   fi
   mkdir -p "$RESULTS"
-  $PY -m mtl compare record "$run" --method "${NAME[$m]}" --command "$cmd" --out "$RESULTS/cpu-$m$SUFFIX.json" \
+  name=$($PY -c 'import sys; from mtl.course.recorded import METHODS
+print({stem: name for name, stem in METHODS.items()}[sys.argv[1]])' "$m")
+  $PY -m mtl compare record "$run" --method "$name" --command "$cmd" --out "$RESULTS/cpu-$m$SUFFIX.json" \
       "${weights[@]}" --force $([ "$m" = protonet ] || [ "$m" = in-context ] || echo "${CHOOSE[*]}")
 done

@@ -41,3 +41,51 @@ def test_only_pretraining_configs_are_accepted():
 
     with pytest.raises(ResultsError, match="pretrain"):
         recorded.pretrained(TrainConfig(algorithm="maml", dataset="omniglot"))
+
+
+def test_every_recorded_method_has_its_results_file_and_weights_where_kept():
+    for method, stem in recorded.METHODS.items():
+        row = recorded.run(method)
+        assert row.method == method and row.source == f"cpu-{stem}.json" and len(row.scores) == row.episodes == 600
+    loaded = recorded.model("MAML")
+    assert loaded.path.name == "cpu-maml.pt" and loaded.step == recorded.run("MAML").provenance["steps"]
+
+
+def test_seeds_are_those_recorded_for_every_method_asked(tmp_path, monkeypatch):
+    results = tmp_path / "results"
+    (results / "seeds").mkdir(parents=True)
+    source = recorded.run("MAML")
+    payload = {"row": {k: getattr(source, k) for k in ("method", "dataset", "accuracy", "ci95", "episodes", "train_s",
+                                                        "memory_bytes", "meta_learned", "per_task")},
+               "provenance": source.provenance, "scores": source.scores}
+    files = ["cpu-maml.json", "cpu-anil.json", "seeds/cpu-maml-seed1.json", "seeds/cpu-maml-seed2.json",
+             "seeds/cpu-anil-seed2.json", "seeds/cpu-anil-seed12.json.bak"]
+    for name in files:
+        method = "ANIL" if "anil" in name else "MAML"
+        (results / name).write_text(json.dumps({**payload, "row": {**payload["row"], "method": method}}))
+    monkeypatch.setattr(recorded, "RESULTS", results)
+    assert list(recorded.by_seed(["MAML"])) == [0, 1, 2]
+    assert list(recorded.by_seed(["MAML", "ANIL"])) == [0, 2]  # seed 1 lacks ANIL
+    assert recorded.run("ANIL", seed=2).source == "cpu-anil-seed2.json"
+    (results / "seeds" / "cpu-anil-seed2.json").write_text(json.dumps(payload))  # a MAML run under ANIL's name
+    with pytest.raises(ResultsError, match="holds a run of 'MAML', not 'ANIL'"):
+        recorded.run("ANIL", seed=2)
+
+
+def test_unknown_or_missing_recorded_runs_name_the_fix():
+    with pytest.raises(ResultsError, match="the recorded methods are MAML"):
+        recorded.run("maml")
+    with pytest.raises(ResultsError, match="SEED=7 bash benchmarks/cpu_comparison.sh protonet"):
+        recorded.run("ProtoNet", seed=7)
+    with pytest.raises(ResultsError, match="no weights of 'in-context'"):
+        recorded.model("in-context")
+
+
+def test_the_recording_script_knows_every_recorded_method():
+    import re
+    from pathlib import Path
+
+    script = (Path(recorded.RESULTS).parent / "benchmarks" / "cpu_comparison.sh").read_text()
+    extra = script[script.index("declare -A EXTRA=("):]
+    extra = extra[:extra.index("\n)\n")]
+    assert sorted(re.findall(r"^\s*\[([\w-]+)\]=", extra, re.M)) == sorted(recorded.METHODS.values())

@@ -3,7 +3,8 @@
 - ``quadratic.py``: the bilevel objective in closed form (lesson 01).
 - ``viz.py``, ``widgets.py``: plots and JupyterLab widgets.
 - ``exercises.py``: the "Your turn" checkers.
-- ``compare.py``: the capstone's table: memory, parameter counts, paired differences, recorded runs.
+- ``compare.py``: the capstone's table: memory, parameter counts, paired differences, results files.
+- ``recorded.py``: the recorded runs and pre-trained backbone the lessons read instead of training.
 - ``pipeline.py``: the meta-transfer pipeline (pre-train, Scaling & Shifting, baselines) in one call.
 - ``runner.py``: run every lesson top to bottom (``python -m mtl course``), workshop copies.
 """

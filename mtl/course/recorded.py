@@ -1,14 +1,25 @@
-"""The pre-trained backbone of lessons 07-09, recorded once: its weights and its training record.
+"""What the lessons read instead of training: the recorded CPU comparison and the pre-trained backbone.
 
-The three lessons pre-train the same ResNet-12 with the same settings and seed. It takes minutes on
-a CPU, so the repository keeps one copy, ``results/checkpoints/cpu-pretrain-resnet12.pt`` (weights
-only), beside ``results/pretrained/cpu-resnet12.json`` (the command, machine, date, wall time and
-per-epoch metrics of the run that made it)::
+**The recorded comparison** (``bash benchmarks/cpu_comparison.sh``): eight methods, one budget,
+one results file each under ``results/`` (test scores on 600 episodes, validation curve, provenance),
+the tested weights under ``results/checkpoints/`` for those that keep any, and further training seeds
+of some under ``results/seeds/``::
+
+    run("MAML")                        # compare.Row of results/cpu-maml.json (training seed 0)
+    run("MAML", seed=1)                # results/seeds/cpu-maml-seed1.json
+    model("MAML")                      # the tested learner, from results/checkpoints/cpu-maml.pt
+    by_seed(["MAML", "ProtoNet"])      # {seed: {method: Row}} for every seed recorded for all of them
+
+**The pre-trained backbone** of lessons 07-09: the three lessons pre-train the same ResNet-12 with
+the same settings and seed. It takes minutes on a CPU, so the repository keeps one copy,
+``results/checkpoints/cpu-pretrain-resnet12.pt`` (weights only), beside
+``results/pretrained/cpu-resnet12.json`` (the command, machine, date, wall time and per-epoch
+metrics of the run that made it)::
 
     config = pretrain_config("omniglot", classes=150, channels=(16, 32, 64, 128), epochs=4, batch_size=64)
-    run = pretrained(config)                      # the recorded run when its config is this one
-    run.backbone, run.history, run.wall_time_s, run.recorded
-    run = pretrained(config, recompute=True)      # train it here (cached under MTL_CACHE)
+    net = pretrained(config)                      # the recorded run when its config is this one
+    net.backbone, net.history, net.wall_time_s, net.recorded
+    net = pretrained(config, recompute=True)      # train it here (cached under MTL_CACHE)
 
 ``python benchmarks/cpu_pretrain.py`` makes the two files again.
 """
@@ -16,17 +27,70 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from mtl.course.compare import RESULTS
+from mtl.course.compare import RESULTS, Row, load_results
 from mtl.engine.config import TrainConfig
 from mtl.errors import ResultsError
 
-__all__ = ["Pretrained", "pretrained", "pretrain_config", "WEIGHTS", "RECORD"]
+__all__ = ["METHODS", "run", "model", "by_seed", "Pretrained", "pretrained", "pretrain_config", "WEIGHTS", "RECORD"]
+
+#: the recorded comparison's methods, in lesson 09's order, and the stem of their files
+#: (``cpu-<stem>.json``; ``benchmarks/cpu_comparison.sh <stem>`` records one)
+METHODS = {"MAML": "maml", "first-order MAML": "fomaml", "Reptile": "reptile", "ANIL": "anil",
+           "Meta-SGD": "metasgd", "ProtoNet": "protonet", "Proto-MAML": "protomaml", "in-context": "in-context"}
+
+
+def _stem(method: str) -> str:
+    if method not in METHODS:
+        raise ResultsError(f"no recorded run of {method!r}: the recorded methods are {', '.join(METHODS)}")
+    return METHODS[method]
+
+
+def _path(method: str, seed: int) -> Path:
+    stem = _stem(method)
+    return RESULTS / f"cpu-{stem}.json" if seed == 0 else RESULTS / "seeds" / f"cpu-{stem}-seed{seed}.json"
+
+
+def run(method: str, seed: int = 0) -> Row:
+    """The recorded run of ``method`` (a key of `METHODS`) trained with ``seed``: its row, with
+    the 600 per-episode test ``scores``, the validation ``curve``, ``test_steps`` and ``provenance``."""
+    path = _path(method, seed)
+    command = f"{f'SEED={seed} ' if seed else ''}bash benchmarks/cpu_comparison.sh {METHODS[method]}"
+    if not path.is_file():
+        raise ResultsError(f"{path} is missing: record it with `{command}` (about 20 minutes on one thread)")
+    (row,) = load_results(path.parent, path.name)
+    if row.method != method:
+        raise ResultsError(f"{path} holds a run of {row.method!r}, not {method!r}: record it again with `{command}`")
+    return row
+
+
+def model(method: str, device: str = "cpu"):
+    """The learner ``run(method)`` was tested with (training seed 0), as `mtl.engine.build.Loaded`:
+    ``.learner`` (eval mode), ``.config``, ``.step``."""
+    from mtl.engine.build import load_learner
+
+    path = RESULTS / "checkpoints" / f"cpu-{_stem(method)}.pt"
+    if not path.is_file():
+        raise ResultsError(f"{path} is missing: no weights of {method!r} are recorded: `bash "
+                           f"benchmarks/cpu_comparison.sh {METHODS[method]}` records its run with them")
+    return load_learner(path, device)
+
+
+def by_seed(methods) -> dict[int, dict[str, Row]]:
+    """``{seed: {method: Row}}``, seeds in order, for every training seed recorded for all ``methods``
+    (seed 0 under ``results/``, the others under ``results/seeds/``)."""
+    methods = list(methods)
+    recorded = [{0} | {int(m.group(1)) for p in (RESULTS / "seeds").glob(f"cpu-{_stem(method)}-seed*.json")
+                       if (m := re.fullmatch(rf"cpu-{re.escape(_stem(method))}-seed(\d+)\.json", p.name))}
+                for method in methods]
+    seeds = set.intersection(*recorded) if recorded else {0}
+    return {seed: {method: run(method, seed) for method in methods} for seed in sorted(seeds)}
 
 WEIGHTS = RESULTS / "checkpoints" / "cpu-pretrain-resnet12.pt"
 RECORD = RESULTS / "pretrained" / "cpu-resnet12.json"
