@@ -1,8 +1,10 @@
 """mtl.course.compare: the capstone table's measurements (memory, parameter counts, results files)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import statistics
 
 import pytest
 import torch
@@ -12,6 +14,8 @@ from mtl.algorithms import ANIL, FOMAML, MAML, ProtoMAML, ProtoNet
 from mtl.algorithms.transfer.finetune import FineTuneAll, FineTuneHead, NearestCentroid
 from mtl.algorithms.transfer.meta_transfer import MetaTransfer
 from mtl.data.episodes import TaskBatch
+from mtl.engine.evaluate import evaluate
+from mtl.errors import MTLError
 from mtl.models import Conv4
 from mtl.models.resnet import ResNet12
 
@@ -239,3 +243,39 @@ def test_choosing_steps_takes_the_fewest_on_a_tie():
     assert steps == 2 and len(set(on_val.values())) == 1
     with pytest.raises(Exception, match="whole number"):
         choose_inner_steps(learner, config, choices=(1, -1), episodes=4)
+
+
+def test_choosing_a_learner_scores_each_on_the_same_validation_episodes():
+    """Two sinusoid learners that differ only in their inner step: the lower MSE wins, the scores
+    are those of `evaluate` on the validation episodes, and a tie goes to the first."""
+    from mtl.engine.build import build_learner
+    from mtl.engine.config import TrainConfig
+    from mtl.engine.evaluate import EpisodeSet, choose_learner
+
+    config = TrainConfig(dataset="sinusoid", algorithm="maml", inner_steps=1, inner_lr=0.01, device="cpu").resolved()
+    torch.manual_seed(0)
+    still = build_learner(dataclasses.replace(config, inner_lr=0.0), "cpu")
+    moving = build_learner(config, "cpu")
+    moving.load_state_dict(still.state_dict())
+    val = EpisodeSet(config, "val", n=6, seed=0, device="cpu", progress=False)
+    best, on_val = choose_learner({"still": still, "moving": moving}, config, inner_steps={"still": 3, "moving": 3},
+                                  episode_set=val)
+    assert on_val["moving"] != on_val["still"] and best == min(on_val, key=on_val.get)  # MSE: the lowest
+    assert on_val["moving"] == pytest.approx(evaluate(moving, config, inner_steps=3, episode_set=val).mean)
+    tie, _ = choose_learner({"b": still, "a": still}, config, episode_set=val)
+    assert tie == "b"
+    with pytest.raises(MTLError, match="not candidates"):
+        choose_learner({"still": still}, config, inner_steps={"other": 1}, episode_set=val)
+    with pytest.raises(MTLError, match="at least one"):
+        choose_learner({}, config, episode_set=val)
+
+
+def test_an_interval_over_seeds_is_students_t_on_the_seed_means():
+    mean, half = compare.over_seeds([0.015, 0.004, 0.012])  # lesson 05's ProtoNet - MAML, three seeds
+    sd = statistics.stdev([0.015, 0.004, 0.012])
+    assert mean == pytest.approx(0.031 / 3) and half == pytest.approx(4.303 * sd / 3 ** 0.5)
+    assert compare.verdict(mean, half) == compare.NO_DIFFERENCE
+    assert compare.t_quantile(30) == 2.042 and abs(compare.t_quantile(31) - 2.040) < 1e-3
+    assert abs(compare.t_quantile(120) - 1.980) < 1e-3
+    with pytest.raises(MTLError, match="two seeds"):
+        compare.over_seeds([0.01])

@@ -186,6 +186,35 @@ def paired(a: str, scores_a, b: str, scores_b) -> Paired:
     return Paired(a, b, mean, ci95, len(scores_a))
 
 
+#: Student's t, 97.5% quantile, for 1..30 degrees of freedom
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def t_quantile(df: int) -> float:
+    """Student's t 97.5% quantile with ``df`` degrees of freedom (a table to 30, then the
+    Cornish-Fisher expansion in ``1 / df`` to second order, within 0.001 of it)."""
+    if df < 1:
+        raise MTLError(f"a t interval needs at least 1 degree of freedom (two values), got {df}")
+    if df <= len(_T975):
+        return _T975[df - 1]
+    z = 1.959964
+    return z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
+
+
+def over_seeds(differences) -> tuple[float, float]:
+    """``(mean, 95% half-width)`` of a difference measured once per training seed (e.g. each seed's
+    paired mean ``a - b``): the seed is the unit, so the half-width is Student's t with ``n - 1``
+    degrees of freedom times the standard error over the ``n`` seeds. `verdict` reads it."""
+    values = [float(d) for d in differences]
+    if len(values) < 2:
+        raise MTLError(f"an interval over seeds needs at least two seeds, got {len(values)}")
+    n = len(values)
+    mean = sum(values) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return mean, t_quantile(n - 1) * sd / math.sqrt(n)
+
+
 def hardware(threads: int | None = None) -> str:
     """A one-line description of this machine: GPU name, else CPU model and torch thread count
     (``threads``, the count a run used, else this process's)."""

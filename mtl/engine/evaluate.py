@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Mapping, TypeVar
 
 import torch
 from torch import nn
@@ -36,6 +36,8 @@ from torch import nn
 from mtl.algorithms.base import Learner
 from mtl.engine.config import TrainConfig
 from mtl.errors import ConfigError, MTLError
+
+K = TypeVar("K")
 
 DRAW_BATCH = 50  # episodes drawn per sampler call; part of the definition of a seeded episode set
 TRANSDUCTIVE_BN = "transductive batch norm (each task's own batch statistics, as in MAML)"
@@ -186,6 +188,38 @@ def choose_inner_steps(learner: nn.Module, config: TrainConfig, *, choices: Iter
               for k in choices}
     sign = 1 if config.resolved().regression else -1  # MSE: lower is better
     return min(choices, key=lambda k: (sign * on_val[k], k)), on_val
+
+
+def choose_learner(candidates: Mapping[K, nn.Module], config: TrainConfig, *,
+                   inner_steps: Mapping[K, int] | None = None, episodes: int = 100, seed: int = 0,
+                   episode_set: EpisodeSet | None = None, progress: bool | None = None) -> tuple[K, dict[K, float]]:
+    """The key of the candidate learner (e.g. one per setting: ``{(steps, lr): learner}``) with the
+    best mean score on ``episodes`` validation episodes (``seed``; or ``episode_set``), the first in
+    ``candidates``' order on a tie, and every candidate's score: ``(key, {key: mean accuracy or MSE})``.
+    ``inner_steps`` gives a candidate's test-time steps (default: ``config.test_inner_steps``).
+    Accuracy is maximised, MSE minimised."""
+    from mtl.engine.build import resolve_device
+    from mtl.io import progress_enabled
+
+    if not candidates:
+        raise ConfigError("choose_learner needs at least one candidate learner, e.g. {setting: learner}")
+    if episode_set is None:
+        _check_request(episodes, None)
+        first = next(iter(candidates.values()))
+        weight = next(first.parameters(), None)
+        device = weight.device if weight is not None else resolve_device(config.device)
+        episode_set = EpisodeSet(config.resolved(), "val", n=episodes, seed=seed, device=device,
+                                 progress=progress_enabled(progress))
+    steps = dict(inner_steps or {})
+    unknown = set(steps) - set(candidates)
+    if unknown:
+        raise ConfigError(f"inner_steps names {sorted(map(str, unknown))}, which are not candidates: use the "
+                          "candidates' keys")
+    on_val = {key: evaluate(learner, config, inner_steps=steps.get(key), episode_set=episode_set,
+                            progress=progress).mean for key, learner in candidates.items()}
+    sign = 1 if config.resolved().regression else -1  # MSE: lower is better
+    order = {key: i for i, key in enumerate(candidates)}
+    return min(candidates, key=lambda key: (sign * on_val[key], order[key])), on_val
 
 
 def adaptation(steps: int | None, adapts: bool = True) -> str:
