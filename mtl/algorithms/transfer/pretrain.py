@@ -11,10 +11,11 @@ Every image of every base class is a training example labelled by its class (min
 meta-step ``t`` takes batch ``t`` of that order (``config.meta_batch`` images; the incomplete
 last batch of an epoch is dropped). Standard augmentation (random crop after zero padding,
 horizontal flip for RGB), SGD with Nesterov momentum and weight decay, the engine's learning-rate
-schedule (``cosine`` as in the MTL paper's code), validation, checkpoints, time budget and exact
-resume. Inputs stay in [0, 1], as in every ``TaskBatch``, so the frozen network sees the same
-images later. Validation scores few-shot episodes by nearest centroid on the features, after
-re-estimating batch norm's running statistics (``recalibrate_batch_norm``).
+schedule (this package's choice is ``cosine``; the MTL authors' PyTorch pre-training instead steps the
+rate down at fixed epochs), validation, checkpoints, time budget and exact resume. Inputs stay in
+[0, 1], as in every ``TaskBatch``, so the frozen network sees the same images later. Validation
+scores few-shot episodes by nearest centroid on the features, after re-estimating batch norm's
+running statistics (``recalibrate_batch_norm``).
 """
 from __future__ import annotations
 
