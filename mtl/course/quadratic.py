@@ -53,7 +53,8 @@ def sample_tasks(n: int, *, seed: int = 0, spread: float = 2.0, sharpness: float
     Optima: ``c = (u, v)``, ``u ~ U[-spread, spread]``, ``v ~ N(0, 0.5^2)``. Curvature: eigenvalues
     ``(2 s, s / 2)`` with ``s = exp(-sharpness * u)`` (sharp tasks on the left, flat on the right),
     rotated by a uniform random angle. So the best *average* solution and the best *starting point
-    for adaptation* differ: sharp tasks are fixed by one inner step anyway, flat ones are not.
+    for adaptation* differ: one inner step removes much of a sharp task's loss and little of a flat
+    task's.
     """
     if n < 1:
         raise ValueError(f"n must be >= 1 (got {n}): ask for at least one task")
