@@ -436,12 +436,17 @@ PRESETS: dict[str, dict[str, Any]] = {
     "fomaml-omniglot-5w1s": dict(_OMNIGLOT_5W, algorithm="fomaml", shots=1, first_order=True),
     "fomaml-miniimagenet-5w1s": dict(_MINI, algorithm="fomaml", shots=1, meta_batch=4, first_order=True),
     "fomaml-miniimagenet-5w5s": dict(_MINI, algorithm="fomaml", shots=5, meta_batch=2, first_order=True),
-    # Reptile, Nichol et al. 2018, as the openai/supervised-reptile README's commands run it: inner
-    # Adam (beta1 = 0) on mini-batches drawn from the task's training shots (more shots per class
-    # at training than at test: "train-shots"), outer step size 1 annealed linearly to 0 (SGD on the
-    # pseudo-gradient), more inner iterations at test. Transductive 1-shot 5-way commands (batch
-    # norm on each task's own statistics, as every Conv4 here). Adam's state starts afresh for each
-    # task (the reference code carries it across tasks).
+    # Reptile, Nichol et al. 2018, as the openai/supervised-reptile README's commands for
+    # transductive 1-shot 5-way run it at revision 0487665 (Omniglot: "--inner-batch 25
+    # --inner-iters 3 --meta-batch 10 --meta-iters 100000 --eval-batch 25 --eval-iters 5
+    # --train-shots 15 --learning-rate 0.001 --meta-step 1 --meta-step-final 0"): inner Adam
+    # (beta1 = 0) on mini-batches drawn from the task's training shots (more shots per class at
+    # training than at test: "train-shots"), outer step size 1 annealed linearly to 0 (SGD on the
+    # pseudo-gradient), more inner iterations at test; batch norm on each task's own statistics,
+    # as every Conv4 here. The README's final revision (5d5589c) lists another Omniglot command
+    # for the same setting: 5 Adam steps on batches of 10 from 10 training shots, meta-batch 5, 50
+    # test-time steps. Adam's state starts afresh for each task (the reference code carries it
+    # across tasks).
     "reptile-omniglot-5w1s": dict(dataset="omniglot", algorithm="reptile", ways=5, shots=15,
                                   test_shots=1, queries=5, meta_batch=10, inner_steps=3,
                                   inner_lr=1e-3, test_inner_steps=5, optimizer="sgd", meta_lr=1.0,
