@@ -489,6 +489,8 @@ def test_learning_curves_draw_every_validation_row_against_steps_and_time():
     assert list(lines[0].get_ydata()) == [30.0, 50.0, 60.0]
     assert list(time_axis.lines[0].get_xdata()) == [20.0, 40.0, 60.0]
     assert "accuracy" in steps_axis.get_ylabel()
+    (only,) = viz.learning_curves({"a": rows}, wall_time=False).axes  # runs whose times do not compare
+    assert only.get_xlabel() == "meta-steps" and list(only.lines[0].get_xdata()) == [10, 20, 30]
 
 
 def test_maml_graph_draws_one_inner_gradient_per_step():

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from mtl.algorithms.transfer.meta_transfer import (HardTaskError, MetaTransfer, ScalingShiftingError,
-                                          hard_task_classes, hardest_classes)
+                                          hard_task_classes, hardest_classes, tied_hardest)
 from mtl.data import EpisodeSampler, FewShotDataset, TaskBatch
 from mtl.errors import CheckpointError, MTLError
 from mtl.models import MLP
@@ -106,6 +106,10 @@ def test_hardest_class_is_the_one_with_lowest_query_accuracy():
     logits[1, 4] = torch.tensor([1.0, 0, 0])    # task 1: class label 2 half wrong
     classes = torch.tensor([[7, 8, 9], [3, 4, 5]])
     assert hardest_classes(logits, query_y, classes).tolist() == [8, 5]
+    assert tied_hardest(logits, query_y).tolist() == [False, False]
+    perfect = torch.nn.functional.one_hot(query_y, 3).float()  # every query right: all three classes tie
+    perfect[1, 0], perfect[1, 2] = torch.tensor([0, 1.0, 0]), torch.tensor([0, 0, 1.0])  # task 1: classes 0, 1 half
+    assert tied_hardest(perfect, query_y).tolist() == [True, True]
 
 
 def test_hard_tasks_contain_the_hard_classes():

@@ -5,6 +5,7 @@
 - ``exercises.py``: the "Your turn" checkers.
 - ``compare.py``: the capstone's table: memory, parameter counts, paired differences, results files.
 - ``recorded.py``: the recorded runs and pre-trained backbone the lessons read instead of training.
+- ``baselines.py``: the embedding rules with their test-time settings chosen on validation.
 - ``pipeline.py``: the meta-transfer pipeline (pre-train, Scaling & Shifting, baselines) in one call.
 - ``runner.py``: run every lesson top to bottom (``python -m mtl course``), workshop copies.
 """

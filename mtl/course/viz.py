@@ -84,7 +84,7 @@ def quadratic_family(tasks: quadratic.QuadraticTasks, lr: float, steps: int, *, 
         point = quadratic.optimal_init(tasks, lr, steps, method).numpy()
         ax.scatter(*point, s=160, edgecolor="black", zorder=4, **METHOD_STYLE[method])
     ax.set(xlabel=r"$\theta_1$", ylabel=r"$\theta_2$", aspect="equal",
-           title=f"tasks and {steps} inner step(s), " + r"$\alpha$" + f" = {lr:.3g}")
+           title=f"tasks and {steps} inner step{'' if steps == 1 else 's'}, " + r"$\alpha$" + f" = {lr:.3g}")
     fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="log sharpness", shrink=0.8)
     ax.legend(loc="lower left", fontsize=8)
     return fig
@@ -239,8 +239,9 @@ def mean_with_band(x: Sequence[float], curves: Mapping[str, tuple[Sequence[float
 
 def learning_curves(histories: Mapping[str, Sequence[Mapping]], *, axes=None, title: str = "",
                     reference: float | None = None,
-                    time_label: str = "training wall time (s, validation included)") -> Figure:
-    """Validation score of each run, against meta-steps (left) and training wall time (right).
+                    time_label: str = "training wall time (s, validation included)", wall_time: bool = True) -> Figure:
+    """Validation score of each run, against meta-steps (left) and training wall time (right; with
+    ``wall_time=False`` the meta-steps panel only, for runs whose times do not compare).
 
     ``histories``: name -> the engine's metrics rows (``RunSummary.history``, or the lines of a run's
     ``metrics.jsonl``); the ``kind == "val"`` rows are drawn, with their 95% interval as a band.
@@ -248,9 +249,10 @@ def learning_curves(histories: Mapping[str, Sequence[Mapping]], *, axes=None, ti
     rows' ``elapsed_s`` measures (the engine's includes its validations).
     """
     if axes is None:
-        fig, axes = plt.subplots(1, 2, figsize=(12, 4), sharey=True)
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4), sharey=True) if wall_time else plt.subplots(figsize=(7, 4))
     else:
         fig = axes[0].figure
+    axes = list(np.atleast_1d(axes))
     for i, (name, rows) in enumerate(histories.items()):
         val = [r for r in rows if r.get("kind") == "val"]
         if not val:
@@ -267,7 +269,8 @@ def learning_curves(histories: Mapping[str, Sequence[Mapping]], *, axes=None, ti
         "accuracy" in r for rows in histories.values() for r in rows if r.get("kind") == "val") \
         else "validation loss"
     axes[0].set(xlabel="meta-steps", ylabel=ylabel, title=title)
-    axes[1].set(xlabel=time_label)
+    if len(axes) > 1:
+        axes[1].set(xlabel=time_label)
     for ax in axes:
         if reference is not None:
             ax.axhline(reference, color="grey", lw=0.8, ls=":")

@@ -87,6 +87,15 @@ def freeze_to_buffers(module: nn.Module) -> nn.Module:
     return frozen.eval()
 
 
+def class_accuracy(query_logits: Tensor, query_y: Tensor) -> Tensor:
+    """Each task's query accuracy per class: ``query_logits [B, M, N]``, ``query_y [B, M]`` -> ``[B, N]``."""
+    b, _, n = query_logits.shape
+    correct = (query_logits.argmax(-1) == query_y).float()
+    hits = torch.zeros(b, n, device=correct.device).scatter_add_(1, query_y, correct)
+    counts = torch.zeros(b, n, device=correct.device).scatter_add_(1, query_y, torch.ones_like(correct))
+    return hits / counts.clamp_min(1)
+
+
 def hardest_classes(query_logits: Tensor, query_y: Tensor, classes: Tensor,
                     generator: torch.Generator | None = None) -> Tensor:
     """The dataset class id with the lowest query accuracy in each task (ties at random).
@@ -94,13 +103,17 @@ def hardest_classes(query_logits: Tensor, query_y: Tensor, classes: Tensor,
     ``query_logits [B, M, N]``, ``query_y [B, M]``, ``classes [B, N]`` -> ``[B]`` int64.
     """
     b, _, n = query_logits.shape
-    correct = (query_logits.argmax(-1) == query_y).float()
-    hits = torch.zeros(b, n, device=correct.device).scatter_add_(1, query_y, correct)
-    counts = torch.zeros(b, n, device=correct.device).scatter_add_(1, query_y, torch.ones_like(correct))
-    accuracy = (hits / counts.clamp_min(1)).cpu()
+    accuracy = class_accuracy(query_logits, query_y).cpu()
     noise = torch.rand(b, n, generator=generator) * 1e-3  # below 1/M: breaks ties only
     worst = (accuracy + noise).argmin(1)
     return classes.cpu().gather(1, worst[:, None]).squeeze(1)
+
+
+def tied_hardest(query_logits: Tensor, query_y: Tensor) -> Tensor:
+    """Whether each task's lowest class accuracy is shared by two or more classes (its hardest class
+    is then a random pick among them; e.g. every query right): ``[B, M, N]``, ``[B, M]`` -> ``[B]`` bool."""
+    accuracy = class_accuracy(query_logits, query_y)
+    return (accuracy == accuracy.min(1, keepdim=True).values).sum(1) > 1
 
 
 def hard_task_classes(hard: Tensor, *, num_tasks: int, ways: int, num_classes: int,
@@ -294,6 +307,7 @@ class MetaTransfer(Learner):
             return metrics
         classes = self._classes_for(batch, classes)
         hard = hardest_classes(logits.detach(), batch.query_y, classes, self._generator)
+        metrics["tied_hardest"] = tied_hardest(logits.detach(), batch.query_y).float().mean().item()
         hard_classes = hard_task_classes(hard, num_tasks=num_hard, ways=self.ways,
                                          num_classes=self._num_classes(), generator=self._generator)
         hard_batch = self._sampler.sample(num_hard, classes=hard_classes)
