@@ -53,6 +53,8 @@ def test_parameter_counts_follow_what_each_method_adapts():
     assert compare.per_task_parameters(maml, 3) == total == compare.meta_parameters(maml)
     assert compare.per_task_parameters(anil, 3) == sum(p.numel() for p in anil.model.head.parameters()) < total
     assert compare.per_task_parameters(proto, 3) == 0
+    proto_head = sum(p.numel() for p in proto.model.head.parameters())  # never used: not meta-learned
+    assert compare.meta_parameters(proto) == sum(p.numel() for p in proto.model.parameters()) - proto_head
     protomaml = _learner(ProtoMAML)  # adapts everything; its own head is never used, so not meta-learned
     head = sum(p.numel() for p in protomaml.model.head.parameters())
     assert compare.per_task_parameters(protomaml, 3) == total == compare.meta_parameters(protomaml) + head

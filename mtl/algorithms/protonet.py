@@ -34,6 +34,9 @@ class ProtoNet(MetaLearner):
                 f"first_order={first_order} mean nothing to it: drop --inner-steps, --inner-lr and "
                 "--first-order (or use --algorithm protomaml, which adapts from the prototypes)")
         super().__init__(model, inner_steps=0, inner_lr=0.0, strategy=strategy, **settings)
+        head = getattr(model, "head", None)
+        if getattr(model, "features", None) is not None and isinstance(head, torch.nn.Module):
+            head.requires_grad_(False)  # only the body embeds: a model's own head is never used, so not meta-learned
 
     @classmethod
     def from_config(cls, config, build_model) -> "ProtoNet":
