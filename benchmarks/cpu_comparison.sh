@@ -41,13 +41,20 @@ declare -A EXTRA=(
 # Test-time inner steps: each method that adapts is tested with the count among 1, 3, 5, 10 that
 # scores best on the 100 validation episodes (`compare record --choose-steps`).
 CHOOSE=(--choose-steps 1,3,5,10)
-# the methods' names and their order: mtl.course.recorded.METHODS (name -> file stem)
+# the methods' names and their order: mtl.course.recorded.METHODS (name -> file stem), read once
+ALL=()
+declare -A NAME=()
+while IFS='=' read -r stem name; do
+  ALL+=("$stem")
+  NAME[$stem]=$name
+done < <($PY -c 'from mtl.course.recorded import METHODS
+for name, stem in METHODS.items(): print(f"{stem}={name}")')
+[ ${#ALL[@]} -gt 0 ] || { echo "cpu_comparison.sh: could not read mtl.course.recorded.METHODS with $PY" >&2; exit 2; }
 methods=("$@")
-if [ ${#methods[@]} -eq 0 ]; then
-  read -r -a methods <<< "$($PY -c 'from mtl.course.recorded import METHODS; print(*METHODS.values())')"
-fi
+[ ${#methods[@]} -eq 0 ] && methods=("${ALL[@]}")
 for m in "${methods[@]}"; do
-  [ -n "${EXTRA[$m]:-}" ] || { echo "cpu_comparison.sh: unknown method '$m': use one of ${!EXTRA[*]}" >&2; exit 2; }
+  [ -n "${EXTRA[$m]:-}" ] && [ -n "${NAME[$m]:-}" ] ||
+    { echo "cpu_comparison.sh: unknown method '$m': use one of ${ALL[*]}" >&2; exit 2; }
 done
 for m in "${methods[@]}"; do
   # shellcheck disable=SC2206
@@ -62,8 +69,6 @@ for m in "${methods[@]}"; do
     weights=(--weights "results/checkpoints/cpu-$m.pt")
   fi
   mkdir -p "$RESULTS"
-  name=$($PY -c 'import sys; from mtl.course.recorded import METHODS
-print({stem: name for name, stem in METHODS.items()}[sys.argv[1]])' "$m")
-  $PY -m mtl compare record "$run" --method "$name" --command "$cmd" --out "$RESULTS/cpu-$m$SUFFIX.json" \
+  $PY -m mtl compare record "$run" --method "${NAME[$m]}" --command "$cmd" --out "$RESULTS/cpu-$m$SUFFIX.json" \
       "${weights[@]}" --force $([ "$m" = protonet ] || [ "$m" = in-context ] || echo "${CHOOSE[*]}")
 done

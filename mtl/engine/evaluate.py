@@ -170,24 +170,15 @@ def choose_inner_steps(learner: nn.Module, config: TrainConfig, *, choices: Iter
     validation episodes (``seed``; or ``episode_set``), the fewest steps on a tie, and every
     choice's score: ``(steps, {steps: mean accuracy or MSE})``. Accuracy is maximised, MSE minimised.
     """
-    from mtl.engine.build import resolve_device
-    from mtl.io import progress_enabled
-
     choices = tuple(choices)
     for k in choices:
         _check_request(None, k)
     if not choices:
         raise ConfigError("choose_inner_steps needs at least one step count in choices, e.g. (1, 3, 5, 10)")
-    if episode_set is None:
-        _check_request(episodes, None)
-        weight = next(learner.parameters(), None)
-        device = weight.device if weight is not None else resolve_device(config.device)
-        episode_set = EpisodeSet(config.resolved(), "val", n=episodes, seed=seed, device=device,
-                                 progress=progress_enabled(progress))
-    on_val = {k: evaluate(learner, config, inner_steps=k, episode_set=episode_set, progress=progress).mean
-              for k in choices}
-    sign = 1 if config.resolved().regression else -1  # MSE: lower is better
-    return min(choices, key=lambda k: (sign * on_val[k], k)), on_val
+    fewest_first = {k: learner for k in sorted(set(choices))}  # choose_learner keeps the first on a tie
+    steps, on_val = choose_learner(fewest_first, config, inner_steps={k: k for k in fewest_first}, episodes=episodes,
+                                   seed=seed, episode_set=episode_set, progress=progress)
+    return steps, {k: on_val[k] for k in choices}
 
 
 def choose_learner(candidates: Mapping[K, nn.Module], config: TrainConfig, *,
